@@ -1,0 +1,3 @@
+from morl.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""Policy algorithms: advantages + rollouts -> loss -> parameter update.
+
+``reinforce``: ``L = -mean_tokens(A · ρ)`` with ``ρ = π_θ/π_old`` (= 1 on-policy, so the gradient is
+``-A ∇log π``), no clipping (Williams 1992).
+
+``grpo``: the clipped surrogate ``L = -mean_tokens(min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A)) + β·KL_k3 - α·H``
+(Shao et al. 2024, https://arxiv.org/abs/2402.03300; ε_high as in DAPO), several PPO epochs over
+mini-batches, token-mean loss, k3 KL estimator to a frozen reference (Schulman, http://joschu.net/blog/kl-approx.html).
+
+Both expose :meth:`surrogate` (the loss for any advantages, so gradient-level weightings can build one loss
+per objective) and :meth:`clipped_advantage_weight` (the covariance law's ``w = A·ρ·1[not clipped]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from pydantic import Field
+
+from morl.batch import Batch
+from morl.components import Component, ComponentConfig
+from morl.policy import Policy
+
+# (policy, mini-batch) -> loss to backpropagate; lets gradient-level controllers combine objectives.
+LossCombiner = Callable[[Policy, Batch, "PolicyAlgo"], tuple[torch.Tensor, dict[str, float]]]
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π_θ || π_ref): ``exp(r) - r - 1`` with ``r = log π_ref - log π_θ``.
+
+    Unbiased and always non-negative. Example: equal policies give 0.
+        >>> k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0]))
+        tensor([0.])
+    """
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1.0
+
+
+def unclipped_mask(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
+    """1 where the clipped surrogate still passes gradient: not (A>0 and ρ>1+ε_h) and not (A<0 and ρ<1-ε_l)."""
+    clipped_high = (advantages > 0) & (ratio > 1.0 + clip_high)
+    clipped_low = (advantages < 0) & (ratio < 1.0 - clip_low)
+    return ~(clipped_high | clipped_low)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+
+
+class PolicyAlgoConfig(ComponentConfig):
+    epochs: int = Field(1, ge=1)
+    minibatches: int = Field(1, ge=1)
+    kl_coef: float = Field(0.0, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    log_entropy: bool = True
+
+
+class PolicyAlgo(Component):
+    family = "algo"
+    Config = PolicyAlgoConfig
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """``(ε_low, ε_high)``, or None for an unclipped objective."""
+        return None
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0
+
+    def surrogate(
+        self, logp: torch.Tensor, batch: Batch, advantages: torch.Tensor, entropy: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token-mean loss for ``advantages`` [n] on a (mini-)batch, and its per-token statistics."""
+        mask = batch.completion_mask
+        old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
+        ratio = torch.exp(logp - old)
+        adv = advantages.unsqueeze(1)
+        per_token = ratio * adv
+        stats: dict[str, torch.Tensor] = {}
+        if self.clip_range is not None:
+            low, high = self.clip_range
+            clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * adv
+            per_token = torch.minimum(per_token, clipped)
+            stats["clip_ratio/low_mean"] = masked_mean(((ratio < 1 - low) & (adv < 0)).float(), mask)
+            stats["clip_ratio/high_mean"] = masked_mean(((ratio > 1 + high) & (adv > 0)).float(), mask)
+        loss_tokens = -per_token
+        if self.config.kl_coef > 0:
+            kl = k3_kl(logp, batch.ref_logprobs)
+            loss_tokens = loss_tokens + self.config.kl_coef * kl
+            stats["kl"] = masked_mean(kl.detach(), mask)
+        if entropy is not None:
+            if self.config.entropy_coef > 0:
+                loss_tokens = loss_tokens - self.config.entropy_coef * entropy
+            stats["entropy"] = masked_mean(entropy.detach(), mask)
+        return masked_mean(loss_tokens, mask), stats
+
+    def clipped_advantage_weight(self, new_logp: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Completion-level ``w = mean_tokens(A · ρ · 1[not clipped])`` under the updated policy."""
+        old = batch.old_logprobs if batch.old_logprobs is not None else new_logp
+        ratio = torch.exp(new_logp - old)
+        adv = batch.advantages.unsqueeze(1).expand_as(ratio)
+        weight = adv * ratio
+        if self.clip_range is not None:
+            weight = weight * unclipped_mask(ratio, adv, *self.clip_range)
+        return masked_mean(weight, batch.completion_mask, dim=1)
+
+    def update(
+        self,
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        batch: Batch,
+        combine: LossCombiner | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """Run the epochs × mini-batches of optimiser steps; returns averaged metrics."""
+        policy.model.train()
+        n = batch.size
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(self.config.epochs):
+            order = torch.randperm(n, generator=generator) if self.config.minibatches > 1 else torch.arange(n)
+            for rows in order.chunk(self.config.minibatches):
+                mb = batch.select(rows)
+                if combine is None:
+                    loss, stats = self.minibatch_loss(policy, mb)
+                else:
+                    loss, stats = combine(policy, mb, self)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = self._clip_gradients(policy)
+                if not math.isfinite(grad_norm) or not torch.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    stats["skipped_nonfinite"] = 1.0
+                else:
+                    optimizer.step()
+                stats["loss"] = loss.detach()
+                stats["grad_norm"] = grad_norm
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                count += 1
+        policy.model.eval()
+        return {key: value / count for key, value in sums.items()}
+
+    def minibatch_loss(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        want_entropy = self.config.entropy_coef > 0 or self.config.log_entropy
+        logp, entropy = policy.token_logprobs(
+            mb.input_ids, mb.attention_mask, mb.prompt_width, self.config.temperature, with_entropy=want_entropy
+        )
+        return self.surrogate(logp, mb, mb.advantages, entropy)
+
+    def _clip_gradients(self, policy: Policy) -> float:
+        params = [p for p in policy.model.parameters() if p.grad is not None]
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+class Reinforce(PolicyAlgo):
+    """Plain policy gradient: every token's gradient is weighted by its completion's advantage."""
+
+    name = "reinforce"
+
+
+class GRPO(PolicyAlgo):
+    """Clipped surrogate with asymmetric clip range; the paper's GRPO uses ε = 0.2."""
+
+    name = "grpo"
+
+    class Config(PolicyAlgoConfig):
+        clip_low: float = Field(0.2, ge=0, lt=1)
+        clip_high: float = Field(0.2, ge=0)
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        return (self.config.clip_low, self.config.clip_high)

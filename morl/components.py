@@ -1,0 +1,172 @@
+"""Component base class and registry.
+
+Every swappable piece of morl (reward, scalarizer, advantage estimator, policy algorithm, weight
+controller, rollout backend) is a small object whose parameters are validated by a pydantic
+``Config`` and whose learned state lives in attributes with a trailing underscore (``lambdas_``),
+created on first use — as in scikit-learn, absence of state means "not started".
+
+Components register under a short name per family, so a recipe can say ``controller: ctwa``;
+user components are named by import path (``my_pkg.rewards.Politeness``).
+
+Example:
+    >>> from morl.components import Component, build
+    >>> build("controller", {"name": "fixed", "weights": [1.0, 2.0]})
+    FixedWeights(weights=[1.0, 2.0])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+FAMILIES = ("reward", "scalarizer", "advantage", "algo", "controller", "rollout")
+
+_REGISTRY: dict[str, dict[str, type[Component]]] = {family: {} for family in FAMILIES}
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecipeError(ValueError):
+    """A recipe or component spec is wrong; the message names the field and the allowed values."""
+
+
+class Component:
+    """Parameters in ``self.config``; learned state in ``name_`` attributes; nothing else.
+
+    Subclasses declare ``family`` and ``name`` (registry short name) and a nested ``Config``.
+    """
+
+    family: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.config = self.Config(**params)
+        except ValidationError as err:
+            raise RecipeError(explain_validation_error(err, type(self).__name__, self.Config)) from None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name") and cls.family:
+            _REGISTRY[cls.family][cls.name] = cls
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def get_params(self) -> dict[str, Any]:
+        return self.config.model_dump()
+
+    def clone(self) -> Component:
+        """A fresh, unstarted copy with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state (trailing-underscore attributes) as plain JSON-able values."""
+        return {k: _to_plain(v) for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if not key.endswith("_"):
+                raise KeyError(f"{type(self).__name__}: state key {key!r} is not learned state (no trailing _)")
+            setattr(self, key, _from_plain(value))
+
+
+def registered(family: str) -> dict[str, type[Component]]:
+    """Short name -> class for one family (built-ins are imported on first call)."""
+    _import_builtins()
+    if family not in _REGISTRY:
+        raise RecipeError(f"unknown component family {family!r}; allowed: {', '.join(FAMILIES)}")
+    return dict(_REGISTRY[family])
+
+
+def resolve(family: str, name: str) -> type[Component] | Any:
+    """Class (or plain callable, for rewards) for a short name or an import path."""
+    table = registered(family)
+    if name in table:
+        return table[name]
+    if "." in name:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise RecipeError(f"{family}: cannot import {name!r} ({err})") from None
+    raise RecipeError(f"{family}: unknown component {name!r}; allowed: {', '.join(sorted(table))}, or an import path")
+
+
+def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
+    """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``."""
+    if isinstance(spec, Component) or callable(spec) and not isinstance(spec, (str, dict)):
+        return spec
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, dict):
+        if "name" not in spec:
+            raise RecipeError(f"{family}: a component needs a 'name' field; got keys {sorted(spec)}")
+        params = dict(spec)
+        name = params.pop("name")
+    else:
+        raise RecipeError(f"{family}: expected a name or a mapping with 'name', got {type(spec).__name__}")
+    target = resolve(family, name)
+    if isinstance(target, type) and issubclass(target, Component):
+        return target(**params)
+    if params:
+        raise RecipeError(f"{family}: {name!r} is a plain function and takes no parameters, got {sorted(params)}")
+    return target
+
+
+def explain_validation_error(err: ValidationError, owner: str, config: type[BaseModel]) -> str:
+    lines = [f"{owner}: invalid configuration"]
+    allowed = ", ".join(config.model_fields)
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(config)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; allowed fields: {allowed}")
+        else:
+            lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(value: Any) -> Any:
+    """Numeric lists come back as float arrays (NaN kept); anything else as it was saved."""
+    if isinstance(value, list) and value:
+        try:
+            return np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+_BUILTINS_IMPORTED = False
+
+
+def _import_builtins() -> None:
+    global _BUILTINS_IMPORTED
+    if _BUILTINS_IMPORTED:
+        return
+    _BUILTINS_IMPORTED = True
+    for module in ("morl.rewards", "morl.scalarize", "morl.algos", "morl.controllers", "morl.rollout"):
+        importlib.import_module(module)

@@ -1,0 +1,35 @@
+"""Fixed weights: the linear-scalarisation baseline (the paper's "linear")."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from morl.components import ComponentConfig
+from morl.controllers.base import WeightController, per_objective
+
+
+class FixedWeights(WeightController):
+    """Constant weights at the reward level; equal weights ``1/M`` when none are given.
+
+    Weights are free (used as given, not renormalised).
+
+    Example:
+        >>> c = FixedWeights(weights=[0.5, 0.25]); c.start(["a", "b"]); c.weights()
+        tensor([0.5000, 0.2500])
+    """
+
+    name = "fixed"
+
+    class Config(ComponentConfig):
+        weights: list[float] | dict[str, float] | None = None
+
+    def start(self, objectives: list[str]) -> None:
+        super().start(objectives)
+        if getattr(self, "weights_", None) is None:
+            given = self.config.weights
+            m = len(objectives)
+            self.weights_ = np.array(per_objective("controller.weights", given, objectives) if given else [1 / m] * m)
+
+    def weights(self) -> torch.Tensor:
+        return torch.as_tensor(self.weights_, dtype=torch.float32)

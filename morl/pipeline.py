@@ -1,0 +1,379 @@
+"""The pipeline: one multi-objective RL step, repeated, with evaluation and a run directory.
+
+One step: rollout -> rewards ``[N, M]`` -> controller.before_update -> weights applied where the
+controller says (rewards, advantages or gradients) -> advantages -> policy update -> (only if someone
+needs it) clipped advantage weights under the updated policy -> controller.after_update -> metrics.
+
+Example:
+    >>> pipe = Pipeline(policy=Policy.from_pretrained("tinymath"), rewards=["accuracy", "conciseness", "clarity"],
+    ...                 controller="ctwa", config=TrainConfig(steps=2))  # doctest: +SKIP
+    >>> pipe.fit(make_split("train", 512, 0), make_split("eval", 64, 0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from morl.algos import AdvantageEstimator, PolicyAlgo
+from morl.batch import Batch
+from morl.components import Component, build
+from morl.controllers import WeightController, WeightTarget
+from morl.policy import Policy
+from morl.rewards import RewardFn, objective_name, score_rewards
+from morl.rollout import RolloutBackend
+from morl.scalarize import Scalarizer, fill_not_applicable
+
+
+class TrainConfig(BaseModel):
+    """Loop settings: how many steps, how big a step, when to evaluate, where to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, ge=0)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2, description="K completions per prompt; group methods need K >= 2")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    eval_every: int = Field(25, ge=0, description="evaluate every N steps (0: only at start and end)")
+    eval_greedy: bool = True
+    eval_sampled: bool = True
+    eval_batch_size: int = Field(64, ge=1)
+    output_dir: str | None = None
+    on_reward_error: Literal["raise", "skip"] = "raise"
+    save_model: bool = True
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class Callback:
+    """Hooks for diagnostics and checkpointing; every method is optional."""
+
+    needs: frozenset[str] = frozenset()
+
+    def on_fit_start(self, pipeline: Pipeline, run_dir: Path) -> None: ...
+
+    def on_step_end(self, step: int, batch: Batch, metrics: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, pipeline: Pipeline, history: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def evals(self) -> list[dict[str, Any]]:
+        return [row for row in self.history if row.get("kind") == "eval"]
+
+
+RewardSpec = str | dict[str, Any] | RewardFn | Callable[..., Sequence[float | None]]
+
+
+class Pipeline:
+    """Compose the components, then :meth:`fit`. Components may be objects, short names or dict specs."""
+
+    def __init__(
+        self,
+        policy: Policy | str,
+        rewards: Sequence[RewardSpec],
+        scalarizer: Scalarizer | str | dict = "linear",
+        advantage: AdvantageEstimator | str | dict = "group_norm",
+        algo: PolicyAlgo | str | dict = "grpo",
+        controller: WeightController | str | dict = "fixed",
+        rollout: RolloutBackend | str | dict = "transformers",
+        config: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        self.policy = Policy.from_pretrained(policy) if isinstance(policy, str) else policy
+        self.rewards = [build("reward", r) for r in rewards]
+        self.objectives = [objective_name(r) for r in self.rewards]
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objective names must be unique, got {self.objectives}")
+        self.scalarizer = build("scalarizer", scalarizer)
+        self.advantage = build("advantage", advantage)
+        self.algo = build("algo", algo)
+        self.controller = build("controller", controller)
+        self.rollout = build("rollout", rollout)
+        self.config = config or TrainConfig()
+        self.callbacks = list(callbacks)
+        self.recipe = recipe
+        self.controller.start(self.objectives)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.model.parameters() if p.requires_grad],
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+        )
+        self.reference: Policy | None = self.policy.frozen_copy() if self.algo.needs_reference else None
+        self.step_count = 0
+        self.data_position = 0
+        self._order: list[int] = []
+
+    @property
+    def needs(self) -> frozenset[str]:
+        needs = set(self.controller.needs)
+        for cb in self.callbacks:
+            needs |= cb.needs
+        if self.controller.applies_to != WeightTarget.REWARD:
+            needs.add("objective_advantages")
+        return frozenset(needs)
+
+    def components(self) -> dict[str, Component | Any]:
+        return {
+            "scalarizer": self.scalarizer,
+            "advantage": self.advantage,
+            "algo": self.algo,
+            "controller": self.controller,
+            "rollout": self.rollout,
+        }
+
+    # ---- one step -------------------------------------------------------------------------------
+
+    def step(self, examples: list[dict[str, Any]]) -> tuple[Batch, dict[str, float]]:
+        """One training step on these prompts; returns the batch record and the step's metrics."""
+        k = self.config.group_size
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        prompts = [ex["prompt"] for ex in examples]
+        columns = {key: [ex.get(key) for ex in examples] for key in examples[0] if key != "prompt"}
+        self.policy.model.eval()
+        batch = self.rollout.generate(self.policy, prompts, columns, k)
+        batch.objectives = self.objectives
+        timings["timing/rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        batch.rewards, skipped = score_rewards(
+            self.rewards,
+            batch.prompts,
+            batch.completions,
+            batch.columns,
+            training=True,
+            completion_lengths=batch.completion_lengths.tolist(),
+            on_error=self.config.on_reward_error,
+        )
+        timings["timing/reward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.controller.before_update(batch)
+        self._advantages(batch)
+        timings["timing/controller"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if self.reference is not None:
+            with torch.no_grad():
+                batch.ref_logprobs, _ = self.reference.token_logprobs(
+                    batch.input_ids, batch.attention_mask, batch.prompt_width, self.algo.config.temperature
+                )
+        combine = self.controller.combine_losses if self.controller.applies_to == WeightTarget.GRADIENT else None
+        update_metrics = self.algo.update(self.policy, self.optimizer, batch, combine=combine)
+        timings["timing/update"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if "clipped_weights" in self.needs:
+            with torch.no_grad():
+                new_logp, _ = self.policy.token_logprobs(
+                    batch.input_ids, batch.attention_mask, batch.prompt_width, self.algo.config.temperature
+                )
+            batch.clipped_weights = self.algo.clipped_advantage_weight(new_logp, batch)
+        self.controller.after_update(batch)
+        timings["timing/controller"] += time.perf_counter() - t0
+
+        self.step_count += 1
+        metrics = self._step_metrics(batch, update_metrics, skipped)
+        metrics.update(timings)
+        for cb in self.callbacks:
+            cb.on_step_end(self.step_count, batch, metrics)
+        return batch, metrics
+
+    def _advantages(self, batch: Batch) -> None:
+        k = batch.group_size
+        filled = fill_not_applicable(batch.rewards, k)
+        if "objective_advantages" in self.needs:
+            batch.objective_advantages = torch.stack(
+                [self.advantage(filled[:, m], k) for m in range(filled.shape[1])], dim=1
+            )
+        target = self.controller.applies_to
+        if target == WeightTarget.REWARD:
+            self.scalarizer.observe(filled)
+            batch.scores = self.scalarizer(filled, self.controller.weights())
+            batch.advantages = self.advantage(batch.scores, k)
+        elif target == WeightTarget.ADVANTAGE:
+            batch.advantages = self.controller.combine_advantages(batch.objective_advantages, batch)
+            batch.scores = filled @ self.controller.weights()
+        else:  # gradient-level: the algorithm combines per-objective losses; scores are for logging
+            batch.scores = filled @ self.controller.weights()
+            batch.advantages = batch.objective_advantages @ self.controller.weights()
+
+    def _step_metrics(self, batch: Batch, update: dict[str, float], skipped: dict[str, int]) -> dict[str, float]:
+        metrics: dict[str, float] = {"step": self.step_count}
+        for m, name in enumerate(self.objectives):
+            column = batch.rewards[:, m]
+            valid = column[~torch.isnan(column)]
+            metrics[f"rewards/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
+            metrics[f"rewards/{name}/std"] = float(valid.std()) if valid.numel() > 1 else math.nan
+            if skipped.get(name):
+                metrics[f"rewards/{name}/skipped"] = skipped[name]
+        metrics["reward"] = float(batch.scores.mean())
+        metrics["reward_std"] = float(batch.scores.std())
+        lengths = batch.completion_lengths.float()
+        metrics["completions/mean_length"] = float(lengths.mean())
+        metrics["completions/max_length"] = float(lengths.max())
+        metrics["advantages/zero_fraction"] = float((batch.advantages.abs() < 1e-8).float().mean())
+        metrics.update(update)
+        metrics.update(self.controller.metrics())
+        for name, value in _reward_counters(self.rewards).items():
+            metrics[name] = value
+        return metrics
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[dict[str, Any]]) -> dict[str, float]:
+        """Per-objective means on held-out prompts, greedy and sampled; stateful rewards do not learn."""
+        out: dict[str, float] = {}
+        modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
+        for mode in modes:
+            totals = np.zeros(len(self.objectives))
+            counts = np.zeros(len(self.objectives))
+            length_sum, n = 0.0, 0
+            for start in range(0, len(examples), self.config.eval_batch_size):
+                chunk = examples[start : start + self.config.eval_batch_size]
+                prompts = [ex["prompt"] for ex in chunk]
+                columns = {key: [ex.get(key) for ex in chunk] for key in chunk[0] if key != "prompt"}
+                batch = self.rollout.generate(self.policy, prompts, columns, 1, greedy=mode == "greedy")
+                lengths = batch.completion_lengths
+                rewards, _ = score_rewards(
+                    self.rewards,
+                    batch.prompts,
+                    batch.completions,
+                    batch.columns,
+                    training=False,
+                    completion_lengths=lengths.tolist(),
+                    on_error=self.config.on_reward_error,
+                )
+                valid = ~torch.isnan(rewards)
+                totals += torch.where(valid, rewards, 0.0).sum(0).double().numpy()
+                counts += valid.sum(0).double().numpy()
+                length_sum += float(lengths.sum())
+                n += len(prompts)
+            for name, total, count in zip(self.objectives, totals, counts):
+                out[f"eval/{mode}/{name}"] = float(total / count) if count else math.nan
+            out[f"eval/{mode}/mean_length"] = length_sum / max(n, 1)
+        return out
+
+    # ---- the loop ------------------------------------------------------------------------------------
+
+    def fit(self, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None = None) -> FitResult:
+        """Train for ``config.steps`` steps; evaluate at start, every ``eval_every`` steps and at the end."""
+        from morl.logging import MetricsWriter, TrainingProgress, print_eval_table
+
+        cfg = self.config
+        if not train_data:
+            raise ValueError("train_data is empty")
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        if self.step_count == 0:
+            seed_everything(cfg.seed)
+        run_dir = self.run_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_recipe(run_dir)
+        writer = MetricsWriter(run_dir / "metrics.jsonl")
+        history: list[dict[str, Any]] = []
+        for cb in self.callbacks:
+            cb.on_fit_start(self, run_dir)
+
+        def record(row: dict[str, Any]) -> None:
+            writer.write(row)
+            history.append(row)
+
+        first_eval = None
+        if eval_data and self.step_count == 0:
+            first_eval = {"kind": "eval", "step": 0, **self.evaluate(eval_data)}
+            record(first_eval)
+        last_eval = first_eval
+        with TrainingProgress(cfg.steps, self.objectives, enabled=cfg.progress, start=self.step_count) as progress:
+            while self.step_count < cfg.steps:
+                _, metrics = self.step(self._next_examples(train_data))
+                record({"kind": "train", **metrics})
+                progress.update(metrics)
+                if eval_data and cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                    last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
+                    record(last_eval)
+        if eval_data and (last_eval is None or last_eval["step"] != self.step_count):
+            last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
+            record(last_eval)
+        writer.close()
+        self.save(run_dir)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, history)
+        if cfg.progress and first_eval and last_eval:
+            print_eval_table(first_eval, last_eval, self.objectives)
+        return FitResult(run_dir=run_dir, history=history)
+
+    def _next_examples(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Prompts for the next step: a seeded shuffle per epoch, position kept for resuming."""
+        picked = []
+        for _ in range(self.config.prompts_per_step):
+            epoch, offset = divmod(self.data_position, len(data))
+            if offset == 0 or not self._order:
+                self._order = random.Random(self.config.seed * 100_003 + epoch).sample(range(len(data)), len(data))
+            picked.append(data[self._order[offset]])
+            self.data_position += 1
+        return picked
+
+    def run_dir(self) -> Path:
+        if self.config.output_dir:
+            return Path(self.config.output_dir)
+        return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    def _write_recipe(self, run_dir: Path) -> None:
+        import yaml
+
+        recipe = self.recipe or {
+            "components": {name: repr(c) for name, c in self.components().items()},
+            "rewards": self.objectives,
+            "train": self.config.model_dump(),
+        }
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+    def save(self, run_dir: Path) -> None:
+        """Final model in Hugging Face format, controller and reward state as JSON."""
+        if self.config.save_model:
+            self.policy.save(run_dir / "model")
+        state = {
+            "step": self.step_count,
+            "controller": self.controller.state_dict(),
+            "scalarizer": self.scalarizer.state_dict(),
+            "rewards": {n: r.state_dict() for n, r in zip(self.objectives, self.rewards) if isinstance(r, Component)},
+        }
+        (run_dir / "controller_state.json").write_text(json.dumps(state, indent=2))
+
+
+def _reward_counters(rewards: list[Any]) -> dict[str, float]:
+    """Counters that rewards expose (e.g. answer-checker timeouts) as metrics."""
+    out = {}
+    for reward in rewards:
+        timeouts = getattr(reward, "timeouts_", None)
+        if timeouts is not None:
+            out[f"rewards/{objective_name(reward)}/timeouts"] = float(timeouts)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

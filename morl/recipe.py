@@ -1,0 +1,130 @@
+"""Recipes: a YAML file naming each component and its parameters, validated before anything loads.
+
+A component is a short name (``controller: ctwa``), a mapping with ``name`` and parameters
+(``controller: {name: ctwa, lr: 0.5}``), or an import path for user components
+(``rewards: [accuracy, my_pkg.rewards.Politeness]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from morl.components import RecipeError, build, explain_validation_error
+from morl.pipeline import Pipeline, TrainConfig
+from morl.policy import Policy, PolicyConfig
+from morl.rewards import objective_name
+
+ComponentSpec = str | dict[str, Any]
+
+
+class DataConfig(BaseModel):
+    """Where prompts come from: ``tinymath``, a local jsonl/parquet file or folder, or a hub dataset name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: str = "tinymath"
+    eval: str | None = "tinymath"
+    train_split: str | None = "train"
+    eval_split: str | None = "eval"
+    train_size: int | None = Field(2000, ge=1)
+    eval_size: int | None = Field(100, ge=1)
+    columns: dict[str, str] | None = None
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    policy: PolicyConfig = PolicyConfig()
+    data: DataConfig = DataConfig()
+    rewards: list[ComponentSpec] = ["accuracy", "conciseness", "clarity"]
+    scalarizer: ComponentSpec = "linear"
+    advantage: ComponentSpec = "group_norm"
+    algo: ComponentSpec = "grpo"
+    controller: ComponentSpec = "fixed"
+    rollout: ComponentSpec = "transformers"
+    train: TrainConfig = TrainConfig()
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Parse YAML safely, apply ``key.path=value`` overrides, validate every field."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return parse_recipe(raw, source=str(path))
+
+
+def parse_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(explain_validation_error(err, source, Recipe)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``train.steps=3`` or ``controller.lr=0.5`` (a short-name component becomes a mapping)."""
+    if "=" not in item:
+        raise RecipeError(f"--set expects key.path=value, got {item!r}")
+    key, _, text = item.partition("=")
+    value = yaml.safe_load(text)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str):
+            child = {"name": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise RecipeError(f"--set {key}: {part!r} is not a section")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def build_components(recipe: Recipe) -> dict[str, Any]:
+    """Every component but the policy, checked against each other (objective names, weight lengths)."""
+    rewards = [build("reward", spec) for spec in recipe.rewards]
+    objectives = [objective_name(r) for r in rewards]
+    components = {
+        "rewards": rewards,
+        "scalarizer": build("scalarizer", recipe.scalarizer),
+        "advantage": build("advantage", recipe.advantage),
+        "algo": build("algo", recipe.algo),
+        "controller": build("controller", recipe.controller),
+        "rollout": build("rollout", recipe.rollout),
+    }
+    try:
+        components["controller"].clone().start(objectives)
+    except (ValueError, KeyError) as err:
+        raise RecipeError(str(err)) from None
+    return components
+
+
+def load_data(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    from morl.data import load_examples
+
+    d = recipe.data
+    train = load_examples(d.train, d.train_split, columns=d.columns, limit=d.train_size)
+    evals = load_examples(d.eval, d.eval_split, columns=d.columns, limit=d.eval_size) if d.eval else None
+    return train, evals
+
+
+def pipeline_from_recipe(recipe: Recipe, callbacks: list | None = None) -> Pipeline:
+    components = build_components(recipe)
+    policy = Policy.from_pretrained(**recipe.policy.model_dump())
+    return Pipeline(
+        policy=policy, config=recipe.train, callbacks=callbacks or [], recipe=recipe.model_dump(mode="json"), **components
+    )

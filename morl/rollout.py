@@ -1,0 +1,104 @@
+"""Rollout backends: prompts -> K sampled completions per prompt, with token ids, masks and log-probs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from morl.batch import Batch
+from morl.components import Component, ComponentConfig
+from morl.policy import Policy
+
+
+class RolloutBackend(Component):
+    family = "rollout"
+
+    def generate(
+        self, policy: Policy, prompts: list[str], columns: dict[str, list[Any]], k: int, *, greedy: bool = False
+    ) -> Batch:
+        """A batch of ``len(prompts) × k`` rows; ``columns`` are per-prompt and get repeated per completion."""
+        raise NotImplementedError
+
+
+class TransformersRollout(RolloutBackend):
+    """Sampling with ``model.generate`` (KV cache, all P×K sequences in one batch, early stop at EOS).
+
+    ``old_logprobs`` are the sampling policy's log-probs ``log softmax(logits / T)``, read from the
+    generation logits, so on-policy training needs no extra forward pass.
+    """
+
+    name = "transformers"
+
+    class Config(ComponentConfig):
+        max_new_tokens: int = Field(64, ge=1)
+        temperature: float = Field(1.0, gt=0)
+        top_p: float = Field(1.0, gt=0, le=1)
+        top_k: int = Field(0, ge=0)
+        max_prompt_tokens: int | None = Field(None, ge=1)
+        truncate_prompts: bool = False
+
+    @torch.no_grad()
+    def generate(
+        self, policy: Policy, prompts: list[str], columns: dict[str, list[Any]], k: int, *, greedy: bool = False
+    ) -> Batch:
+        cfg = self.config
+        tok = policy.tokenizer
+        texts = [policy.format_prompt(p) for p in prompts]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, attn = enc["input_ids"], enc["attention_mask"]
+        if cfg.max_prompt_tokens is not None and ids.shape[1] > cfg.max_prompt_tokens:
+            lengths = attn.sum(1)
+            longest = int(lengths.argmax())
+            if not cfg.truncate_prompts:
+                raise ValueError(
+                    f"prompt {longest} has {int(lengths[longest])} tokens, over rollout.max_prompt_tokens="
+                    f"{cfg.max_prompt_tokens}: {prompts[longest][:200]!r} (set rollout.truncate_prompts: true to cut)"
+                )
+            ids, attn = ids[:, -cfg.max_prompt_tokens :], attn[:, -cfg.max_prompt_tokens :]
+        input_ids = ids.repeat_interleave(k, dim=0).to(policy.device)
+        attention = attn.repeat_interleave(k, dim=0).to(policy.device)
+        sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        out = policy.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=not greedy,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **sampling,
+        )
+        width = input_ids.shape[1]
+        completion = out.sequences[:, width:]
+        mask = completion_mask(completion, tok.eos_token_id)
+        completion = completion.masked_fill(~mask.bool(), tok.pad_token_id)
+        logits = torch.stack(out.logits, dim=1).float()
+        if not greedy and cfg.temperature != 1.0:
+            logits = logits / cfg.temperature
+        old = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
+        texts_out = tok.batch_decode(completion, skip_special_tokens=True)
+        full_mask = torch.cat([attention, mask], dim=1)
+        return Batch(
+            prompts=[p for p in prompts for _ in range(k)],
+            completions=texts_out,
+            columns={key: [v for v in values for _ in range(k)] for key, values in columns.items()},
+            group_size=k,
+            input_ids=torch.cat([input_ids, completion], dim=1),
+            attention_mask=full_mask,
+            completion_mask=mask,
+            prompt_width=width,
+            old_logprobs=old,
+        )
+
+
+def completion_mask(completion: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """1 for tokens up to and including the first EOS, 0 after it."""
+    if eos_token_id is None:
+        return torch.ones_like(completion)
+    eos_ids = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    is_eos = torch.isin(completion, eos_ids.to(completion.device))
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).long()

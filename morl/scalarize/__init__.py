@@ -1,0 +1,6 @@
+"""Reward-level scalarizers: combine raw rewards into one score per completion."""
+
+from morl.scalarize.base import Scalarizer, fill_not_applicable
+from morl.scalarize.linear import Linear
+
+__all__ = ["Linear", "Scalarizer", "fill_not_applicable"]
