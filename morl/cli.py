@@ -31,7 +31,9 @@ def _fail(message: str) -> None:
 def fit(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     set_: SetOption = None,
-    output_dir: Annotated[str | None, typer.Option(help="run directory (default: train.output_dir or runs/<time>)")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="run directory (default: train.output_dir or runs/<time>)")
+    ] = None,
 ) -> None:
     """Train with the recipe's components; writes metrics.jsonl, the model and controller state."""
     from morl.recipe import load_data, load_recipe, pipeline_from_recipe
@@ -74,9 +76,9 @@ def eval_(
     set_: SetOption = None,
 ) -> None:
     """Score a checkpoint on the recipe's eval split (greedy and sampled)."""
-    from morl.recipe import build_components, load_data, load_recipe
     from morl.pipeline import Pipeline
     from morl.policy import Policy
+    from morl.recipe import build_components, load_data, load_recipe
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))

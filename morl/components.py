@@ -105,7 +105,7 @@ def resolve(family: str, name: str) -> type[Component] | Any:
 
 def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
     """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``."""
-    if isinstance(spec, Component) or callable(spec) and not isinstance(spec, (str, dict)):
+    if isinstance(spec, Component) or (callable(spec) and not isinstance(spec, (str, dict))):
         return spec
     if isinstance(spec, str):
         name, params = spec, {}

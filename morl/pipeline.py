@@ -148,8 +148,7 @@ class Pipeline:
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        prompts = [ex["prompt"] for ex in examples]
-        columns = {key: [ex.get(key) for ex in examples] for key in examples[0] if key != "prompt"}
+        prompts, columns = split_examples(examples)
         self.policy.model.eval()
         batch = self.rollout.generate(self.policy, prompts, columns, k)
         batch.objectives = self.objectives
@@ -252,8 +251,7 @@ class Pipeline:
             length_sum, n = 0.0, 0
             for start in range(0, len(examples), self.config.eval_batch_size):
                 chunk = examples[start : start + self.config.eval_batch_size]
-                prompts = [ex["prompt"] for ex in chunk]
-                columns = {key: [ex.get(key) for ex in chunk] for key in chunk[0] if key != "prompt"}
+                prompts, columns = split_examples(chunk)
                 batch = self.rollout.generate(self.policy, prompts, columns, 1, greedy=mode == "greedy")
                 lengths = batch.completion_lengths
                 rewards, _ = score_rewards(
@@ -371,6 +369,12 @@ def _reward_counters(rewards: list[Any]) -> dict[str, float]:
         if timeouts is not None:
             out[f"rewards/{objective_name(reward)}/timeouts"] = float(timeouts)
     return out
+
+
+def split_examples(examples: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]:
+    """Rows -> prompts and column lists (every field but the prompt goes to the rewards)."""
+    prompts = [ex["prompt"] for ex in examples]
+    return prompts, {key: [ex.get(key) for ex in examples] for key in examples[0] if key != "prompt"}
 
 
 def seed_everything(seed: int) -> None:

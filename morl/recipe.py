@@ -126,5 +126,9 @@ def pipeline_from_recipe(recipe: Recipe, callbacks: list | None = None) -> Pipel
     components = build_components(recipe)
     policy = Policy.from_pretrained(**recipe.policy.model_dump())
     return Pipeline(
-        policy=policy, config=recipe.train, callbacks=callbacks or [], recipe=recipe.model_dump(mode="json"), **components
+        policy=policy,
+        config=recipe.train,
+        callbacks=callbacks or [],
+        recipe=recipe.model_dump(mode="json"),
+        **components,
     )

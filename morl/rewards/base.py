@@ -68,7 +68,7 @@ def score_rewards(
         skipped[name] = 0
         try:
             values = list(reward(prompts, completions, completion_lengths=lengths, training=training, **columns))
-        except Exception as err:  # noqa: BLE001 - reported with the sample, or skipped by policy
+        except Exception as err:
             values = _score_one_by_one(reward, name, prompts, completions, columns, lengths, training, err, on_error)
         if len(values) != n:
             if on_error == "raise":
@@ -114,7 +114,7 @@ def _score_one_by_one(
         try:
             out = reward([prompts[i]], [completions[i]], completion_lengths=[lengths[i]], training=training, **row)
             values.append(out[0])
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if on_error == "raise":
                 raise RewardError(
                     f"reward {name!r} raised {type(err).__name__}: {err}\n"

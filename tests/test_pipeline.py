@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from morl import Pipeline, TrainConfig
+from morl.rewards import RewardError
+from morl.tinymath.task import make_split
+
+
+def short(prompts, completions, **kwargs):
+    return [1.0 if len(c) < 10 else 0.0 for c in completions]
+
+
+def digits(prompts, completions, **kwargs):
+    return [float(any(ch.isdigit() for ch in c)) for c in completions]
+
+
+def _pipeline(policy, tmp_path, **kwargs):
+    config = TrainConfig(steps=2, prompts_per_step=2, group_size=4, output_dir=str(tmp_path / "run"), progress=False)
+    options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, **kwargs}
+    return Pipeline(policy=policy, rewards=[short, digits], config=config, **options)
+
+
+def test_step_fills_the_batch_record(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+    batch, metrics = pipe.step(make_split("train", 2, 0))
+    assert batch.size == 8 and batch.rewards.shape == (8, 2)
+    assert batch.clipped_weights is not None and batch.clipped_weights.shape == (8,)
+    for key in ("rewards/short/mean", "rewards/digits/std", "completions/mean_length", "weights/short", "loss"):
+        assert key in metrics
+    assert metrics["timing/rollout"] > 0 and metrics["timing/update"] > 0
+
+
+def test_fixed_controller_skips_clipped_weights(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path)
+    batch, _ = pipe.step(make_split("train", 2, 0))
+    assert batch.clipped_weights is None  # nobody needs it, nobody pays for it
+
+
+def test_update_changes_parameters(tiny_policy, tmp_path):
+    before = [p.detach().clone() for p in tiny_policy.model.parameters()]
+    pipe = _pipeline(tiny_policy, tmp_path)
+    batch, _ = pipe.step(make_split("train", 2, 0))
+    if torch.all(batch.advantages == 0):
+        pytest.skip("no reward variation in this batch")
+    after = list(tiny_policy.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_fit_writes_run_directory(tiny_policy, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+    result = pipe.fit(make_split("train", 20, 0), make_split("eval", 4, 0))
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["eval", "train", "train", "eval"]
+    assert "eval/greedy/short" in rows[0] and "eval/sampled/mean_length" in rows[-1]
+    AutoModelForCausalLM.from_pretrained(result.run_dir / "model")
+    state = json.loads((result.run_dir / "controller_state.json").read_text())
+    assert len(state["controller"]["u_"]) == 2
+
+
+def test_reward_that_raises_names_the_sample(tiny_policy, tmp_path):
+    def fragile(prompts, completions, **kwargs):
+        if len(completions) > 1:
+            raise ZeroDivisionError("boom")
+        return [1.0]
+
+    pipe = Pipeline(
+        policy=tiny_policy,
+        rewards=[fragile],
+        config=TrainConfig(steps=1, prompts_per_step=1, group_size=2, progress=False),
+        rollout={"name": "transformers", "max_new_tokens": 4},
+    )
+    # batched call raises, one-by-one call succeeds: the error still surfaces with the objective name
+    with pytest.raises(RewardError, match="fragile"):
+        pipe.step(make_split("train", 1, 0))
+
+
+def test_reward_wrong_count_and_nan(tiny_policy, tmp_path):
+    def wrong_count(prompts, completions, **kwargs):
+        return [1.0]
+
+    def nan_reward(prompts, completions, **kwargs):
+        return [float("nan")] * len(completions)
+
+    for fn, pattern in ((wrong_count, "returned 1 values for 4"), (nan_reward, r"returned nan for sample 0")):
+        pipe = Pipeline(
+            policy=tiny_policy,
+            rewards=[fn],
+            config=TrainConfig(steps=1, prompts_per_step=2, group_size=2, progress=False),
+            rollout={"name": "transformers", "max_new_tokens": 4},
+        )
+        with pytest.raises(RewardError, match=pattern) as info:
+            pipe.step(make_split("train", 2, 0))
+        if fn is nan_reward:
+            assert "prompt:" in str(info.value) and "completion:" in str(info.value)
+
+
+def test_duplicate_objective_names_rejected(tiny_policy):
+    with pytest.raises(ValueError, match="unique"):
+        Pipeline(policy=tiny_policy, rewards=[short, short])
