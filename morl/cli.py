@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from morl.components import FAMILIES, RecipeError, registered
+from morl.theory.cli import theory_app
 
 app = typer.Typer(help="Multi-objective RL fine-tuning of language models.", no_args_is_help=True)
 tinymath_app = typer.Typer(help="The embedded TinyMath task and model.", no_args_is_help=True)
 app.add_typer(tinymath_app, name="tinymath")
+app.add_typer(theory_app, name="theory", help="Check the covariance law numerically.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -200,17 +202,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
-
-
-def _mount_optional() -> None:
-    try:
-        from morl.theory.cli import theory_app
-    except ImportError:
-        return
-    app.add_typer(theory_app, name="theory")
-
-
-_mount_optional()
 
 
 def main() -> None:
