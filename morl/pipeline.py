@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -31,9 +31,12 @@ from morl.batch import Batch
 from morl.components import Component, build
 from morl.controllers import WeightController, WeightTarget
 from morl.policy import Policy
-from morl.rewards import RewardFn, objective_name, score_rewards
+from morl.rewards import RewardFn, check_columns, objective_name, score_rewards
 from morl.rollout import RolloutBackend
 from morl.scalarize import Scalarizer, fill_not_applicable
+
+if TYPE_CHECKING:
+    from morl.diagnostics import Diagnostics, DiagnosticsConfig
 
 
 class TrainConfig(BaseModel):
@@ -53,9 +56,17 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(64, ge=1)
     output_dir: str | None = None
     on_reward_error: Literal["raise", "skip"] = "raise"
+    checkpoint_every: int = Field(50, ge=0, description="write a checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="stop after this many steps in a row whose loss or gradient was not finite"
+    )
     save_model: bool = True
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["jsonl"], description="where metrics go besides metrics.jsonl, which is always written"
+    )
 
 
 class Callback:
@@ -68,6 +79,16 @@ class Callback:
     def on_step_end(self, step: int, batch: Batch, metrics: dict[str, float]) -> None: ...
 
     def on_fit_end(self, pipeline: Pipeline, history: list[dict[str, Any]]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (JSON-able); a stateful callback overrides this and :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -97,6 +118,7 @@ class Pipeline:
         config: TrainConfig | None = None,
         callbacks: Sequence[Callback] = (),
         recipe: dict[str, Any] | None = None,
+        diagnostics: Diagnostics | DiagnosticsConfig | dict[str, Any] | bool = True,
     ) -> None:
         self.policy = Policy.from_pretrained(policy) if isinstance(policy, str) else policy
         self.rewards = [build("reward", r) for r in rewards]
@@ -109,7 +131,14 @@ class Pipeline:
         self.controller = build("controller", controller)
         self.rollout = build("rollout", rollout)
         self.config = config or TrainConfig()
-        self.callbacks = list(callbacks)
+        from morl.diagnostics import make_diagnostics
+
+        # on by default (``diagnostics=False`` or ``{"enabled": False}`` to opt out); first, so that user
+        # callbacks see its metrics
+        self.diagnostics = make_diagnostics(diagnostics)
+        if self.diagnostics is not None:
+            self.diagnostics.attach(self)
+        self.callbacks = [self.diagnostics, *callbacks] if self.diagnostics is not None else list(callbacks)
         self.recipe = recipe
         self.controller.start(self.objectives)
         self.optimizer = torch.optim.AdamW(
@@ -121,6 +150,9 @@ class Pipeline:
         self.step_count = 0
         self.data_position = 0
         self._order: list[int] = []
+        self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss or gradient
+        self.nonfinite_streak = 0
+        self.validation_data: list[dict[str, Any]] | None = None  # for controllers that need "validation"
 
     @property
     def needs(self) -> frozenset[str]:
@@ -146,6 +178,11 @@ class Pipeline:
         """One training step on these prompts; returns the batch record and the step's metrics."""
         k = self.config.group_size
         timings: dict[str, float] = {}
+
+        if "validation" in self.controller.needs and self.step_count == 0:
+            t0 = time.perf_counter()
+            self.controller.observe_validation(self.validate())  # the initial model's point
+            timings["timing/validation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         prompts, columns = split_examples(examples)
@@ -180,6 +217,9 @@ class Pipeline:
         combine = self.controller.combine_losses if self.controller.applies_to == WeightTarget.GRADIENT else None
         update_metrics = self.algo.update(self.policy, self.optimizer, batch, combine=combine)
         timings["timing/update"] = time.perf_counter() - t0
+        nonfinite = update_metrics.get("skipped_nonfinite", 0.0) > 0  # the algorithm skipped the optimizer step
+        self.skipped_steps += int(nonfinite)
+        self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
 
         t0 = time.perf_counter()
         if "clipped_weights" in self.needs:
@@ -188,11 +228,17 @@ class Pipeline:
                     batch.input_ids, batch.attention_mask, batch.prompt_width, self.algo.config.temperature
                 )
             batch.clipped_weights = self.algo.clipped_advantage_weight(new_logp, batch)
+            batch.new_logprobs = new_logp
         self.controller.after_update(batch)
         timings["timing/controller"] += time.perf_counter() - t0
+        if "validation" in self.controller.needs:
+            t0 = time.perf_counter()
+            self.controller.observe_validation(self.validate())
+            timings["timing/validation"] = timings.get("timing/validation", 0.0) + time.perf_counter() - t0
 
         self.step_count += 1
         metrics = self._step_metrics(batch, update_metrics, skipped)
+        metrics["train/skipped_steps"] = self.skipped_steps
         metrics.update(timings)
         for cb in self.callbacks:
             cb.on_step_end(self.step_count, batch, metrics)
@@ -241,10 +287,11 @@ class Pipeline:
     # ---- evaluation -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, examples: list[dict[str, Any]]) -> dict[str, float]:
+    def evaluate(self, examples: list[dict[str, Any]], modes: Sequence[str] | None = None) -> dict[str, float]:
         """Per-objective means on held-out prompts, greedy and sampled; stateful rewards do not learn."""
         out: dict[str, float] = {}
-        modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
+        if modes is None:
+            modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
         for mode in modes:
             totals = np.zeros(len(self.objectives))
             counts = np.zeros(len(self.objectives))
@@ -273,24 +320,61 @@ class Pipeline:
             out[f"eval/{mode}/mean_length"] = length_sum / max(n, 1)
         return out
 
+    def validate(self) -> dict[str, float]:
+        """Per-objective means and ``mean_length`` on the first ``controller.config.validation_size`` examples of
+        ``validation_data`` (default: the eval data given to :meth:`fit`), decoded as ``validation_mode`` says."""
+        if not self.validation_data:
+            raise ValueError(
+                f"{type(self.controller).__name__} needs validation prompts: pass eval data to fit() "
+                "or set pipeline.validation_data"
+            )
+        size = getattr(self.controller.config, "validation_size", 32)
+        mode = getattr(self.controller.config, "validation_mode", "greedy")
+        scores = self.evaluate(self.validation_data[:size], modes=[mode])
+        means = {name: scores[f"eval/{mode}/{name}"] for name in self.objectives}
+        means["mean_length"] = scores[f"eval/{mode}/mean_length"]
+        return means
+
     # ---- the loop ------------------------------------------------------------------------------------
 
-    def fit(self, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None = None) -> FitResult:
-        """Train for ``config.steps`` steps; evaluate at start, every ``eval_every`` steps and at the end."""
-        from morl.logging import MetricsWriter, TrainingProgress, print_eval_table
+    def fit(
+        self,
+        train_data: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None = None,
+        resume_from: str | Path | None = None,
+    ) -> FitResult:
+        """Train for ``config.steps`` steps; evaluate at start, every ``eval_every`` steps and at the end.
+
+        Writes a checkpoint every ``checkpoint_every`` steps and at the end; on SIGINT/SIGTERM it finishes the
+        step, writes one and raises :class:`morl.checkpoint.Interrupted`. ``resume_from`` (a run directory or
+        one of its checkpoints) continues that run, in its directory, from its newest complete checkpoint.
+        """
+        from morl.checkpoint import GracefulStop, Interrupted, resume, save_checkpoint
+        from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 
         cfg = self.config
         if not train_data:
             raise ValueError("train_data is empty")
+        for split, rows in (("train", train_data), ("eval", eval_data or [])):  # bad data fails now, not at step 900
+            check_columns(self.rewards, rows, split)
+            self.rollout.check_prompts(self.policy, [ex["prompt"] for ex in rows], split)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         if self.step_count == 0:
             seed_everything(cfg.seed)
-        run_dir = self.run_dir()
+        if self.validation_data is None:
+            self.validation_data = eval_data or train_data
+        history: list[dict[str, Any]] = []
+        saved: Path | None = None  # the newest checkpoint, and the step it holds
+        if resume_from is not None:
+            run_dir, saved, history = resume(self, resume_from)  # restores RNG states last
+            console.print(f"resuming [bold]{run_dir}[/] at step {self.step_count} from {saved.name}")
+        else:
+            run_dir = self.run_dir()
+        saved_step = self.step_count if saved is not None else None
         run_dir.mkdir(parents=True, exist_ok=True)
         self._write_recipe(run_dir)
-        writer = MetricsWriter(run_dir / "metrics.jsonl")
-        history: list[dict[str, Any]] = []
+        writer = open_loggers(run_dir, cfg.loggers, config=self.recipe, append=resume_from is not None)
         for cb in self.callbacks:
             cb.on_fit_start(self, run_dir)
 
@@ -298,29 +382,71 @@ class Pipeline:
             writer.write(row)
             history.append(row)
 
-        first_eval = None
-        if eval_data and self.step_count == 0:
-            first_eval = {"kind": "eval", "step": 0, **self.evaluate(eval_data)}
-            record(first_eval)
-        last_eval = first_eval
-        with TrainingProgress(cfg.steps, self.objectives, enabled=cfg.progress, start=self.step_count) as progress:
-            while self.step_count < cfg.steps:
-                _, metrics = self.step(self._next_examples(train_data))
-                record({"kind": "train", **metrics})
-                progress.update(metrics)
-                if eval_data and cfg.eval_every and self.step_count % cfg.eval_every == 0:
-                    last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
-                    record(last_eval)
-        if eval_data and (last_eval is None or last_eval["step"] != self.step_count):
-            last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
-            record(last_eval)
-        writer.close()
+        def checkpoint() -> Path:
+            nonlocal saved, saved_step
+            if saved_step != self.step_count:
+                saved, saved_step = save_checkpoint(self, run_dir, keep=cfg.keep_checkpoints), self.step_count
+            return saved  # type: ignore[return-value]
+
+        evals = [row for row in history if row.get("kind") == "eval"]
+        first_eval = evals[0] if evals else None
+        last_eval = evals[-1] if evals else None
+        try:
+            if eval_data and self.step_count == 0 and first_eval is None:
+                first_eval = {"kind": "eval", "step": 0, **self.evaluate(eval_data)}
+                record(first_eval)
+                last_eval = first_eval
+            with (
+                GracefulStop() as stop,
+                TrainingProgress(cfg.steps, self.objectives, enabled=cfg.progress, start=self.step_count) as progress,
+            ):
+                while self.step_count < cfg.steps:
+                    if stop.signum is not None:
+                        raise Interrupted(stop.signum, self.step_count, checkpoint())
+                    _, metrics = self.step(self._next_examples(train_data))
+                    record({"kind": "train", **metrics})
+                    progress.update(metrics)
+                    if self.nonfinite_streak:
+                        console.print(
+                            f"[yellow]step {self.step_count}: non-finite loss or gradient, update skipped[/] "
+                            f"({self.nonfinite_streak} in a row; stopping at {cfg.max_nonfinite_steps})"
+                        )
+                    if eval_data and cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                        last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
+                        record(last_eval)
+                    if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                        raise self._nonfinite_error(metrics, checkpoint if self._parameters_finite() else None, saved)
+                    if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0:
+                        checkpoint()
+            if eval_data and (last_eval is None or last_eval["step"] != self.step_count):
+                last_eval = {"kind": "eval", "step": self.step_count, **self.evaluate(eval_data)}
+                record(last_eval)
+            checkpoint()
+        finally:
+            writer.close()
         self.save(run_dir)
         for cb in self.callbacks:
             cb.on_fit_end(self, history)
         if cfg.progress and first_eval and last_eval:
             print_eval_table(first_eval, last_eval, self.objectives)
         return FitResult(run_dir=run_dir, history=history)
+
+    def _parameters_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.policy.model.parameters())
+
+    def _nonfinite_error(
+        self, metrics: dict[str, float], checkpoint: Callable[[], Path] | None, saved: Path | None
+    ) -> NonFiniteError:
+        """Keep the last good state (a checkpoint now, if the parameters are still finite) and explain the stop."""
+        if checkpoint is not None:
+            saved = checkpoint()
+        where = f"last good checkpoint: {saved}" if saved is not None else "no good checkpoint was written"
+        return NonFiniteError(
+            f"stopping at step {self.step_count}: {self.nonfinite_streak} steps in a row had a non-finite loss or "
+            f"gradient (loss {metrics.get('loss')}, grad_norm {metrics.get('grad_norm')}), so their updates were "
+            f"skipped (train.max_nonfinite_steps={self.config.max_nonfinite_steps}); {where}. Check the rewards, "
+            "the controller's weights and train.lr, then resume with `morl fit RECIPE --resume RUN_DIR`."
+        )
 
     def _next_examples(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Prompts for the next step: a seeded shuffle per epoch, position kept for resuming."""

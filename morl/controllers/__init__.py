@@ -1,7 +1,35 @@
 """Weight controllers: own the weights λ and update them from batch statistics."""
 
 from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.controllers.cagrad import CAGrad
 from morl.controllers.ctwa import CTWA, group_covariances
+from morl.controllers.dynamic import GradientWeighting, HypervolumeWeighting
 from morl.controllers.fixed import FixedWeights
+from morl.controllers.gdpo import GDPO
+from morl.controllers.gradients import GramWeighting, objective_gram, objective_losses
+from morl.controllers.gradnorm import GradNorm
+from morl.controllers.lagrangian import Lagrangian
+from morl.controllers.mgda import MGDA
+from morl.controllers.pama import PAMA
+from morl.controllers.pcgrad import PCGrad
 
-__all__ = ["CTWA", "FixedWeights", "WeightController", "WeightTarget", "group_covariances", "per_objective"]
+__all__ = [
+    "CTWA",
+    "GDPO",
+    "MGDA",
+    "PAMA",
+    "CAGrad",
+    "FixedWeights",
+    "GradNorm",
+    "GradientWeighting",
+    "GramWeighting",
+    "HypervolumeWeighting",
+    "Lagrangian",
+    "PCGrad",
+    "WeightController",
+    "WeightTarget",
+    "group_covariances",
+    "objective_gram",
+    "objective_losses",
+    "per_objective",
+]

@@ -33,7 +33,9 @@ class WeightController(Component):
     family = "controller"
     applies_to: ClassVar[WeightTarget] = WeightTarget.REWARD
     normalization: ClassVar[Normalization] = "free"
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"clipped_weights", "objective_advantages"}
+    # subset of {"clipped_weights", "objective_advantages", "objective_gradients", "validation"}; a controller that
+    # needs "validation" has ``validation_size`` and ``validation_mode`` in its config
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def start(self, objectives: list[str]) -> None:
         """Create learned state for these objectives, unless resumed state is already loaded."""
@@ -47,6 +49,10 @@ class WeightController(Component):
 
     def after_update(self, batch: Batch) -> None:
         """Update from the batch after the policy step (e.g. clipped-weight covariances)."""
+
+    def observe_validation(self, means: dict[str, float]) -> None:
+        """Controllers that need ``"validation"``: per-objective means (and ``mean_length``) of the policy on a
+        validation subset, before the first update and after every update."""
 
     def combine_advantages(self, objective_advantages: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Advantage-level controllers: ``[N, M]`` per-objective advantages -> ``[N]``."""

@@ -2,5 +2,6 @@
 
 from morl.scalarize.base import Scalarizer, fill_not_applicable
 from morl.scalarize.linear import Linear
+from morl.scalarize.tchebycheff import SmoothTchebycheff, Tchebycheff
 
-__all__ = ["Linear", "Scalarizer", "fill_not_applicable"]
+__all__ = ["Linear", "Scalarizer", "SmoothTchebycheff", "Tchebycheff", "fill_not_applicable"]

@@ -1,0 +1,97 @@
+"""CAGrad — conflict-averse gradient descent (Liu et al. 2021, https://arxiv.org/abs/2110.14048), in Gram space,
+with LibMTL's defaults (``c = 0.5``, ``rescale = 1``).
+
+With ``g_0 = (1/M) Σ g_m`` the average gradient and ``φ = c ‖g_0‖``, solve on the simplex
+
+    x* = argmin_{x ∈ Δ}  xᵀ G b + φ √(xᵀ G x)          b = 1/M          (the dual of CAGrad's inner problem)
+
+and update along ``d = g_0 + φ / ‖g_x‖ · g_x`` with ``g_x = Σ x*_m g_m``, divided by ``1 + c²`` (rescale 1),
+``1 + c`` (rescale 2) or not at all (rescale 0). So ``d = Σ w_m g_m`` with
+
+    w = (b + φ / √(x*ᵀ G x*) · x*) / (1 + c²)
+
+which needs only the Gram matrix. ``c = 0`` is plain averaging; large ``c`` moves towards the min-norm (MGDA)
+direction. Weights are free (non-negative, not normalised).
+
+The inner problem is convex; it is solved by projected gradient descent with backtracking (LibMTL calls
+scipy's SLSQP), to ``tol`` in the objective.
+
+Example:
+    >>> import numpy as np
+    >>> cagrad_weights(np.eye(2)).round(6)  # x* = (1/2, 1/2), φ = 0.5/√2, w = (1/2 + 1/2 · 1/2) / 1.25
+    array([0.6, 0.6])
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from morl.batch import Batch
+from morl.controllers.gradients import GramConfig, GramWeighting
+
+
+def project_to_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto ``{x ≥ 0, Σ x = 1}`` (sort-based, Held et al. 1974)."""
+    u = np.sort(v)[::-1]
+    cumulative = np.cumsum(u) - 1.0
+    k = np.nonzero(u - cumulative / np.arange(1, len(v) + 1) > 0)[0][-1]
+    return np.maximum(v - cumulative[k] / (k + 1), 0.0)
+
+
+def cagrad_inner(gram: np.ndarray, phi: float, max_iters: int = 1000, tol: float = 1e-12) -> np.ndarray:
+    """``argmin_{x ∈ Δ} xᵀ G b + φ √(xᵀ G x + 1e-8)`` with ``b = 1/M``, by projected gradient with backtracking."""
+    m = gram.shape[0]
+    a = gram @ np.full(m, 1.0 / m)
+
+    def value(x: np.ndarray) -> float:
+        return float(x @ a + phi * np.sqrt(x @ gram @ x + 1e-8))
+
+    x = np.full(m, 1.0 / m)
+    fx, step = value(x), 1.0 / max(np.abs(gram).max(), 1e-12)
+    for _ in range(max_iters):
+        grad = a + phi * (gram @ x) / np.sqrt(x @ gram @ x + 1e-8)
+        while True:
+            candidate = project_to_simplex(x - step * grad)
+            fc = value(candidate)
+            if fc <= fx - 0.5 / step * np.sum((candidate - x) ** 2) + 1e-15 or step < 1e-20:
+                break
+            step *= 0.5
+        done = fx - fc <= tol * max(abs(fx), 1e-12)
+        x, fx, step = candidate, fc, step * 2.0
+        if done:
+            break
+    return x
+
+
+def cagrad_weights(gram: np.ndarray, c: float = 0.5, rescale: int = 1) -> np.ndarray:
+    """Weights ``w`` with CAGrad's update direction ``d = Σ_m w_m g_m``."""
+    gram = np.asarray(gram, dtype=float)
+    m = gram.shape[0]
+    b = np.full(m, 1.0 / m)
+    divisor = {0: 1.0, 1: 1.0 + c**2, 2: 1.0 + c}[rescale]
+    scale = np.trace(gram) / m
+    if scale <= 0:  # every gradient is 0: any weights give the same (zero) update
+        return b / divisor
+    gram = gram / scale  # the weights are scale-free; this keeps LibMTL's 1e-8 guards negligible at any scale
+    phi = c * np.sqrt(b @ gram @ b + 1e-8) + 1e-8
+    x = cagrad_inner(gram, phi)
+    lam = phi / (np.sqrt(max(x @ gram @ x, 0.0)) + 1e-8)
+    return (b + lam * x) / divisor
+
+
+class CAGrad(GramWeighting):
+    """Conflict-averse gradient combination; free non-negative weights."""
+
+    name = "cagrad"
+    normalization = "free"
+
+    class Config(GramConfig):
+        c: float = Field(0.5, ge=0)
+        rescale: Literal[0, 1, 2] = 1
+
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
+        self.weights_ = cagrad_weights(gram, self.config.c, self.config.rescale)
+        return self.weights_

@@ -1,0 +1,92 @@
+"""GDPO — group reward-decoupled normalisation (Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy
+Optimization for Multi-reward RL Optimization", https://arxiv.org/abs/2601.05242), named as in TRL's
+``GRPOConfig.multi_objective_aggregation``.
+
+``normalize_then_sum`` (GDPO): normalise each objective within its prompt group, weight, sum, then z-score
+over the batch:
+
+    A_m = (r_m - mean_g r_m) / std_g r_m          0 for a group where r_m does not vary
+    A   = z_batch(Σ_m w_m A_m)
+
+``sum_then_normalize`` (GRPO on the weighted sum, TRL's default): ``A = group_z(Σ_m w_m r_m)``. Summing first
+lets objectives with a large spread drown the others, and different reward combinations collapse onto the same
+advantage; normalising first gives every objective the same say inside a group.
+
+Where weights act: on per-objective advantages (advantage level) for ``normalize_then_sum``; on rewards for
+``sum_then_normalize``. Weights are free (default 1 each, TRL's ``reward_weights``); both aggregations are
+invariant to a common scale of the weights. ``A_m`` are the pipeline's per-objective advantages (the recipe's
+advantage estimator; ``group_norm`` is GDPO's), ``group_z`` is GRPO's group normalisation (sample std).
+
+Example:
+    >>> import torch
+    >>> aggregate_advantages(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+    ...                      torch.tensor([2.0, 1.0]), 2, "normalize_then_sum")
+    tensor([ 0.7071, -0.7071])
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from morl.algos.advantages import group_normalize
+from morl.batch import Batch
+from morl.components import ComponentConfig
+from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.scalarize.base import fill_not_applicable
+
+Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
+
+
+def batch_zscore(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(x - mean) / std`` over the batch (sample std); 0 where the batch does not vary."""
+    centered = values - values.mean()
+    std = values.std() if values.numel() > 1 else torch.zeros(())
+    return centered / std if std > eps else torch.zeros_like(values)
+
+
+def aggregate_advantages(
+    objective_advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    weights: torch.Tensor,
+    group_size: int,
+    mode: Aggregation,
+) -> torch.Tensor:
+    """Combine objectives into one advantage per completion: ``[N, M]`` -> ``[N]``."""
+    weights = weights.to(objective_advantages.dtype)
+    if mode == "normalize_then_sum":
+        return batch_zscore(objective_advantages @ weights)
+    filled = fill_not_applicable(rewards, group_size).to(weights.dtype)
+    return group_normalize(filled @ weights, group_size)
+
+
+class GDPO(WeightController):
+    """Decoupled (per-objective) group normalisation, or TRL's default sum-then-normalise."""
+
+    name = "gdpo"
+    applies_to = WeightTarget.ADVANTAGE
+    normalization = "free"
+
+    class Config(ComponentConfig):
+        weights: list[float] | dict[str, float] | None = None
+        multi_objective_aggregation: Aggregation = "normalize_then_sum"
+
+    def start(self, objectives: list[str]) -> None:
+        super().start(objectives)
+        given = self.config.weights
+        self._weights = torch.tensor(
+            per_objective("controller.weights", given, objectives) if given else [1.0] * len(objectives)
+        )
+
+    def weights(self) -> torch.Tensor:
+        return self._weights
+
+    def combine_advantages(self, objective_advantages: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return aggregate_advantages(
+            objective_advantages,
+            batch.rewards,
+            self._weights,
+            batch.group_size,
+            self.config.multi_objective_aggregation,
+        )

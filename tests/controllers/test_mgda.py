@@ -1,0 +1,123 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from morl.algos import GRPO
+from morl.batch import Batch
+from morl.controllers import MGDA
+from morl.controllers.mgda import min_norm_weights
+
+
+def _random_gram(rng, m, rank):
+    a = rng.normal(size=(m, rank)) * rng.uniform(0.1, 10, size=(m, 1))
+    return a @ a.T
+
+
+def _active_set_min_norm(gram):
+    """Independent solver: on every face of the simplex, solve the equality-constrained QP, keep the best
+    feasible point (exact for small M)."""
+    m = len(gram)
+    best, best_w = np.inf, None
+    for k in range(1, m + 1):
+        for face in itertools.combinations(range(m), k):
+            face = list(face)
+            kkt = np.zeros((k + 1, k + 1))
+            kkt[:k, :k], kkt[:k, k], kkt[k, :k] = gram[np.ix_(face, face)], 1.0, 1.0
+            rhs = np.zeros(k + 1)
+            rhs[k] = 1.0
+            sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:k]
+            if (sol >= -1e-12).all():
+                w = np.zeros(m)
+                w[face] = np.maximum(sol, 0.0)
+                w /= w.sum()
+                if w @ gram @ w < best:
+                    best, best_w = w @ gram @ w, w
+    return best_w
+
+
+@pytest.mark.parametrize(
+    ("gram", "expected"),
+    [
+        ([[1.0, -1.0], [-1.0, 4.0]], [5 / 7, 2 / 7]),  # g1 = e1, g2 = -e1 + √3 e2
+        ([[1.0, 2.0], [2.0, 4.0]], [1.0, 0.0]),  # g2 = 2 g1: the shorter one is the min-norm point
+        ([[1.0, 1.0], [1.0, 1.0]], [0.5, 0.5]),  # identical gradients: any weights, the symmetric ones
+        (np.eye(3), [1 / 3, 1 / 3, 1 / 3]),  # orthonormal: the centroid
+        (np.diag([1.0, 4.0, 4.0]), [2 / 3, 1 / 6, 1 / 6]),  # orthogonal: w ∝ 1/‖g‖²
+        ([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], None),  # g2 = -g1: the zero vector is reachable
+    ],
+)
+def test_golden_values(gram, expected):
+    w = min_norm_weights(np.array(gram))
+    if expected is None:
+        assert w @ np.array(gram) @ w == pytest.approx(0.0, abs=1e-10) and w[2] == pytest.approx(0.0, abs=1e-6)
+    else:
+        np.testing.assert_allclose(w, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 6])
+def test_kkt_and_independent_solver_on_random_grams(m):
+    rng = np.random.default_rng(m)
+    for _ in range(30):
+        gram = _random_gram(rng, m, rank=int(rng.integers(1, m + 3)))
+        w = min_norm_weights(gram)
+        assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+        gw, value, scale = gram @ w, w @ gram @ w, np.trace(gram)
+        # KKT of min wᵀGw on the simplex: (Gw)_i ≥ wᵀGw for all i, with equality wherever w_i > 0
+        assert gw.min() >= value - 1e-8 * scale
+        assert np.max(w * (gw - value)) <= 1e-8 * scale
+        reference = _active_set_min_norm(gram)
+        assert value == pytest.approx(reference @ gram @ reference, abs=1e-8 * scale)
+        if np.linalg.matrix_rank(gram) == m:  # strictly convex: the minimiser is unique
+            np.testing.assert_allclose(w, reference, atol=1e-5)
+
+
+def test_invariant_to_scale_and_equivariant_to_permutation():
+    rng = np.random.default_rng(0)
+    gram = _random_gram(rng, 4, 6)
+    w = min_norm_weights(gram)
+    np.testing.assert_allclose(min_norm_weights(gram * 1e-9), w, atol=1e-7)
+    perm = rng.permutation(4)
+    np.testing.assert_allclose(min_norm_weights(gram[np.ix_(perm, perm)]), w[perm], atol=1e-7)
+    np.testing.assert_allclose(min_norm_weights(np.zeros((3, 3))), np.full(3, 1 / 3))
+
+
+def _rewards_batch(rewards):
+    n = len(rewards)
+    return Batch(
+        prompts=[""] * n,
+        completions=[""] * n,
+        columns={},
+        group_size=n,
+        input_ids=torch.zeros(n, 1, dtype=torch.long),
+        attention_mask=torch.ones(n, 1, dtype=torch.long),
+        completion_mask=torch.ones(n, 0, dtype=torch.long),
+        prompt_width=1,
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+    )
+
+
+def test_gradient_normalisations():
+    gram = np.diag([4.0, 1.0])  # orthogonal gradients of norms 2 and 1
+    batch = _rewards_batch([[0.0, 1.0], [1.0, 0.5]])  # reward gaps 1 - mean r: 0.5 and 0.25
+    for normalize, expected in [
+        ("none", [0.2, 0.8]),  # orthogonal: w ∝ 1/‖g‖²
+        ("l2", [0.5, 0.5]),  # unit gradients
+        ("loss", [0.5, 0.5]),  # G / (L Lᵀ) = diag(16, 16)
+        ("loss+", [0.8, 0.2]),  # scales L‖g‖ = (1, 0.25): diag(4, 16)
+    ]:
+        c = MGDA(normalize=normalize)
+        c.start(["a", "b"])
+        np.testing.assert_allclose(c.weights_from_gram(gram, np.zeros(2), batch), expected, atol=1e-9)
+
+
+def test_controller_on_a_real_batch_cheap_and_exact(policy_batch, normalized):
+    policy, batch = policy_batch
+    for params in ("all", "last_layers:1"):
+        c = MGDA(params=params)
+        c.start(["accuracy", "conciseness", "clarity"])
+        loss, _ = c.combine_losses(policy, batch, GRPO())
+        assert torch.isfinite(loss)
+        normalized(c)
+    assert repr(MGDA()).startswith("MGDA(params='all', batched=False, normalize='none'")
