@@ -39,6 +39,7 @@ class Batch:
     objective_advantages: torch.Tensor | None = None  # [N, M], for advantage- and gradient-level weights
     advantages: torch.Tensor | None = None
     clipped_weights: torch.Tensor | None = None  # [N], completion-level clipped advantage weight (CTWA)
+    new_logprobs: torch.Tensor | None = None  # [N, L] under the updated policy, computed with clipped_weights
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property

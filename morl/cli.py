@@ -24,9 +24,10 @@ err_console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a recipe field: key.path=value")]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """Exit with a message: code 2 for a wrong recipe, dataset or checkpoint, 1 for a run that failed."""
     err_console.print(f"[red]error:[/] {message}")
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -36,23 +37,57 @@ def fit(
     output_dir: Annotated[
         str | None, typer.Option(help="run directory (default: train.output_dir or runs/<time>)")
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="continue a run from its newest complete checkpoint: its directory, or 'latest' "
+            "(train.output_dir if set, else the most recent run under runs/)"
+        ),
+    ] = None,
 ) -> None:
-    """Train with the recipe's components; writes metrics.jsonl, the model and controller state."""
+    """Train with the recipe's components; writes metrics.jsonl, checkpoints, the model and controller state."""
+    from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run
+    from morl.data import DataError
+    from morl.pipeline import NonFiniteError
     from morl.recipe import load_data, load_recipe, pipeline_from_recipe
+    from morl.rewards import RewardError
 
     overrides = list(set_ or [])
     if output_dir:
         overrides.append(f"train.output_dir={output_dir}")
+    checkpoint = None
     try:
         parsed = load_recipe(recipe, overrides)
         from morl.recipe import build_components
 
         build_components(parsed)
+        if resume is not None:  # before the data and the model: a wrong path fails fast
+            if resume == "latest":
+                out = parsed.train.output_dir
+                run = Path(out) if out else latest_run("runs")
+            else:
+                run = Path(resume)
+            checkpoint = find_checkpoint(run)
         train, evals = load_data(parsed)
-    except (RecipeError, ValueError, FileNotFoundError) as err:
+    except (RecipeError, CheckpointError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    pipeline = pipeline_from_recipe(parsed)
-    result = pipeline.fit(train, evals)
+    try:
+        pipeline = pipeline_from_recipe(parsed)
+    except OSError as err:
+        _fail(f"cannot load policy.model={parsed.policy.model!r}: {err}")
+    try:
+        result = pipeline.fit(train, evals, resume_from=checkpoint)
+    except (DataError, RecipeError, CheckpointError) as err:
+        _fail(str(err))
+    except (RewardError, NonFiniteError) as err:
+        _fail(str(err), code=1)
+    except Interrupted as stop:
+        err_console.print(
+            f"[yellow]{stop}[/]\nresume with: morl fit {recipe} --resume {stop.checkpoint.parent.parent}"
+            if stop.checkpoint
+            else f"[yellow]{stop}[/]"
+        )
+        raise typer.Exit(code=128 + stop.signum) from None
     console.print(f"run directory: [bold]{result.run_dir}[/]")
 
 
@@ -150,6 +185,82 @@ def score(
                 scored = {n: (None if v != v else v) for n, v in zip(names, values)}
                 fh.write(json.dumps({**row, "rewards": scored}) + "\n")
         console.print(f"wrote {out}")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (each with metrics.jsonl)")],
+    out: Annotated[Path | None, typer.Option(help="output folder (default: the first run's plots/)")] = None,
+    smooth: Annotated[int, typer.Option(min=1, help="moving-average window of the training curves (steps)")] = 10,
+) -> None:
+    """Figures from run directories: objectives, weights, covariances, gradient cosines, clipping (PNG)."""
+    from morl.plot import plot_runs
+
+    try:
+        written = plot_runs(run_dirs, out, smooth=smooth)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    for item in written:
+        console.print(f"wrote [bold]{item.path}[/] ({len(item.panels)} panels)")
+    if not written:
+        console.print("[yellow]no figure: the runs have no metrics to plot[/]")
+
+
+@app.command()
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="base recipe YAML: everything but the method")],
+    methods: Annotated[
+        str, typer.Option(help="comma-separated: linear, a cookbook recipe name, a controller or scalarizer name")
+    ] = "linear,ctwa",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds, shared by every method")] = "0",
+    out: Annotated[Path, typer.Option(help="runs go to OUT/<method>/seed<k>, the report to OUT")] = Path(
+        "runs/compare"
+    ),
+    eval_mode: Annotated[str, typer.Option("--eval", help="held-out evaluation to compare: greedy or sampled")] = (
+        "greedy"
+    ),
+    ignore: Annotated[str, typer.Option(help="comma-separated objectives left out of the interference score")] = "",
+    plots: Annotated[bool, typer.Option(help="also draw every run's training curves in OUT/plots")] = True,
+    set_: SetOption = None,
+) -> None:
+    """Run one recipe under several methods and seeds; write comparison.md/.png with the interference score."""
+    from morl.checkpoint import Interrupted
+    from morl.compare import compare as run_compare
+    from morl.compare import mean_std
+    from morl.pipeline import NonFiniteError
+    from morl.rewards import RewardError
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds expects comma-separated integers, got {seeds!r}")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        ignored = [o.strip() for o in ignore.split(",") if o.strip()]
+        result = run_compare(
+            recipe, method_list, seed_list, out, list(set_ or []), mode=eval_mode, ignore=ignored, plots=plots
+        )
+    except (RewardError, NonFiniteError) as err:
+        _fail(str(err), code=1)
+    except (RecipeError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot load the policy: {err}")
+    except Interrupted as stop:
+        err_console.print(f"[yellow]{stop}[/]\nrun the same command again to resume the sweep")
+        raise typer.Exit(code=128 + stop.signum) from None
+    table = Table(title=f"interference and final held-out {result.mode} evaluation, {len(seed_list)} seed(s)")
+    table.add_column("method")
+    table.add_column("interference", justify="right")
+    for metric in result.metrics:
+        table.add_column(metric, justify="right")
+    for method in result.methods():
+        runs = result.of(method)
+        finals = [mean_std([r.final[m] for r in runs], 1 if m == "mean_length" else 3) for m in result.metrics]
+        table.add_row(method, mean_std([r.interference for r in runs]), *finals)
+    console.print(table)
+    for path in result.files:
+        console.print(f"wrote [bold]{path}[/]")
 
 
 @app.command()

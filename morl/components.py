@@ -126,7 +126,7 @@ def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
 
 def explain_validation_error(err: ValidationError, owner: str, config: type[BaseModel]) -> str:
     lines = [f"{owner}: invalid configuration"]
-    allowed = ", ".join(config.model_fields)
+    allowed = ", ".join(config.model_fields) or "(none)"
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(config)"
         if item["type"] == "extra_forbidden":

@@ -1,9 +1,12 @@
-"""Where metrics go: a JSONL file per run, a live progress bar, and start/end tables."""
+"""Where metrics go: a JSONL file per run (plus TensorBoard, W&B or trackio if asked), a live progress bar,
+and start/end tables."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,112 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+class TensorBoardLogger:
+    """The same metric names as TensorBoard scalars in ``RUN_DIR/tensorboard`` (needs ``pip install tensorboard``)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError(f"the tensorboard logger needs `pip install tensorboard` ({err})") from None
+        self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        step = int(row.get("step", 0))
+        for key, value in _scalars(row).items():
+            self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbLogger:
+    """Weights & Biases, same names; project from ``WANDB_PROJECT`` (default ``morl``), run named after its dir."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("the wandb logger needs `pip install wandb`") from None
+        self._wandb = wandb
+        self._run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "morl"), name=run_dir.name, dir=str(run_dir), config=config
+        )
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._run.log(_scalars(row), step=int(row.get("step", 0)))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class TrackioLogger:
+    """Trackio (the local-first, wandb-compatible tracker); project from ``TRACKIO_PROJECT`` (default ``morl``)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
+        try:
+            import trackio
+        except ImportError:
+            raise ImportError("the trackio logger needs `pip install trackio`") from None
+        self._trackio = trackio
+        trackio.init(project=os.environ.get("TRACKIO_PROJECT", "morl"), name=run_dir.name, config=config)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._trackio.log(_scalars(row), step=int(row.get("step", 0)))
+
+    def close(self) -> None:
+        self._trackio.finish()
+
+
+LOGGERS = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "trackio": TrackioLogger}
+
+
+class Loggers:
+    """The JSONL file (always) and any optional loggers, written together with the same rows."""
+
+    def __init__(self, writers: list[Any]) -> None:
+        self.writers = writers
+
+    def write(self, row: dict[str, Any]) -> None:
+        for writer in self.writers:
+            writer.write(row)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def open_loggers(
+    run_dir: Path, names: Sequence[str] = (), config: dict[str, Any] | None = None, append: bool = False
+) -> Loggers:
+    """``metrics.jsonl`` plus each named logger (``tensorboard``, ``wandb``, ``trackio``); ``jsonl`` is implied.
+
+    A named logger whose package is missing fails here, before training, with the ``pip install`` to run.
+    """
+    writers: list[Any] = [MetricsWriter(Path(run_dir) / "metrics.jsonl", append=append)]  # append: a resumed run
+    try:
+        for name in dict.fromkeys(names):
+            if name == "jsonl":
+                continue
+            if name not in LOGGERS:
+                raise ValueError(f"unknown logger {name!r}; allowed: jsonl, {', '.join(LOGGERS)}")
+            writers.append(LOGGERS[name](Path(run_dir), config))
+    except Exception:
+        for writer in writers:
+            writer.close()
+        raise
+    return Loggers(writers)
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """Numeric, finite values of a metrics row, without its bookkeeping keys."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

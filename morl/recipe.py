@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from morl.components import RecipeError, build, explain_validation_error
+from morl.diagnostics import DiagnosticsConfig
 from morl.pipeline import Pipeline, TrainConfig
 from morl.policy import Policy, PolicyConfig
 from morl.rewards import objective_name
@@ -48,6 +49,7 @@ class Recipe(BaseModel):
     controller: ComponentSpec = "fixed"
     rollout: ComponentSpec = "transformers"
     train: TrainConfig = TrainConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -96,21 +98,35 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def build_components(recipe: Recipe) -> dict[str, Any]:
     """Every component but the policy, checked against each other (objective names, weight lengths)."""
-    rewards = [build("reward", spec) for spec in recipe.rewards]
+    if not recipe.rewards:
+        raise RecipeError("rewards: give at least one objective (e.g. rewards: [accuracy, conciseness, clarity])")
+    rewards = [_build_at(f"rewards[{i}]", "reward", spec) for i, spec in enumerate(recipe.rewards)]
     objectives = [objective_name(r) for r in rewards]
+    repeated = sorted({o for o in objectives if objectives.count(o) > 1})
+    if repeated:
+        raise RecipeError(f"rewards: objective names must be unique, {repeated} appear more than once: {objectives}")
     components = {
         "rewards": rewards,
-        "scalarizer": build("scalarizer", recipe.scalarizer),
-        "advantage": build("advantage", recipe.advantage),
-        "algo": build("algo", recipe.algo),
-        "controller": build("controller", recipe.controller),
-        "rollout": build("rollout", recipe.rollout),
+        "scalarizer": _build_at("scalarizer", "scalarizer", recipe.scalarizer),
+        "advantage": _build_at("advantage", "advantage", recipe.advantage),
+        "algo": _build_at("algo", "algo", recipe.algo),
+        "controller": _build_at("controller", "controller", recipe.controller),
+        "rollout": _build_at("rollout", "rollout", recipe.rollout),
     }
     try:
         components["controller"].clone().start(objectives)
     except (ValueError, KeyError) as err:
         raise RecipeError(str(err)) from None
     return components
+
+
+def _build_at(section: str, family: str, spec: Any) -> Any:
+    """``build``, with the recipe section in the message (``rewards[1]: Accuracy: ... timeout_s: ...``)."""
+    try:
+        return build(family, spec)
+    except RecipeError as err:
+        message = str(err)
+        raise RecipeError(message if message.startswith(f"{section}:") else f"{section}: {message}") from None
 
 
 def load_data(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
@@ -130,5 +146,6 @@ def pipeline_from_recipe(recipe: Recipe, callbacks: list | None = None) -> Pipel
         config=recipe.train,
         callbacks=callbacks or [],
         recipe=recipe.model_dump(mode="json"),
+        diagnostics=recipe.diagnostics,
         **components,
     )

@@ -21,6 +21,9 @@ class RolloutBackend(Component):
         """A batch of ``len(prompts) × k`` rows; ``columns`` are per-prompt and get repeated per completion."""
         raise NotImplementedError
 
+    def check_prompts(self, policy: Policy, prompts: list[str], split: str = "train") -> None:
+        """Before training: raise :class:`morl.data.DataError` naming the first row this backend cannot take."""
+
 
 class TransformersRollout(RolloutBackend):
     """Sampling with ``model.generate`` (KV cache, all P×K sequences in one batch, early stop at EOS).
@@ -38,6 +41,21 @@ class TransformersRollout(RolloutBackend):
         top_k: int = Field(0, ge=0)
         max_prompt_tokens: int | None = Field(None, ge=1)
         truncate_prompts: bool = False
+
+    def check_prompts(self, policy: Policy, prompts: list[str], split: str = "train") -> None:
+        """Every prompt within ``max_prompt_tokens``, unless ``truncate_prompts`` keeps their last tokens."""
+        limit = self.config.max_prompt_tokens
+        if limit is None or self.config.truncate_prompts or not prompts:
+            return
+        from morl.data import DataError
+
+        texts = [policy.format_prompt(p) for p in prompts]
+        for i, ids in enumerate(policy.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            if len(ids) > limit:
+                raise DataError(
+                    f"{split} row {i}: the prompt has {len(ids)} tokens, over rollout.max_prompt_tokens={limit}: "
+                    f"{prompts[i][:200]!r}; set rollout.truncate_prompts: true to keep its last {limit} tokens"
+                )
 
     @torch.no_grad()
     def generate(

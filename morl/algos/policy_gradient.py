@@ -89,8 +89,11 @@ class PolicyAlgo(Component):
             low, high = self.clip_range
             clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * adv
             per_token = torch.minimum(per_token, clipped)
-            stats["clip_ratio/low_mean"] = masked_mean(((ratio < 1 - low) & (adv < 0)).float(), mask)
-            stats["clip_ratio/high_mean"] = masked_mean(((ratio > 1 + high) & (adv > 0)).float(), mask)
+            clipped_low = (ratio < 1 - low) & (adv < 0)
+            clipped_high = (ratio > 1 + high) & (adv > 0)
+            stats["clip_ratio/low_mean"] = masked_mean(clipped_low.float(), mask)
+            stats["clip_ratio/high_mean"] = masked_mean(clipped_high.float(), mask)
+            stats["clip_ratio/region_mean"] = masked_mean((clipped_low | clipped_high).float(), mask)
         loss_tokens = -per_token
         if self.config.kl_coef > 0:
             kl = k3_kl(logp, batch.ref_logprobs)

@@ -1,7 +1,7 @@
 """Rewards: one objective each. See :mod:`morl.rewards.base` for the contract."""
 
 from morl.rewards.accuracy import Accuracy
-from morl.rewards.base import RewardError, RewardFn, objective_name, score_rewards
+from morl.rewards.base import RewardError, RewardFn, check_columns, objective_name, score_rewards
 from morl.rewards.boxed import boxed_answer, boxed_answers
 from morl.rewards.clarity import Clarity
 from morl.rewards.conciseness import Conciseness
@@ -14,6 +14,7 @@ __all__ = [
     "RewardFn",
     "boxed_answer",
     "boxed_answers",
+    "check_columns",
     "objective_name",
     "score_rewards",
 ]

@@ -77,6 +77,9 @@ class Accuracy(RewardFn):
         timeout_s: float = Field(1.0, gt=0, le=600)
         max_answer_chars: int = Field(1000, ge=1)
 
+    def required_columns(self) -> list[str]:
+        return [self.config.answer_column]
+
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         column = self.config.answer_column
         if column not in columns:
@@ -147,6 +150,9 @@ import json, logging, signal, sys
 
 def main():
     out, sys.stdout = sys.stdout, sys.stderr  # stray prints from imported libraries must not break the protocol
+    # Ctrl-C in a terminal reaches the whole process group: the trainer finishes its step and checkpoints, so the
+    # checker must keep answering (it exits when the trainer closes its stdin)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))

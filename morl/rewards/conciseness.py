@@ -40,6 +40,9 @@ class Conciseness(RewardFn):
     """
 
     name = "conciseness"
+    # its held-out value is relative to the training history (1.0 before any training length is known), so values
+    # at different steps are not comparable: ``morl compare`` scores interference on the mean length instead
+    moving_target = True
 
     class Config(ComponentConfig):
         pass

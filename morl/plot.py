@@ -1,0 +1,464 @@
+"""``morl plot``: the paper's figures from run directories, one line per run.
+
+- ``objectives.png`` (Figure 1): per objective, the training reward mean and the held-out greedy and sampled
+  evaluations over steps, raw (faint) and moving average (bold); the last column is the mean length.
+- ``weights.png`` (Figure 2): the weights λ per objective over steps (log scale when all are positive).
+- ``covariances.png`` (Figure 3): the covariance of each reward with the training signal (score, and the clipped
+  advantage weight when logged), CTWA's targets dashed, interference alarms as triangles.
+- ``grad_cosine.png`` (Figure 4): the upper triangle of the per-objective gradient-cosine matrix over steps, and
+  ``grad_alignment.png``: the cosine of each objective's gradient with the update the step made.
+- ``clipping.png``: clipped-token fractions and the advantage mass clipping removed.
+
+A figure whose metrics no run has is skipped. The legend names a run by its method (the recipe's controller, or
+its scalarizer for fixed weights); runs of the same method share a colour.
+
+Example:
+    >>> moving_average(np.array([1.0, 3.0, np.nan, 5.0]), 3).tolist()
+    [2.0, 2.0, 4.0, 5.0]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from morl.logging import read_metrics
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+LOWER_IS_BETTER = ("mean_length",)
+STYLE = {"axes.titlesize": 10.5, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 10}
+
+
+@dataclass
+class Run:
+    """One run directory's metrics, split into training and evaluation rows."""
+
+    path: Path
+    label: str
+    recipe: dict[str, Any]
+    train: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        return self.evals if kind == "eval" else self.train
+
+    def has(self, key: str, kind: str = "train") -> bool:
+        return any(row.get(key) is not None for row in self.rows(kind))
+
+    def series(self, key: str, kind: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of ``key`` (rows without it are left out; logged NaN comes back as NaN)."""
+        rows = [row for row in self.rows(kind) if key in row]
+        steps = np.array([row["step"] for row in rows], dtype=float)
+        values = np.array([np.nan if row[key] is None else row[key] for row in rows], dtype=float)
+        return steps, values
+
+    def objectives(self) -> list[str]:
+        keys = {k for row in self.train for k in row} | {k for row in self.evals for k in row}
+        names = {m.group(1) for k in keys if (m := re.fullmatch(r"rewards/(.+)/mean", k))}
+        names |= {m.group(1) for k in keys if (m := re.fullmatch(r"eval/(?:greedy|sampled)/(.+)", k))}
+        names.discard("mean_length")
+        order = self.recipe.get("rewards") or []
+        ordered = [n for n in (_spec_name(r) for r in order) if n in names]
+        return ordered + sorted(names - set(ordered))
+
+    def ctwa_signal(self) -> str | None:
+        """``"cov"`` or ``"corr"`` when the run's controller is CTWA, else None."""
+        controller = self.recipe.get("controller")
+        if _spec_name(controller) != "ctwa":
+            return None
+        signal = controller.get("signal", "covariance") if isinstance(controller, dict) else "covariance"
+        return "corr" if signal == "correlation" else "cov"
+
+
+@dataclass
+class PlotFile:
+    """A written figure: its name, path, and the titles of its panels."""
+
+    name: str
+    path: Path
+    panels: list[str]
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    import yaml
+
+    path = Path(path)
+    if not (path / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a run directory?)")
+    rows = read_metrics(path)
+    recipe_file = path / "recipe.yaml"
+    recipe = (yaml.safe_load(recipe_file.read_text()) or {}) if recipe_file.exists() else {}
+    events_file = path / "events.jsonl"
+    events = []
+    if events_file.exists():
+        events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    return Run(
+        path=path,
+        label=label or method_name(recipe, path.name),
+        recipe=recipe,
+        train=[r for r in rows if r.get("kind", "train") == "train"],
+        evals=[r for r in rows if r.get("kind") == "eval"],
+        events=events,
+    )
+
+
+def method_name(recipe: dict[str, Any], fallback: str) -> str:
+    """The method a recipe runs: its controller's name, or its scalarizer's for fixed weights.
+
+    Example:
+        >>> method_name({"controller": "fixed", "scalarizer": "linear"}, "run")
+        'linear'
+        >>> method_name({"controller": {"name": "ctwa", "lr": 0.5}}, "run")
+        'ctwa'
+    """
+    controller = recipe.get("controller")
+    scalarizer = recipe.get("scalarizer")
+    if controller is None and isinstance(recipe.get("components"), dict):  # written by the Python API
+        components = recipe["components"]
+        controller = _class_to_name(components.get("controller"), "controller")
+        scalarizer = _class_to_name(components.get("scalarizer"), "scalarizer")
+    name = _spec_name(controller)
+    if name in (None, "fixed"):
+        return _spec_name(scalarizer) or name or fallback
+    return name
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred mean over ``window`` points (shorter at the ends), ignoring NaN; no lag, unlike a trailing mean."""
+    values = np.asarray(values, dtype=float)
+    out = np.full_like(values, np.nan)
+    before = (window - 1) // 2
+    after = window - 1 - before
+    for i in range(len(values)):
+        chunk = values[max(0, i - before) : i + after + 1]
+        chunk = chunk[np.isfinite(chunk)]
+        if chunk.size:
+            out[i] = chunk.mean()
+    return out
+
+
+def plot_runs(
+    run_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    smooth: int = 10,
+    labels: Sequence[str] | None = None,
+    dpi: int = 110,
+) -> list[PlotFile]:
+    """Write the figures for these runs to ``out`` (default: the first run's ``plots/``); returns what was written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    runs = [load_run(d, labels[i] if labels else None) for i, d in enumerate(run_dirs)]
+    _disambiguate(runs)
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    colors = _colors(runs)
+    builders = {
+        "objectives": objectives_figure,
+        "weights": weights_figure,
+        "covariances": covariance_figure,
+        "grad_cosine": grad_cosine_figure,
+        "grad_alignment": grad_alignment_figure,
+        "clipping": clipping_figure,
+    }
+    written = []
+    for name, builder in builders.items():
+        with plt.rc_context(STYLE):
+            fig = builder(runs, colors, smooth)
+            if fig is None:
+                continue
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=dpi)
+        panels = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+        plt.close(fig)
+        written.append(PlotFile(name=name, path=path, panels=panels))
+    return written
+
+
+# ---- figures ------------------------------------------------------------------------------------------
+
+
+def objectives_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """Figure 1: rows = training reward, greedy eval, sampled eval; columns = objectives + mean length."""
+    objectives = _union(r.objectives() for r in runs)
+    if not objectives:
+        return None
+    columns = [*objectives, "mean_length"]
+    rows = []
+    if any(r.has(f"rewards/{o}/mean") for r in runs for o in objectives):
+        rows.append(("train", "train batch", lambda o: f"rewards/{o}/mean"))
+    for mode in ("greedy", "sampled"):
+        if any(r.has(f"eval/{mode}/{o}", "eval") for r in runs for o in columns):
+            rows.append(("eval", f"{mode} eval", lambda o, mode=mode: f"eval/{mode}/{o}"))
+    fig, axes = _grid(len(rows), len(columns))
+    for i, (kind, row_title, key_of) in enumerate(rows):
+        for j, objective in enumerate(columns):
+            ax = axes[i][j]
+            key = key_of(objective)
+            if kind == "train" and objective == "mean_length":
+                key = "completions/mean_length"
+            for run in runs:
+                if run.has(key, kind):
+                    steps, values = run.series(key, kind)
+                    _curve(ax, steps, values, colors[run.label], run.label, smooth if kind == "train" else 3)
+            name = "length" if objective == "mean_length" else objective
+            ax.set_title(f"{name} — {row_title}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("tokens (lower is better)" if objective in LOWER_IS_BETTER else "mean reward")
+    fig.suptitle(f"Objectives over training: train batches (moving average of {smooth}) and held-out evaluation")
+    _legend(fig, runs, colors)
+    return fig
+
+
+def weights_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """Figure 2: λ per objective over steps."""
+    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(f"weights/{o}") for r in runs)]
+    if not objectives:
+        return None
+    fig, axes = _grid(1, len(objectives))
+    positive = True
+    for j, objective in enumerate(objectives):
+        ax = axes[0][j]
+        for run in runs:
+            steps, values = run.series(f"weights/{objective}")
+            if steps.size:
+                ax.plot(steps, values, color=colors[run.label], lw=1.6, label=run.label)
+                positive &= bool(np.nanmin(values) > 0) if np.isfinite(values).any() else True
+        ax.set_title(f"weight λ: {objective}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("λ")
+    values = np.concatenate([r.series(f"weights/{o}")[1] for r in runs for o in objectives])
+    values = values[np.isfinite(values)]
+    if positive and values.size and values.max() > 3 * values.min():  # a log axis only when the weights spread
+        for ax in axes[0]:
+            ax.set_yscale("log")
+            ax.set_ylabel("λ (log scale)")
+    fig.suptitle("Objective weights over training")
+    _legend(fig, runs, colors)
+    return fig
+
+
+def covariance_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """Figure 3: Cov(r_m, training signal) per objective, with CTWA's targets and the alarms."""
+    objectives = _union(r.objectives() for r in runs)
+    rows = []
+    for measure, signal in (("cov", "clipped_weight"), ("corr", "clipped_weight"), ("cov", "score")):
+        if measure == "corr" and not any(r.ctwa_signal() == "corr" for r in runs):
+            continue  # correlations are logged too, but only worth a row when a target is set on them
+        if any(_cov_series(r, measure, signal, o)[0].size for r in runs for o in objectives):
+            rows.append((measure, signal))
+    if not rows:
+        return None
+    fig, axes = _grid(len(rows), len(objectives))
+    for i, (measure, signal) in enumerate(rows):
+        for j, objective in enumerate(objectives):
+            ax = axes[i][j]
+            ax.axhline(0.0, color="0.6", lw=0.8)
+            for run in runs:
+                color = colors[run.label]
+                steps, values = _cov_series(run, measure, signal, objective)
+                if steps.size:
+                    _curve(ax, steps, values, color, run.label, smooth)
+                target_key = f"ctwa/target/{objective}"
+                if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(target_key):
+                    t_steps, targets = run.series(target_key)
+                    ax.plot(t_steps, targets, color=color, lw=1.2, ls="--")
+                for event in run.events:
+                    if (
+                        event.get("event") == "interference_alarm"
+                        and event.get("objective") == objective
+                        and event.get("signal") == signal
+                        and measure == "cov"
+                    ):
+                        ax.plot([event["step"]], [0.0], marker="v", ms=9, color=color, ls="none")
+            what = "correlation" if measure == "corr" else "covariance"
+            ax.set_title(f"{what}({objective}, {signal.replace('_', ' ')})")
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"{what} (dashed: target)" if j == 0 and signal == "clipped_weight" else what)
+    fig.suptitle("Covariance law: an objective improves iff its reward covaries positively with the signal (▼ alarm)")
+    _legend(fig, runs, colors)
+    return fig
+
+
+def grad_cosine_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """Figure 4: the per-objective gradient-cosine matrix over time, one panel per pair (upper triangle)."""
+    objectives = _union(r.objectives() for r in runs)
+    pairs = [
+        (a, b)
+        for i, a in enumerate(objectives)
+        for b in objectives[i + 1 :]
+        if any(r.has(f"grad_cos/{a}/{b}") for r in runs)
+    ]
+    if not pairs:
+        return None
+    size = len(objectives) - 1
+    fig, axes = _grid(size, size)
+    for ax in (ax for row in axes for ax in row):
+        ax.set_visible(False)
+    for a, b in pairs:
+        ax = axes[objectives.index(a)][objectives.index(b) - 1]
+        ax.set_visible(True)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        for run in runs:
+            steps, values = run.series(f"grad_cos/{a}/{b}")
+            keep = np.isfinite(values)  # NaN: an objective without variation in the batch has no gradient
+            if keep.any():
+                _curve(ax, steps[keep], values[keep], colors[run.label], run.label, max(1, smooth // 2))
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(f"cos(∇{a}, ∇{b})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cosine")
+    fig.suptitle("Per-objective policy-gradient cosine similarity (negative: conflicting gradients)")
+    _legend(fig, runs, colors)
+    return fig
+
+
+def grad_alignment_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """cos(∇J_m, Δθ): whether the update each step made points up or down objective m (first order)."""
+    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(f"grad_align/{o}") for r in runs)]
+    if not objectives:
+        return None
+    fig, axes = _grid(1, len(objectives))
+    for ax, objective in zip(axes[0], objectives):
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        for run in runs:
+            steps, values = run.series(f"grad_align/{objective}")
+            keep = np.isfinite(values)
+            if keep.any():
+                _curve(ax, steps[keep], values[keep], colors[run.label], run.label, max(1, smooth // 2))
+            for event in run.events:
+                alarm = event.get("event") == "interference_alarm" and event.get("signal") == "gradient"
+                if alarm and event.get("objective") == objective:
+                    ax.plot([event["step"]], [0.0], marker="v", ms=9, color=colors[run.label], ls="none")
+        ax.set_title(f"cos(∇{objective}, update)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cosine (< 0: the update lowers it)")
+    fig.suptitle("Alignment of each objective's policy gradient with the parameter update Δθ (▼ alarm)")
+    _legend(fig, runs, colors)
+    return fig
+
+
+def clipping_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """Clipped tokens during the update, under the updated policy, and the advantage mass clipping removed."""
+    panels = [
+        ("clip_ratio/region_mean", "clipped tokens (in update)", "fraction of tokens"),
+        ("clip/token_fraction", "clipped tokens (updated policy)", "fraction of tokens"),
+        ("clip/removed_mass", "advantage mass clipped away", "Σ|Aρ|·1[clipped] / Σ|Aρ|"),
+    ]
+    panels = [p for p in panels if any(r.has(p[0]) for r in runs)]
+    if not panels:
+        return None
+    fig, axes = _grid(1, len(panels))
+    for ax, (key, title, ylabel) in zip(axes[0], panels):
+        for run in runs:
+            if run.has(key):
+                steps, values = run.series(key)
+                _curve(ax, steps, values, colors[run.label], run.label, smooth)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+    fig.suptitle("Clipping")
+    _legend(fig, runs, colors)
+    return fig
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+
+def _grid(rows: int, cols: int):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.7 * cols + 0.4, 2.8 * rows + 0.9), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def _curve(ax, steps: np.ndarray, values: np.ndarray, color: str, label: str, window: int) -> None:
+    """Raw values faint, moving average bold; short series (evaluations) as a line with markers."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return
+    if finite.sum() < max(15, 2 * window):
+        ax.plot(steps[finite], values[finite], color=color, lw=1.8, marker="o", ms=3.5, label=label)
+        return
+    ax.plot(steps, values, color=color, lw=0.8, alpha=0.3)
+    ax.plot(steps, moving_average(values, window), color=color, lw=1.8, label=label)
+
+
+def _legend(fig, runs: list[Run], colors: dict[str, str]) -> None:
+    from matplotlib.lines import Line2D
+
+    drawn = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+    labels = [label for label in dict.fromkeys(r.label for r in runs) if label in drawn]  # runs with data here
+    handles = [Line2D([], [], color=colors[label], lw=2) for label in labels]
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+
+
+def _colors(runs: list[Run]) -> dict[str, str]:
+    labels = list(dict.fromkeys(r.label for r in runs))
+    return {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}
+
+
+def _disambiguate(runs: list[Run]) -> None:
+    """Two runs of the same method get their directory names, unless their parents already tell them apart."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.label] = counts.get(run.label, 0) + 1
+    dirs = {run.path.resolve().parent for run in runs}
+    for run in runs:
+        # OUT/<method>/seed<k> (morl compare): seeds of one method share a colour and a legend entry
+        same_method_dir = len(dirs) < len(runs) and run.path.resolve().parent.name == run.label
+        if counts[run.label] > 1 and not same_method_dir:
+            run.label = f"{run.label} ({run.path.name})"
+
+
+def _cov_series(run: Run, measure: str, signal: str, objective: str) -> tuple[np.ndarray, np.ndarray]:
+    key = f"{measure}/{signal}/{objective}"
+    if run.has(key):
+        return run.series(key)
+    # runs without the diagnostics still have the controller's own signal
+    if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(f"ctwa/cov/{objective}"):
+        return run.series(f"ctwa/cov/{objective}")
+    return np.array([]), np.array([])
+
+
+def _union(lists) -> list[str]:
+    out: list[str] = []
+    for items in lists:
+        out += [x for x in items if x not in out]
+    return out
+
+
+def _spec_name(spec: Any) -> str | None:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        return spec.get("name")
+    return None
+
+
+def _class_to_name(text: Any, family: str = "controller") -> str | None:
+    """``'CTWA(lr=0.05, ...)'`` (a component's repr) -> its registry name ``'ctwa'``."""
+    if not isinstance(text, str):
+        return None
+    from morl.components import registered
+
+    cls_name = text.split("(", 1)[0]
+    for name, cls in registered(family).items():
+        if cls.__name__ == cls_name:
+            return name
+    return cls_name.lower() or None
