@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 quickstart: install
 	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml
 	$(BIN)/morl fit cookbook/recipes/quickstart.yaml
-	$(BIN)/morl plot runs/quickstart_linear runs/quickstart --out runs/quickstart_plots || true
+	$(BIN)/morl plot runs/quickstart_linear runs/quickstart --out runs/quickstart_plots
 
 test: install lint
 	$(BIN)/python -m pytest

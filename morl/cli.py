@@ -316,6 +316,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard load/save bars drown the training progress bar
     app()
 
 
