@@ -6,13 +6,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test lint format bench clean
+.PHONY: install quickstart test lint format docs bench bench-trl clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -22,19 +22,31 @@ quickstart: install
 	$(BIN)/morl fit cookbook/recipes/quickstart.yaml
 	$(BIN)/morl plot runs/quickstart_linear runs/quickstart --out runs/quickstart_plots
 
-test: install lint
+test: install lint docs
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the documentation site (site/); strict, so a broken link, reference or docstring fails the build
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# figures for benchmarks/RESULTS.md: what morl's machinery costs per step, and where a step's time goes
 bench: install
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/overheads.py
+	$(BIN)/python benchmarks/profile_step.py
+
+# morl against TRL's GRPOTrainer on the same job; TRL goes into its own environment, not morl's
+bench-trl:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q "$(TORCH)" -e ".[bench]"
+	.venv-bench/bin/python benchmarks/vs_trl.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -108,6 +108,7 @@ def compare(
     plots: bool = True,
 ) -> Comparison:
     """Run every method × seed (skipping finished runs), then write the comparison report."""
+    from morl.checkpoint import _quiet_transformers
     from morl.recipe import build_components, load_data, pipeline_from_recipe
 
     if not methods:
@@ -130,7 +131,8 @@ def compare(
     out = Path(out)
     train, evals = load_data(base)
     jobs = [(name, seed) for name in names for seed in seeds]
-    with _SweepProgress(len(jobs), base.train.steps, enabled=progress) as bar:
+    # no per-shard load/save bars of transformers under the live sweep bar (in Jupyter they recurse through rich)
+    with _quiet_transformers(), _SweepProgress(len(jobs), base.train.steps, enabled=progress) as bar:
         for name, seed in jobs:
             run_dir = out / name / f"seed{seed}"
             if (run_dir / FINISHED).exists():

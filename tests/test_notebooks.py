@@ -1,4 +1,8 @@
-"""Every cookbook notebook runs top to bottom in a fresh kernel (``MORL_SMALL=1`` lets a notebook shrink itself)."""
+"""Every cookbook notebook runs top to bottom in a fresh kernel (``MORL_SMALL=1`` lets a notebook shrink itself).
+
+A notebook that cannot run here (it needs a GPU, say) opts out with ``"morl": {"execute": false, "reason": ...}`` in
+its metadata; it is still checked for stored outputs and for its opening cell.
+"""
 
 import os
 import time
@@ -15,6 +19,15 @@ NOTEBOOKS = sorted((ROOT / "cookbook").glob("*.ipynb"))
 NOTEBOOK_TIMEOUT_S = 300  # for the whole notebook: each cell gets what is left of it
 
 
+def _skip_reason(nb) -> str | None:
+    options = nb.metadata.get("morl", {})
+    return None if options.get("execute", True) else options.get("reason", "marked not to execute")
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if ".ipynb_checkpoints" not in p.parts and "__pycache__" not in p.parts}
+
+
 def test_notebooks_are_stored_without_outputs():
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
@@ -23,10 +36,24 @@ def test_notebooks_are_stored_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
-    monkeypatch.setenv("MORL_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+def test_notebook_opens_with_what_and_how_long(path):
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), (
+        f"{path.name}: open with a titled markdown cell"
+    )
+    assert "How long" in first.source, f"{path.name}: say in the first cell how long it takes on a CPU"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, monkeypatch, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    reason = _skip_reason(nb)
+    if reason:
+        pytest.skip(f"{path.name}: {reason}")
+    monkeypatch.setenv("MORL_SMALL", "1")
+    monkeypatch.setenv("MORL_RUNS_DIR", str(tmp_path))  # notebooks write their runs here, never into the repo
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    before = _files(path.parent)
     deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
     client = nbclient.NotebookClient(
         nb,
@@ -37,3 +64,5 @@ def test_notebook_runs(path, monkeypatch):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    created = sorted(str(p.relative_to(ROOT)) for p in _files(path.parent) - before)
+    assert not created, f"{path.name} wrote into the repository: {created}; write under MORL_RUNS_DIR"
