@@ -8,7 +8,7 @@ reaches back upstream. Completions of one prompt are contiguous: row ``i`` belon
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -40,7 +40,15 @@ class Batch:
     advantages: torch.Tensor | None = None
     clipped_weights: torch.Tensor | None = None  # [N], completion-level clipped advantage weight (CTWA)
     new_logprobs: torch.Tensor | None = None  # [N, L] under the updated policy, computed with clipped_weights
+    # [N, L] the rollout engine's log-probs of the sampled tokens when the engine is not the trainer (vLLM); the
+    # trainer's own are ``old_logprobs``, and the algorithm's importance-sampling correction compares the two
+    sampling_logprobs: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # data parallelism (morl.distributed): every process holds the whole batch and trains on ``local_rows``
+    # (None: all rows); a mini-batch's ``token_share`` is this process's share of the completion tokens of the
+    # mini-batch step across processes (1 in one process), used to reduce per-process statistics exactly
+    local_rows: slice | None = None
+    token_share: float = 1.0
 
     @property
     def size(self) -> int:
@@ -63,7 +71,8 @@ class Batch:
         return values.view(self.num_groups, self.group_size, *values.shape[1:])
 
     def select(self, rows: torch.Tensor | slice) -> Batch:
-        """A row subset (a mini-batch) sharing tensors with this batch; group structure is not kept."""
+        """A row subset (a mini-batch) sharing tensors with this batch. Group structure is kept only when the rows
+        are whole consecutive groups in order (a whole batch, a process's share); otherwise ``group_size`` is 1."""
         idx = rows if isinstance(rows, slice) else rows.tolist()
 
         def take(x: Any) -> Any:
@@ -77,7 +86,7 @@ class Batch:
             prompts=take(self.prompts),
             completions=take(self.completions),
             columns={k: take(v) for k, v in self.columns.items()},
-            group_size=1,
+            group_size=self.group_size if _whole_groups(idx, self.size, self.group_size) else 1,
             input_ids=take(self.input_ids),
             attention_mask=take(self.attention_mask),
             completion_mask=take(self.completion_mask),
@@ -89,4 +98,86 @@ class Batch:
             scores=take(self.scores),
             objective_advantages=take(self.objective_advantages),
             advantages=take(self.advantages),
+            sampling_logprobs=take(self.sampling_logprobs),
         )
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same record with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+
+def _whole_groups(rows: list[int] | slice, size: int, group_size: int) -> bool:
+    """Are ``rows`` (indices or a slice of ``range(size)``) whole groups of ``group_size``, consecutive and in order?"""
+    if group_size <= 1:
+        return False
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(size)
+        return step == 1 and start % group_size == 0 and (stop - start) % group_size == 0 and stop > start
+    if not rows or rows[0] % group_size or len(rows) % group_size:
+        return False
+    return rows == list(range(rows[0], rows[0] + len(rows)))
+
+
+def concat_batches(parts: list[Batch], pad_token_id: int) -> Batch:
+    """One batch from several with the same group size (e.g. one per process), re-padded to a common width:
+    prompts are left-padded to the widest prompt, completions and per-token tensors right-padded with zeros
+    (``pad_token_id`` in ``input_ids``). Per-completion and per-row tensors are concatenated; a field set in only
+    some parts is dropped (None)."""
+    if not parts:
+        raise ValueError("concat_batches needs at least one batch")
+    width = max(b.prompt_width for b in parts)
+    length = max(b.completion_mask.shape[1] for b in parts)
+
+    def prompt_part(b: Batch, x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x[:, : b.prompt_width], (width - b.prompt_width, 0), value=value)
+
+    def tokens(x: torch.Tensor, value: float = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)
+
+    def joined(name: str) -> torch.Tensor | None:
+        values = [getattr(b, name) for b in parts]
+        if any(v is None for v in values):
+            return None
+        return torch.cat([tokens(v) if v.dim() == 2 else v for v in values])
+
+    first = parts[0]
+    return Batch(
+        prompts=[p for b in parts for p in b.prompts],
+        completions=[c for b in parts for c in b.completions],
+        columns={key: [v for b in parts for v in b.columns[key]] for key in first.columns},
+        group_size=first.group_size,
+        input_ids=torch.cat(
+            [
+                torch.cat([prompt_part(b, b.input_ids, pad_token_id), tokens(b.completion_ids, pad_token_id)], 1)
+                for b in parts
+            ]
+        ),
+        attention_mask=torch.cat(
+            [
+                torch.cat([prompt_part(b, b.attention_mask, 0), tokens(b.attention_mask[:, b.prompt_width :])], 1)
+                for b in parts
+            ]
+        ),
+        completion_mask=torch.cat([tokens(b.completion_mask) for b in parts]),
+        prompt_width=width,
+        objectives=first.objectives,
+        **{
+            name: joined(name)
+            for name in (
+                "old_logprobs",
+                "ref_logprobs",
+                "rewards",
+                "scores",
+                "objective_advantages",
+                "advantages",
+                "clipped_weights",
+                "new_logprobs",
+                "sampling_logprobs",
+            )
+        },
+    )

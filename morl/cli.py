@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from morl.components import FAMILIES, RecipeError, registered
@@ -26,7 +29,7 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a r
 
 def _fail(message: str, code: int = 2) -> None:
     """Exit with a message: code 2 for a wrong recipe, dataset or checkpoint, 1 for a run that failed."""
-    err_console.print(f"[red]error:[/] {message}")
+    err_console.print(f"[red]error:[/] {escape(message)}")  # a message's [brackets] are text, not markup
     raise typer.Exit(code=code)
 
 
@@ -44,8 +47,29 @@ def fit(
             "(train.output_dir if set, else the most recent run under runs/)"
         ),
     ] = None,
+    launch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="train data-parallel on N processes: runs this command under `accelerate launch --num_processes N` "
+            "(one per GPU; gloo on the CPU when there is no GPU)",
+        ),
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(help="with --launch: an accelerate config file (cookbook/accelerate/ddp.yaml, fsdp.yaml, ...)"),
+    ] = None,
 ) -> None:
-    """Train with the recipe's components; writes metrics.jsonl, checkpoints, the model and controller state."""
+    """Train with the recipe's components; writes metrics.jsonl, checkpoints, the model and controller state.
+
+    Data-parallel: ``morl fit RECIPE --launch N``, or ``accelerate launch [--config_file F] -m morl fit RECIPE``.
+    """
+    if launch is not None and launch > 1:
+        from morl import distributed
+
+        if not distributed.launched():  # the launcher starts N copies of this command, without --launch
+            command = launch_command(launch, recipe, set_ or [], output_dir, resume, accelerate_config)
+            raise typer.Exit(code=subprocess.run(command).returncode)
     from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
@@ -88,7 +112,45 @@ def fit(
             else f"[yellow]{stop}[/]"
         )
         raise typer.Exit(code=128 + stop.signum) from None
-    console.print(f"run directory: [bold]{result.run_dir}[/]")
+    from morl import distributed
+
+    if distributed.is_main():
+        console.print(f"run directory: [bold]{result.run_dir}[/]")
+
+
+def launch_command(
+    processes: int,
+    recipe: Path,
+    overrides: list[str],
+    output_dir: str | None = None,
+    resume: str | None = None,
+    config_file: Path | None = None,
+) -> list[str]:
+    """``accelerate launch`` running ``morl fit`` on ``processes`` processes of this machine.
+
+    ``--multi_gpu`` selects torchrun's launcher, which also serves CPU-only machines: each process then trains
+    on the CPU with gloo (the pipeline asks accelerate for the CPU when the policy is on it).
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is not None:
+        command += ["--config_file", str(config_file)]
+    else:
+        command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "morl", "fit"]
+    command.append(str(recipe))
+    for item in overrides:
+        command += ["--set", item]
+    if output_dir:
+        command += ["--output-dir", output_dir]
+    if resume:
+        command += ["--resume", resume]
+    return command
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @app.command()

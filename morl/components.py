@@ -168,5 +168,6 @@ def _import_builtins() -> None:
     if _BUILTINS_IMPORTED:
         return
     _BUILTINS_IMPORTED = True
-    for module in ("morl.rewards", "morl.scalarize", "morl.algos", "morl.controllers", "morl.rollout"):
+    builtins = ("morl.rewards", "morl.scalarize", "morl.algos", "morl.controllers", "morl.rollout", "morl.rollout_vllm")
+    for module in builtins:  # morl.rollout_vllm imports vLLM only when an engine starts
         importlib.import_module(module)

@@ -8,7 +8,10 @@ columns are kept and reach the rewards as keyword arguments. Where the columns c
 - otherwise a missing ``prompt`` is taken from ``problem`` or ``question``, and a missing ``answer`` from
   ``reward_model.ground_truth`` (verl) or ``ground_truth``;
 - a chat-format ``prompt`` (a list of ``{"role", "content"}`` messages, as in verl parquet files) is kept as
-  ``messages``, and ``prompt`` becomes the content of its last user message.
+  ``messages``, and ``prompt`` becomes the content of its last user message;
+- ``prompt_template`` (e.g. ``"{prompt} Let's think step by step and output the final answer within \\boxed{}."``)
+  rewrites raw problems (hub datasets) into the instruction the model is trained with: ``{prompt}`` is replaced
+  by the prompt, in ``prompt`` and in the last user turn of ``messages``. verl files carry it already.
 
 Example:
     >>> rows = load_examples("tinymath", "train", limit=2)
@@ -41,6 +44,7 @@ def load_examples(
     *,
     columns: dict[str, str] | None = None,
     limit: int | None = None,
+    prompt_template: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows with ``prompt`` and ``answer`` (both str) plus every other column of the source.
 
@@ -51,6 +55,7 @@ def load_examples(
         split: which split of a directory, hub dataset or TinyMath (default ``"train"``); ignored for a file.
         columns: source column (or dotted path) -> morl column, applied before the defaults.
         limit: keep only the first ``limit`` rows.
+        prompt_template: text with ``{prompt}`` where the prompt goes (applied after the column mapping).
 
     Raises:
         DataError: empty dataset, missing prompt or ground truth (with the row index and the columns present),
@@ -58,13 +63,16 @@ def load_examples(
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of rows or None, got {limit!r}")
+    if prompt_template is not None and "{prompt}" not in prompt_template:
+        raise DataError(f"prompt_template must contain '{{prompt}}' where the prompt goes, got {prompt_template!r}")
     rows = _read(source, split, limit)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
         where = f" (split {split!r})" if split else ""
         raise DataError(f"{source}{where}: the dataset is empty")
-    return [_normalize(row, i, source, columns or {}) for i, row in enumerate(rows)]
+    out = [_normalize(row, i, source, columns or {}) for i, row in enumerate(rows)]
+    return [_templated(row, prompt_template) for row in out] if prompt_template else out
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------
@@ -174,7 +182,13 @@ def _read_hub(name: str, split: str, limit: int | None) -> list[dict[str, Any]]:
             f"{name}: loading a Hugging Face hub dataset needs the optional 'datasets' package; "
             "run `pip install datasets`, or download the data and give a local file"
         ) from None
-    dataset = datasets.load_dataset(name, split=split)
+    try:
+        dataset = datasets.load_dataset(name, split=split)  # split slices work: "test[:400]", "test[400:]"
+    except Exception as err:  # no network, unknown name or split: say which, and the way around it
+        raise DataError(
+            f"{name} (split {split!r}): cannot load the hub dataset ({type(err).__name__}: {err}); check the name and "
+            "split, or download it and give a local .jsonl/.parquet path (e.g. --set data.train=PATH)"
+        ) from None
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return [dict(row) for row in dataset]
@@ -214,6 +228,20 @@ def _normalize(row: dict[str, Any], index: int, source: str, columns: dict[str, 
         if not isinstance(value, str):
             raise DataError(f"{source}: row {index}: {name} must be text, got {type(value).__name__}: {value!r:.80}")
         out[name] = value
+    return out
+
+
+def _templated(row: dict[str, Any], template: str) -> dict[str, Any]:
+    """The row with ``{prompt}`` of ``template`` filled by its prompt, in ``prompt`` and in the last user turn."""
+    out = dict(row, prompt=template.replace("{prompt}", row["prompt"]))
+    messages = out.get("messages")
+    if _is_chat(messages):
+        turns = [dict(m) for m in messages]
+        for turn in reversed(turns):
+            if turn["role"] == "user" and isinstance(turn["content"], str):
+                turn["content"] = template.replace("{prompt}", turn["content"])
+                break
+        out["messages"] = turns
     return out
 
 

@@ -290,9 +290,12 @@ class Diagnostics(Callback):
             self._maybe_snapshot(getattr(pipeline, "step_count", 0))
 
     def on_fit_start(self, pipeline: Pipeline, run_dir: Path) -> None:
+        from morl import distributed
+
         self.attach(pipeline)
-        self._events_path = Path(run_dir) / "events.jsonl"
-        if self._events_path.exists() and pipeline.step_count == 0:
+        # under data parallelism every process keeps the same state, and process 0 writes the events
+        self._events_path = Path(run_dir) / "events.jsonl" if distributed.is_main() else None
+        if self._events_path is not None and self._events_path.exists() and pipeline.step_count == 0:
             self._events_path.unlink()
 
     def on_step_end(self, step: int, batch: Batch, metrics: dict[str, float]) -> None:

@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from morl import distributed
 from morl.algos import AdvantageEstimator, PolicyAlgo
+from morl.algos.importance import importance_metrics
 from morl.batch import Batch
-from morl.components import Component, build
+from morl.components import Component, RecipeError, build
 from morl.controllers import WeightController, WeightTarget
 from morl.policy import Policy
 from morl.rewards import RewardFn, check_columns, objective_name, score_rewards
@@ -147,12 +149,35 @@ class Pipeline:
             weight_decay=self.config.weight_decay,
         )
         self.reference: Policy | None = self.policy.frozen_copy() if self.algo.needs_reference else None
+        self.accelerator = None
+        if distributed.launched():  # accelerate launch / torchrun: data parallel, sharded or mixed precision
+            self._prepare_distributed()
         self.step_count = 0
         self.data_position = 0
         self._order: list[int] = []
         self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss or gradient
         self.nonfinite_streak = 0
         self.validation_data: list[dict[str, Any]] | None = None  # for controllers that need "validation"
+
+    def _prepare_distributed(self) -> None:
+        """Wrap the policy with accelerate (the launcher's config decides DDP, FSDP or DeepSpeed); see
+        :mod:`morl.distributed` for what is shared between processes."""
+        self.accelerator = distributed.make_accelerator(cpu=self.policy.device.type == "cpu")
+        self.optimizer = self.policy.prepare(self.accelerator, self.optimizer)
+        if self.reference is not None:
+            self.reference.model.to(self.accelerator.device)
+        grad_cosines = self.diagnostics is not None and self.diagnostics.config.grad_cosine_every
+        if self.policy.sharded and ("objective_gradients" in self.controller.needs or grad_cosines):
+            what = "gradient-cosine diagnostics need" if grad_cosines else f"controller {self.controller.name!r} needs"
+            raise RecipeError(
+                f"{what} whole per-objective gradients, which FSDP and DeepSpeed ZeRO-3 shard across processes; "
+                "launch with DDP (cookbook/accelerate/ddp.yaml) or ZeRO-2 (zero2.yaml)"
+            )
+        if getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and self.algo.config.micro_batch_size:
+            raise RecipeError(
+                "DeepSpeed steps the optimizer inside every backward pass, so a mini-batch cannot be split into "
+                "micro-batches: set algo.micro_batch_size: null, or launch with DDP or FSDP"
+            )
 
     @property
     def needs(self) -> frozenset[str]:
@@ -185,11 +210,23 @@ class Pipeline:
             timings["timing/validation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        prompts, columns = split_examples(examples)
+        shard = distributed.shard_slice(len(examples), "prompts per step")  # all of them in one process
+        prompts, columns = split_examples(examples[shard])
         self.policy.model.eval()
         batch = self.rollout.generate(self.policy, prompts, columns, k)
-        batch.objectives = self.objectives
         timings["timing/rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if batch.old_logprobs is None:  # the engine is not the trainer (vLLM): the trainer's own log-probs
+                batch.old_logprobs = self._logprobs(self.policy, batch)
+            if self.reference is not None:
+                batch.ref_logprobs = self._logprobs(self.reference, batch)
+        reference_time = time.perf_counter() - t0
+        if distributed.is_distributed():  # every process gets the whole batch and trains on its own rows
+            batch = distributed.gather_batch(batch, self.policy.tokenizer.pad_token_id)
+            batch.local_rows = slice(shard.start * k, shard.stop * k)
+        batch.objectives = self.objectives
 
         t0 = time.perf_counter()
         batch.rewards, skipped = score_rewards(
@@ -201,6 +238,8 @@ class Pipeline:
             completion_lengths=batch.completion_lengths.tolist(),
             on_error=self.config.on_reward_error,
         )
+        if distributed.is_distributed():  # every process scored the same batch; process 0's scores rule, in case
+            batch.rewards, skipped = distributed.broadcast_object((batch.rewards, skipped))  # a reward is random
         timings["timing/reward"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -209,26 +248,21 @@ class Pipeline:
         timings["timing/controller"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if self.reference is not None:
-            with torch.no_grad():
-                batch.ref_logprobs, _ = self.reference.token_logprobs(
-                    batch.input_ids, batch.attention_mask, batch.prompt_width, self.algo.config.temperature
-                )
         combine = self.controller.combine_losses if self.controller.applies_to == WeightTarget.GRADIENT else None
         update_metrics = self.algo.update(self.policy, self.optimizer, batch, combine=combine)
-        timings["timing/update"] = time.perf_counter() - t0
+        self.rollout.weights_changed(self.policy)
+        timings["timing/update"] = time.perf_counter() - t0 + reference_time
         nonfinite = update_metrics.get("skipped_nonfinite", 0.0) > 0  # the algorithm skipped the optimizer step
         self.skipped_steps += int(nonfinite)
         self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
 
         t0 = time.perf_counter()
-        if "clipped_weights" in self.needs:
+        if "clipped_weights" in self.needs:  # on this process's rows, then gathered
+            mine = batch.select(batch.local_rows) if batch.local_rows is not None else batch
             with torch.no_grad():
-                new_logp, _ = self.policy.token_logprobs(
-                    batch.input_ids, batch.attention_mask, batch.prompt_width, self.algo.config.temperature
-                )
-            batch.clipped_weights = self.algo.clipped_advantage_weight(new_logp, batch)
-            batch.new_logprobs = new_logp
+                new_logp = self._logprobs(self.policy, mine)
+            batch.clipped_weights = distributed.gather_rows(self.algo.clipped_advantage_weight(new_logp, mine))
+            batch.new_logprobs = distributed.gather_rows(new_logp)
         self.controller.after_update(batch)
         timings["timing/controller"] += time.perf_counter() - t0
         if "validation" in self.controller.needs:
@@ -238,11 +272,39 @@ class Pipeline:
 
         self.step_count += 1
         metrics = self._step_metrics(batch, update_metrics, skipped)
+        if batch.sampling_logprobs is not None:
+            cfg = self.algo.config
+            metrics.update(
+                importance_metrics(
+                    batch.old_logprobs,
+                    batch.sampling_logprobs,
+                    batch.completion_mask,
+                    cfg.importance_correction,
+                    cfg.importance_cap,
+                )
+            )
         metrics["train/skipped_steps"] = self.skipped_steps
         metrics.update(timings)
         for cb in self.callbacks:
             cb.on_step_end(self.step_count, batch, metrics)
         return batch, metrics
+
+    def _logprobs(self, policy: Policy, batch: Batch) -> torch.Tensor:
+        """Completion log-probs ``[N, L]`` (0 on padding) under ``policy``, in chunks of the algorithm's
+        ``micro_batch_size`` rows (memory); no gradient."""
+        size = self.algo.config.micro_batch_size or batch.size
+        parts = []
+        for start in range(0, batch.size, size):
+            rows = slice(start, start + size)
+            logp, _ = policy.token_logprobs(
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                batch.prompt_width,
+                self.algo.config.temperature,
+                group_size=batch.group_size if start % batch.group_size == 0 and size % batch.group_size == 0 else 1,
+            )
+            parts.append(logp * batch.completion_mask[rows])
+        return torch.cat(parts)
 
     def _advantages(self, batch: Batch) -> None:
         k = batch.group_size
@@ -288,16 +350,20 @@ class Pipeline:
 
     @torch.no_grad()
     def evaluate(self, examples: list[dict[str, Any]], modes: Sequence[str] | None = None) -> dict[str, float]:
-        """Per-objective means on held-out prompts, greedy and sampled; stateful rewards do not learn."""
+        """Per-objective means on held-out prompts, greedy and sampled; stateful rewards do not learn.
+
+        Under data parallelism every process evaluates its share of the prompts and the sums are reduced."""
         out: dict[str, float] = {}
         if modes is None:
             modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
+        mine, real = distributed.shard_padded(examples)
         for mode in modes:
             totals = np.zeros(len(self.objectives))
             counts = np.zeros(len(self.objectives))
             length_sum, n = 0.0, 0
-            for start in range(0, len(examples), self.config.eval_batch_size):
-                chunk = examples[start : start + self.config.eval_batch_size]
+            for start in range(0, len(mine), self.config.eval_batch_size):
+                chunk = mine[start : start + self.config.eval_batch_size]
+                keep = max(0, min(len(chunk), real - start))  # the rest pads this process's share
                 prompts, columns = split_examples(chunk)
                 batch = self.rollout.generate(self.policy, prompts, columns, 1, greedy=mode == "greedy")
                 lengths = batch.completion_lengths
@@ -310,14 +376,18 @@ class Pipeline:
                     completion_lengths=lengths.tolist(),
                     on_error=self.config.on_reward_error,
                 )
+                rewards, lengths = rewards[:keep], lengths[:keep]
                 valid = ~torch.isnan(rewards)
                 totals += torch.where(valid, rewards, 0.0).sum(0).double().numpy()
                 counts += valid.sum(0).double().numpy()
                 length_sum += float(lengths.sum())
-                n += len(prompts)
+                n += keep
+            summed = distributed.all_reduce_sum(torch.tensor([*totals, *counts, length_sum, n], dtype=torch.float64))
+            m = len(self.objectives)
+            totals, counts, length_sum, n = summed[:m].numpy(), summed[m : 2 * m].numpy(), float(summed[-2]), summed[-1]
             for name, total, count in zip(self.objectives, totals, counts):
                 out[f"eval/{mode}/{name}"] = float(total / count) if count else math.nan
-            out[f"eval/{mode}/mean_length"] = length_sum / max(n, 1)
+            out[f"eval/{mode}/mean_length"] = length_sum / max(float(n), 1.0)
         return out
 
     def validate(self) -> dict[str, float]:
@@ -353,30 +423,60 @@ class Pipeline:
         from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 
         cfg = self.config
+        main = distributed.is_main()  # process 0 writes the files and speaks for the run
+        if not main:
+            console.quiet = True
         if not train_data:
             raise ValueError("train_data is empty")
+        if cfg.prompts_per_step % distributed.world_size():
+            raise RecipeError(
+                f"train.prompts_per_step={cfg.prompts_per_step} cannot be split evenly across "
+                f"{distributed.world_size()} processes; use a multiple of {distributed.world_size()}"
+            )
         for split, rows in (("train", train_data), ("eval", eval_data or [])):  # bad data fails now, not at step 900
             check_columns(self.rewards, rows, split)
-            self.rollout.check_prompts(self.policy, [ex["prompt"] for ex in rows], split)
+            messages = [ex.get("messages") for ex in rows] if any("messages" in ex for ex in rows) else None
+            self.rollout.check_prompts(self.policy, [ex["prompt"] for ex in rows], split, messages=messages)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         if self.step_count == 0:
-            seed_everything(cfg.seed)
+            seed_everything(cfg.seed + 1_000_003 * distributed.rank())  # processes sample different completions
         if self.validation_data is None:
             self.validation_data = eval_data or train_data
         history: list[dict[str, Any]] = []
         saved: Path | None = None  # the newest checkpoint, and the step it holds
         if resume_from is not None:
-            run_dir, saved, history = resume(self, resume_from)  # restores RNG states last
-            console.print(f"resuming [bold]{run_dir}[/] at step {self.step_count} from {saved.name}")
+            if main:
+                run_dir, saved, history = resume(self, resume_from)  # restores RNG states last
+                console.print(f"resuming [bold]{run_dir}[/] at step {self.step_count} from {saved.name}")
+            distributed.barrier()
+            if not main:  # the same state, without touching the run's files
+                from morl.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
+
+                saved = find_checkpoint(resume_from, report=False)
+                load_checkpoint(self, saved)
+                run_dir = run_dir_of(saved)
+            if distributed.is_distributed():
+                history = distributed.broadcast_object(history)
+                seed_everything(cfg.seed + 1_000_003 * distributed.rank() + 7_919 * self.step_count)
         else:
-            run_dir = self.run_dir()
+            run_dir = Path(distributed.broadcast_object(str(self.run_dir())))
         saved_step = self.step_count if saved is not None else None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_recipe(run_dir)
-        writer = open_loggers(run_dir, cfg.loggers, config=self.recipe, append=resume_from is not None)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_recipe(run_dir)
+        writer = (
+            open_loggers(run_dir, cfg.loggers, config=self.recipe, append=resume_from is not None)
+            if main
+            else _NoWriter()
+        )
         for cb in self.callbacks:
             cb.on_fit_start(self, run_dir)
+        if self.policy.sharded and main:
+            console.print(
+                "[yellow]sharded parameters (FSDP/ZeRO-3): no checkpoints are written[/] (train.checkpoint_every is "
+                "ignored); the final model is saved. Use DDP (cookbook/accelerate/ddp.yaml) to resume runs."
+            )
 
         def record(row: dict[str, Any]) -> None:
             writer.write(row)
@@ -384,8 +484,11 @@ class Pipeline:
 
         def checkpoint() -> Path:
             nonlocal saved, saved_step
-            if saved_step != self.step_count:
-                saved, saved_step = save_checkpoint(self, run_dir, keep=cfg.keep_checkpoints), self.step_count
+            if saved_step != self.step_count and not self.policy.sharded:
+                if main:  # every process holds the same state under DDP
+                    saved = save_checkpoint(self, run_dir, keep=cfg.keep_checkpoints)
+                saved_step = self.step_count
+                distributed.barrier()
             return saved  # type: ignore[return-value]
 
         evals = [row for row in history if row.get("kind") == "eval"]
@@ -398,11 +501,16 @@ class Pipeline:
                 last_eval = first_eval
             with (
                 GracefulStop() as stop,
-                TrainingProgress(cfg.steps, self.objectives, enabled=cfg.progress, start=self.step_count) as progress,
+                TrainingProgress(
+                    cfg.steps, self.objectives, enabled=cfg.progress and main, start=self.step_count
+                ) as progress,
             ):
                 while self.step_count < cfg.steps:
-                    if stop.signum is not None:
-                        raise Interrupted(stop.signum, self.step_count, checkpoint())
+                    signum = stop.signum
+                    if distributed.is_distributed():  # stop together, or the others wait forever
+                        signum = int(distributed.all_reduce_max(torch.tensor([signum or 0]))[0]) or None
+                    if signum is not None:
+                        raise Interrupted(signum, self.step_count, checkpoint())
                     _, metrics = self.step(self._next_examples(train_data))
                     record({"kind": "train", **metrics})
                     progress.update(metrics)
@@ -429,6 +537,7 @@ class Pipeline:
             cb.on_fit_end(self, history)
         if cfg.progress and first_eval and last_eval:
             print_eval_table(first_eval, last_eval, self.objectives)
+        distributed.barrier()
         return FitResult(run_dir=run_dir, history=history)
 
     def _parameters_finite(self) -> bool:
@@ -475,9 +584,11 @@ class Pipeline:
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
 
     def save(self, run_dir: Path) -> None:
-        """Final model in Hugging Face format, controller and reward state as JSON."""
-        if self.config.save_model:
-            self.policy.save(run_dir / "model")
+        """Final model in Hugging Face format, controller and reward state as JSON (process 0 writes)."""
+        if self.config.save_model and (self.policy.sharded or distributed.is_main()):
+            self.policy.save(run_dir / "model")  # sharded: every process takes part in gathering the weights
+        if not distributed.is_main():
+            return
         state = {
             "step": self.step_count,
             "controller": self.controller.state_dict(),
@@ -485,6 +596,14 @@ class Pipeline:
             "rewards": {n: r.state_dict() for n, r in zip(self.objectives, self.rewards) if isinstance(r, Component)},
         }
         (run_dir / "controller_state.json").write_text(json.dumps(state, indent=2))
+
+
+class _NoWriter:
+    """The metrics writer of processes other than 0: they log nothing."""
+
+    def write(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _reward_counters(rewards: list[Any]) -> dict[str, float]:

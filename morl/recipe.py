@@ -34,6 +34,7 @@ class DataConfig(BaseModel):
     train_size: int | None = Field(2000, ge=1)
     eval_size: int | None = Field(100, ge=1)
     columns: dict[str, str] | None = None
+    prompt_template: str | None = Field(None, description="'{prompt}' is replaced by each prompt (raw problems)")
 
 
 class Recipe(BaseModel):
@@ -133,8 +134,9 @@ def load_data(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     from morl.data import load_examples
 
     d = recipe.data
-    train = load_examples(d.train, d.train_split, columns=d.columns, limit=d.train_size)
-    evals = load_examples(d.eval, d.eval_split, columns=d.columns, limit=d.eval_size) if d.eval else None
+    options = {"columns": d.columns, "prompt_template": d.prompt_template}
+    train = load_examples(d.train, d.train_split, limit=d.train_size, **options)
+    evals = load_examples(d.eval, d.eval_split, limit=d.eval_size, **options) if d.eval else None
     return train, evals
 
 

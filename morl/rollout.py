@@ -1,4 +1,10 @@
-"""Rollout backends: prompts -> K sampled completions per prompt, with token ids, masks and log-probs."""
+"""Rollout backends: prompts -> K sampled completions per prompt, with token ids, masks and log-probs.
+
+``transformers`` (here) samples with ``model.generate``, on the CPU or one GPU; ``vllm``
+(:mod:`morl.rollout_vllm`, the ``morl[vllm]`` extra) samples with a vLLM engine colocated on the training GPU.
+When a row has chat ``messages`` (verl parquet) and ``policy.chat_template`` is on, the prompt is the tokenizer's
+chat template applied to them.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,38 @@ class RolloutBackend(Component):
         """A batch of ``len(prompts) × k`` rows; ``columns`` are per-prompt and get repeated per completion."""
         raise NotImplementedError
 
-    def check_prompts(self, policy: Policy, prompts: list[str], split: str = "train") -> None:
+    def check_prompts(
+        self, policy: Policy, prompts: list[str], split: str = "train", messages: list[Any] | None = None
+    ) -> None:
         """Before training: raise :class:`morl.data.DataError` naming the first row this backend cannot take."""
+
+    def weights_changed(self, policy: Policy) -> None:
+        """The policy's weights changed (a policy update, a resumed checkpoint). Backends that sample from their
+        own copy of the weights (vLLM) refresh it before their next generation; the pipeline calls this on every
+        process after every update."""
+
+
+def prompt_texts(policy: Policy, prompts: list[str], messages: list[Any] | None = None) -> list[str]:
+    """What the model continues for each prompt: see :meth:`morl.policy.Policy.format_prompt`."""
+    turns = messages if messages is not None else [None] * len(prompts)
+    return [policy.format_prompt(p, m) for p, m in zip(prompts, turns)]
+
+
+def check_prompt_lengths(
+    policy: Policy, prompts: list[str], split: str, messages: list[Any] | None, limit: int | None, truncate: bool
+) -> None:
+    """Raise :class:`morl.data.DataError` for the first prompt over ``limit`` tokens, unless ``truncate``."""
+    if limit is None or truncate or not prompts:
+        return
+    from morl.data import DataError
+
+    texts = prompt_texts(policy, prompts, messages)
+    for i, ids in enumerate(policy.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+        if len(ids) > limit:
+            raise DataError(
+                f"{split} row {i}: the prompt has {len(ids)} tokens, over rollout.max_prompt_tokens={limit}: "
+                f"{prompts[i][:200]!r}; set rollout.truncate_prompts: true to keep its last {limit} tokens"
+            )
 
 
 class TransformersRollout(RolloutBackend):
@@ -42,20 +78,12 @@ class TransformersRollout(RolloutBackend):
         max_prompt_tokens: int | None = Field(None, ge=1)
         truncate_prompts: bool = False
 
-    def check_prompts(self, policy: Policy, prompts: list[str], split: str = "train") -> None:
+    def check_prompts(
+        self, policy: Policy, prompts: list[str], split: str = "train", messages: list[Any] | None = None
+    ) -> None:
         """Every prompt within ``max_prompt_tokens``, unless ``truncate_prompts`` keeps their last tokens."""
-        limit = self.config.max_prompt_tokens
-        if limit is None or self.config.truncate_prompts or not prompts:
-            return
-        from morl.data import DataError
-
-        texts = [policy.format_prompt(p) for p in prompts]
-        for i, ids in enumerate(policy.tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            if len(ids) > limit:
-                raise DataError(
-                    f"{split} row {i}: the prompt has {len(ids)} tokens, over rollout.max_prompt_tokens={limit}: "
-                    f"{prompts[i][:200]!r}; set rollout.truncate_prompts: true to keep its last {limit} tokens"
-                )
+        cfg = self.config
+        check_prompt_lengths(policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts)
 
     @torch.no_grad()
     def generate(
@@ -63,7 +91,7 @@ class TransformersRollout(RolloutBackend):
     ) -> Batch:
         cfg = self.config
         tok = policy.tokenizer
-        texts = [policy.format_prompt(p) for p in prompts]
+        texts = prompt_texts(policy, prompts, columns.get("messages"))
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, attn = enc["input_ids"], enc["attention_mask"]
         if cfg.max_prompt_tokens is not None and ids.shape[1] > cfg.max_prompt_tokens:
@@ -78,15 +106,19 @@ class TransformersRollout(RolloutBackend):
         input_ids = ids.repeat_interleave(k, dim=0).to(policy.device)
         attention = attn.repeat_interleave(k, dim=0).to(policy.device)
         sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        # prefill once per prompt, not per completion, into a cache with room for the completions
+        shared = policy.prompt_cache(ids.to(policy.device), attn.to(policy.device), k, cfg.max_new_tokens)
         out = policy.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
+            **shared,
             do_sample=not greedy,
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             output_logits=True,
             return_dict_in_generate=True,
+            synced_gpus=policy.sharded,  # sharded weights: every process runs as many forward passes as the longest
             **sampling,
         )
         width = input_ids.shape[1]

@@ -20,6 +20,7 @@ METHODS = [
     "gradnorm",
     "pcgrad",
     "cagrad",
+    "schedule",
 ]
 
 

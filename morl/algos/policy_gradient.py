@@ -9,6 +9,12 @@ mini-batches, token-mean loss, k3 KL estimator to a frozen reference (Schulman, 
 
 Both expose :meth:`surrogate` (the loss for any advantages, so gradient-level weightings can build one loss
 per objective) and :meth:`clipped_advantage_weight` (the covariance law's ``w = A·ρ·1[not clipped]``).
+
+When the rollout engine is not the trainer (vLLM: the batch has ``sampling_logprobs``), the policy term of each
+token is multiplied by a capped importance ratio ``π_old / π_engine`` (``importance_correction``, see
+:mod:`morl.algos.importance`). ``micro_batch_size`` accumulates each mini-batch's gradient over micro-batches,
+weighting each by its share of the mini-batch's completion tokens, so micro-batching and data parallelism
+(:mod:`morl.distributed`) leave the gradient of the token-mean loss unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Callable
 import torch
 from pydantic import Field
 
+from morl import distributed
+from morl.algos.importance import ImportanceCorrection, importance_weights
 from morl.batch import Batch
 from morl.components import Component, ComponentConfig
 from morl.policy import Policy
@@ -60,6 +68,13 @@ class PolicyAlgoConfig(ComponentConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     temperature: float = Field(1.0, gt=0)
     log_entropy: bool = True
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="rows per forward/backward pass (gradient accumulation); None: a whole mini-batch"
+    )
+    importance_correction: ImportanceCorrection = Field(
+        "token_truncate", description="rollout engine/trainer mismatch correction, when the engine is not the trainer"
+    )
+    importance_cap: float = Field(2.0, gt=0, description="cap C of the importance ratio (truncated or masked above)")
 
 
 class PolicyAlgo(Component):
@@ -94,6 +109,7 @@ class PolicyAlgo(Component):
             stats["clip_ratio/low_mean"] = masked_mean(clipped_low.float(), mask)
             stats["clip_ratio/high_mean"] = masked_mean(clipped_high.float(), mask)
             stats["clip_ratio/region_mean"] = masked_mean((clipped_low | clipped_high).float(), mask)
+        per_token = per_token * self._importance(old, batch)
         loss_tokens = -per_token
         if self.config.kl_coef > 0:
             kl = k3_kl(logp, batch.ref_logprobs)
@@ -110,10 +126,19 @@ class PolicyAlgo(Component):
         old = batch.old_logprobs if batch.old_logprobs is not None else new_logp
         ratio = torch.exp(new_logp - old)
         adv = batch.advantages.unsqueeze(1).expand_as(ratio)
-        weight = adv * ratio
+        weight = adv * ratio * self._importance(old, batch)
         if self.clip_range is not None:
             weight = weight * unclipped_mask(ratio, adv, *self.clip_range)
         return masked_mean(weight, batch.completion_mask, dim=1)
+
+    def _importance(self, old_logprobs: torch.Tensor, batch: Batch) -> torch.Tensor | float:
+        """Per-token importance weights for an engine/trainer mismatch; 1 when the trainer sampled."""
+        if batch.sampling_logprobs is None or self.config.importance_correction == "none":
+            return 1.0
+        cfg = self.config
+        return importance_weights(
+            old_logprobs, batch.sampling_logprobs, batch.completion_mask, cfg.importance_correction, cfg.importance_cap
+        )
 
     def update(
         self,
@@ -123,46 +148,84 @@ class PolicyAlgo(Component):
         combine: LossCombiner | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
-        """Run the epochs × mini-batches of optimiser steps; returns averaged metrics."""
+        """Run the epochs × mini-batches of optimiser steps; returns averaged metrics.
+
+        Under data parallelism this process trains on ``batch.local_rows``; every process splits its rows into
+        the same number of mini-batches, and a mini-batch step is the sum of all processes' contributions.
+        """
         policy.model.train()
-        n = batch.size
+        rows = torch.arange(batch.size)
+        if batch.local_rows is not None:
+            rows = rows[batch.local_rows]
         sums: dict[str, float] = {}
         count = 0
         for _ in range(self.config.epochs):
-            order = torch.randperm(n, generator=generator) if self.config.minibatches > 1 else torch.arange(n)
-            for rows in order.chunk(self.config.minibatches):
-                mb = batch.select(rows)
-                if combine is None:
-                    loss, stats = self.minibatch_loss(policy, mb)
-                else:
-                    loss, stats = combine(policy, mb, self)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = self._clip_gradients(policy)
-                if not math.isfinite(grad_norm) or not torch.isfinite(loss):
-                    optimizer.zero_grad(set_to_none=True)
-                    stats["skipped_nonfinite"] = 1.0
-                else:
-                    optimizer.step()
-                stats["loss"] = loss.detach()
-                stats["grad_norm"] = grad_norm
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+            order = rows[torch.randperm(len(rows), generator=generator)] if self.config.minibatches > 1 else rows
+            for minibatch in order.chunk(self.config.minibatches):
+                for key, value in self._minibatch_step(policy, optimizer, batch, minibatch, combine).items():
+                    sums[key] = sums.get(key, 0.0) + value
                 count += 1
         policy.model.eval()
         return {key: value / count for key, value in sums.items()}
 
+    def _minibatch_step(
+        self,
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        batch: Batch,
+        rows: torch.Tensor,
+        combine: LossCombiner | None,
+    ) -> dict[str, float]:
+        """One optimiser step on these rows, accumulated over micro-batches and processes.
+
+        Each micro-batch's loss is its token mean, weighted by its share of the completion tokens of the whole
+        mini-batch (over all processes), so the accumulated gradient is the mini-batch's token-mean gradient.
+        Logged statistics are reduced the same way: token-weighted means over the mini-batch.
+        """
+        size = self.config.micro_batch_size
+        micro = list(rows.split(size)) if size else [rows]
+        local = torch.stack([batch.completion_mask[r].sum() for r in micro]).double().cpu()
+        total = distributed.all_reduce_sum(local)  # tokens of each micro-step over all processes
+        processes = distributed.world_size()
+        mb_total = float(total.sum())
+        optimizer.zero_grad(set_to_none=True)
+        weighted: dict[str, float] = {}
+        for i, part in enumerate(micro):
+            mb = batch.select(part)
+            mb.token_share = float(local[i] / total[i]) if total[i] > 0 else 1.0 / processes
+            loss, stats = combine(policy, mb, self) if combine is not None else self.minibatch_loss(policy, mb)
+            weight = float(local[i]) / mb_total if mb_total > 0 else 1.0 / (processes * len(micro))
+            with policy.no_sync(skip=i < len(micro) - 1):
+                policy.backward(loss * weight)
+            stats["loss"] = loss.detach()
+            for key, value in stats.items():
+                weighted[key] = weighted.get(key, 0.0) + weight * float(value)
+        keys = sorted(weighted)
+        reduced = distributed.all_reduce_sum(torch.tensor([weighted[k] for k in keys], dtype=torch.float64))
+        out = dict(zip(keys, reduced.tolist()))
+        grad_norm = self._clip_gradients(policy)
+        if not math.isfinite(grad_norm) or not math.isfinite(out["loss"]):
+            optimizer.zero_grad(set_to_none=True)
+            out["skipped_nonfinite"] = 1.0
+        else:
+            optimizer.step()
+        out["grad_norm"] = grad_norm
+        return out
+
     def minibatch_loss(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         want_entropy = self.config.entropy_coef > 0 or self.config.log_entropy
         logp, entropy = policy.token_logprobs(
-            mb.input_ids, mb.attention_mask, mb.prompt_width, self.config.temperature, with_entropy=want_entropy
+            mb.input_ids,
+            mb.attention_mask,
+            mb.prompt_width,
+            self.config.temperature,
+            with_entropy=want_entropy,
+            group_size=mb.group_size,
         )
         return self.surrogate(logp, mb, mb.advantages, entropy)
 
     def _clip_gradients(self, policy: Policy) -> float:
-        params = [p for p in policy.model.parameters() if p.grad is not None]
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return policy.clip_grad_norm(self.config.max_grad_norm)
 
 
 class Reinforce(PolicyAlgo):

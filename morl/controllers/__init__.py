@@ -12,6 +12,7 @@ from morl.controllers.lagrangian import Lagrangian
 from morl.controllers.mgda import MGDA
 from morl.controllers.pama import PAMA
 from morl.controllers.pcgrad import PCGrad
+from morl.controllers.schedule import WeightSchedule
 
 __all__ = [
     "CTWA",
@@ -27,6 +28,7 @@ __all__ = [
     "Lagrangian",
     "PCGrad",
     "WeightController",
+    "WeightSchedule",
     "WeightTarget",
     "group_covariances",
     "objective_gram",

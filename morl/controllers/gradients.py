@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from pydantic import field_validator
 
+from morl import distributed
 from morl.batch import Batch
 from morl.components import ComponentConfig
 from morl.controllers.base import WeightController, WeightTarget
@@ -55,6 +56,7 @@ def objective_terms(policy, minibatch: Batch, algo) -> tuple[list[torch.Tensor],
         minibatch.prompt_width,
         cfg.temperature,
         with_entropy=cfg.entropy_coef > 0 or cfg.log_entropy,
+        group_size=minibatch.group_size,
     )
     zero = torch.zeros(minibatch.size, dtype=logp.dtype, device=logp.device)
     regularizer, stats = algo.surrogate(logp, minibatch, zero, entropy)
@@ -148,7 +150,11 @@ def reward_gaps(minibatch: Batch, reward_max: float) -> np.ndarray:
     Methods that divide by a loss (GradNorm's ``L/L0``, MGDA's loss normalisation) need it positive; the
     policy-gradient surrogate is near 0 on-policy (advantages are centred) and can be negative.
     """
-    means = torch.nanmean(minibatch.rewards.double(), dim=0).nan_to_num(reward_max).cpu().numpy()
+    rewards = minibatch.rewards.double().cpu()
+    valid = ~torch.isnan(rewards)
+    # sums and counts over every process's rows of the mini-batch step (morl.distributed; local in one process)
+    totals = distributed.all_reduce_sum(torch.stack([torch.where(valid, rewards, 0.0).sum(0), valid.sum(0).double()]))
+    means = (totals[0] / totals[1]).nan_to_num(reward_max).numpy()
     return np.maximum(reward_max - means, 1e-3)
 
 
@@ -201,8 +207,13 @@ class GramWeighting(WeightController):
     def combine_losses(self, policy, minibatch: Batch, algo) -> tuple[torch.Tensor, dict[str, float]]:
         losses, regularizer, stats = objective_terms(policy, minibatch, algo)
         params = select_parameters(policy.model, self.config.params)
-        gram, _ = objective_gram(losses, params, self.config.batched)
-        detached = np.array([float(loss.detach()) for loss in losses])
+        gram, grads = objective_gram(losses, params, self.config.batched)
+        detached = torch.stack([loss.detach() for loss in losses]).double().cpu()
+        if distributed.is_distributed():  # the Gram matrix of the gradients of the whole mini-batch step's loss
+            grads = distributed.all_reduce_sum(grads * minibatch.token_share)
+            gram = (grads @ grads.T).double()
+            detached = distributed.all_reduce_sum(detached * minibatch.token_share)
+        detached = detached.numpy()
         weights = np.asarray(self.weights_from_gram(gram.cpu().numpy(), detached, minibatch), dtype=float)
         loss = sum(float(w) * term for w, term in zip(weights, losses)) + regularizer
         return loss, stats

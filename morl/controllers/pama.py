@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from morl.algos.policy_gradient import masked_mean
+from morl import distributed
 from morl.batch import Batch
 from morl.controllers.base import WeightController, WeightTarget
 
@@ -74,15 +74,17 @@ class PAMA(WeightController):
             minibatch.prompt_width,
             cfg.temperature,
             with_entropy=cfg.entropy_coef > 0 or cfg.log_entropy,
+            group_size=minibatch.group_size,
         )
         old = minibatch.old_logprobs if minibatch.old_logprobs is not None else logp.detach()
         valid = minibatch.completion_mask.bool()
         if algo.clip_range is not None:
             valid = valid & (torch.exp(logp.detach() - old) <= 1.0 + algo.clip_range[1])
         positive = minibatch.objective_advantages.clamp_min(0.0).to(logp.dtype)
-        scalars = np.array(
-            [float(masked_mean(positive[:, m : m + 1].expand_as(logp), valid)) for m in range(positive.shape[1])]
-        )
+        # token means over every process's rows of the mini-batch step (morl.distributed; local in one process)
+        sums = (positive * valid.sum(dim=1, keepdim=True).to(logp.dtype)).sum(dim=0).double().cpu()
+        totals = distributed.all_reduce_sum(torch.cat([sums, valid.sum().double().cpu().reshape(1)]))
+        scalars = (totals[:-1] / totals[-1].clamp_min(1.0)).numpy()
         self.weights_, shared = pama_weights(scalars)
         self.scalars_ = scalars
         loss, stats = algo.surrogate(logp, minibatch, torch.full_like(positive[:, 0], shared), entropy)

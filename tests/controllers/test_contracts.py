@@ -7,6 +7,7 @@ from morl.controllers import WeightTarget
 
 CONTRACTS = {
     "fixed": (WeightTarget.REWARD, "free"),
+    "schedule": (WeightTarget.REWARD, "free"),
     "ctwa": (WeightTarget.REWARD, "free"),
     "lagrangian": (WeightTarget.ADVANTAGE, "free"),
     "gdpo": (WeightTarget.ADVANTAGE, "free"),
