@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from morl import Pipeline, TrainConfig
-from morl.batch import Batch
 from morl.components import RecipeError, build, registered
 from morl.diagnostics import (
     Diagnostics,
@@ -19,6 +18,7 @@ from morl.diagnostics import (
 )
 from morl.recipe import parse_recipe
 from morl.tinymath.task import make_split
+from tests.batches import reward_batch
 
 
 def short(prompts, completions, **kwargs):
@@ -30,21 +30,7 @@ def digits(prompts, completions, **kwargs):
 
 
 def _batch(rewards, scores, k, objectives=("a", "b")):
-    rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    n = rewards.shape[0]
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=k,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=rewards,
-        objectives=list(objectives),
-        scores=torch.as_tensor(scores, dtype=torch.float32),
-    )
+    return reward_batch(rewards, k, scores=scores, objectives=objectives)
 
 
 def _direct(rewards, signal, k):

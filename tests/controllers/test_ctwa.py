@@ -1,28 +1,15 @@
 import numpy as np
 import pytest
-import torch
 
-from morl.batch import Batch
 from morl.components import RecipeError
 from morl.controllers import CTWA, group_covariances
+from tests.batches import reward_batch
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 
 
 def _batch(rewards, weights, k):
-    n = len(weights)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=k,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-        clipped_weights=torch.tensor(weights, dtype=torch.float32),
-    )
+    return reward_batch(rewards, k, clipped_weights=weights)
 
 
 def _reference_cov(r, w, k):

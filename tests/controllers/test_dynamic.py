@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from morl import Pipeline, TrainConfig
-from morl.batch import Batch
 from morl.components import RecipeError
 from morl.controllers import GradientWeighting, HypervolumeWeighting, WeightTarget
 from morl.controllers.dynamic import hypervolume, hypervolume_contribution, mirror_ascent_step, pareto_front
 from morl.tinymath.task import make_split
+from tests.batches import reward_batch
 
 # ---- exact hypervolume ---------------------------------------------------------------------------
 
@@ -65,18 +65,7 @@ def test_contribution_and_front():
 
 
 def _batch(rewards, k):
-    n = len(rewards)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=k,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-    )
+    return reward_batch(rewards, k)
 
 
 def test_multiplier_from_hypervolume_contribution():

@@ -3,23 +3,12 @@ import pytest
 import torch
 
 from morl.algos import GroupNorm
-from morl.batch import Batch
 from morl.controllers import GDPO, WeightTarget
+from tests.batches import reward_batch
 
 
 def _batch(rewards, k):
-    n = len(rewards)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=k,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-    )
+    return reward_batch(rewards, k)
 
 
 def _numpy_gdpo(rewards, weights, k):

@@ -1,25 +1,13 @@
 import numpy as np
 import pytest
-import torch
 
-from morl.batch import Batch
 from morl.controllers import GradNorm
 from morl.controllers.gradnorm import gradnorm_step
+from tests.batches import reward_batch
 
 
 def _rewards_batch(rewards):
-    n = len(rewards)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=n,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-    )
+    return reward_batch(rewards)
 
 
 def test_hand_worked_step():

@@ -2,26 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from morl.batch import Batch
 from morl.components import RecipeError
 from morl.controllers import Lagrangian, WeightTarget
+from tests.batches import reward_batch
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 
 
 def _batch(rewards):
-    n = len(rewards)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=n,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-    )
+    return reward_batch(rewards)
 
 
 def test_paper_defaults_and_hand_worked_dual_ascent():

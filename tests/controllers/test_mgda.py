@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from morl.algos import GRPO
-from morl.batch import Batch
 from morl.controllers import MGDA
 from morl.controllers.mgda import min_norm_weights
+from tests.batches import reward_batch
 
 
 def _random_gram(rng, m, rank):
@@ -84,18 +84,7 @@ def test_invariant_to_scale_and_equivariant_to_permutation():
 
 
 def _rewards_batch(rewards):
-    n = len(rewards)
-    return Batch(
-        prompts=[""] * n,
-        completions=[""] * n,
-        columns={},
-        group_size=n,
-        input_ids=torch.zeros(n, 1, dtype=torch.long),
-        attention_mask=torch.ones(n, 1, dtype=torch.long),
-        completion_mask=torch.ones(n, 0, dtype=torch.long),
-        prompt_width=1,
-        rewards=torch.tensor(rewards, dtype=torch.float32),
-    )
+    return reward_batch(rewards)
 
 
 def test_gradient_normalisations():
