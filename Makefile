@@ -39,7 +39,7 @@ format: install
 
 # figures for benchmarks/RESULTS.md: what morl's machinery costs per step, and where a step's time goes
 bench: install
-	$(BIN)/python benchmarks/overheads.py
+	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/profile_step.py
 
 # morl against TRL's GRPOTrainer on the same job; TRL goes into its own environment, not morl's

@@ -1,10 +1,16 @@
-"""Where a quickstart step's time goes, and what CTWA adds on top of fixed weights.
+"""What morl's machinery costs on top of a fixed-weights step, measured on the same batches.
 
-Both controllers train their own copy of the same model on the *same* batches: each step's rollout
-and rewards are computed once and fed to both, so the only difference is the controller's work
-(CTWA: one forward pass of the updated policy + the covariance update). Runs alternate A/B per step.
+Every variant trains its own copy of the same model through the real ``Pipeline.step``, but the rollout is done
+once per step (by the baseline's policy) and replayed to all of them, so each variant's time is its step minus
+the shared rollout; a step is then ``median(rollout) + median(rest)``. Variants run in a rotating order per step,
+so a loaded machine slows them alike. Ratios are to ``fixed`` (fixed equal weights, default diagnostics):
 
-    python benchmarks/step_time.py [--steps 30] [--recipe cookbook/recipes/quickstart.yaml]
+- ``fixed-nodiag``: the same without diagnostics, so ``fixed / fixed-nodiag`` is what the always-on diagnostics cost;
+- ``ctwa``: CTWA (one no-grad forward pass of the updated policy + the covariance update);
+- ``mgda`` / ``gradnorm`` with ``params: last_layers:1`` (cheap) and ``params: all`` (exact Gram matrix), with the
+  M = 3 per-objective gradients from M backward passes or one batched (``is_grads_batched``) pass.
+
+    python benchmarks/step_time.py [--steps 20] [--variants fixed,ctwa,...]
 """
 
 from __future__ import annotations
@@ -16,39 +22,29 @@ import time
 
 import torch
 
-from morl.controllers import WeightTarget
 from morl.pipeline import Pipeline, seed_everything, split_examples
 from morl.policy import Policy
 from morl.recipe import build_components, load_data, load_recipe
-from morl.rewards import score_rewards
 
-
-def update_on(pipe: Pipeline, batch) -> dict[str, float]:
-    """The post-reward part of ``Pipeline.step``, timed in the same four buckets."""
-    out = {}
-    t0 = time.perf_counter()
-    pipe.controller.before_update(batch)
-    pipe._advantages(batch)
-    out["controller"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    combine = pipe.controller.combine_losses if pipe.controller.applies_to == WeightTarget.GRADIENT else None
-    pipe.algo.update(pipe.policy, pipe.optimizer, batch, combine=combine)
-    out["update"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if "clipped_weights" in pipe.needs:
-        with torch.no_grad():
-            new_logp, _ = pipe.policy.token_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_width)
-        batch.clipped_weights = pipe.algo.clipped_advantage_weight(new_logp, batch)
-    pipe.controller.after_update(batch)
-    out["controller"] += time.perf_counter() - t0
-    return out
+VARIANTS: dict[str, tuple[dict | str, bool]] = {  # name -> (controller, diagnostics)
+    "fixed": ("fixed", True),
+    "fixed-nodiag": ("fixed", False),
+    "ctwa": ("ctwa", True),
+    "mgda last_layers:1": ({"name": "mgda", "params": "last_layers:1"}, True),
+    "mgda last_layers:1 batched": ({"name": "mgda", "params": "last_layers:1", "batched": True}, True),
+    "mgda all": ({"name": "mgda", "params": "all"}, True),
+    "mgda all batched": ({"name": "mgda", "params": "all", "batched": True}, True),
+    "gradnorm last_layers:1": ({"name": "gradnorm", "params": "last_layers:1"}, True),
+    "gradnorm all": ({"name": "gradnorm", "params": "all"}, True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="cookbook/recipes/quickstart.yaml")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--recipe", default="cookbook/recipes/quickstart_linear.yaml")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list above")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -56,57 +52,57 @@ def main() -> None:
     train, _ = load_data(recipe)
     seed_everything(0)
     base = Policy.from_pretrained(**recipe.policy.model_dump())
-    pipes = {}
-    for label, controller in (("fixed", "fixed"), ("ctwa", recipe.controller)):
+    names = ["fixed", *[n for n in args.variants.split(",") if n != "fixed"]]
+    pipes: dict[str, Pipeline] = {}
+    for name in names:
+        controller, diagnostics = VARIANTS[name]
         components = build_components(recipe.model_copy(update={"controller": controller}))
         policy = Policy(copy.deepcopy(base.model), base.tokenizer, base.config)
-        pipes[label] = Pipeline(policy=policy, config=recipe.train.model_copy(update={"progress": False}), **components)
+        config = recipe.train.model_copy(update={"progress": False})
+        pipes[name] = Pipeline(policy=policy, config=config, diagnostics=diagnostics, **components)
 
-    times: dict[str, dict[str, list[float]]] = {k: {"controller": [], "update": []} for k in pipes}
-    rollout_t, reward_t = [], []
+    rest: dict[str, list[float]] = {name: [] for name in pipes}
+    parts: dict[str, dict[str, list[float]]] = {
+        name: {"update": [], "controller": [], "diagnostics": []} for name in pipes
+    }
+    rollouts: list[float] = []
     gen = pipes["fixed"]
+    generate = gen.rollout.generate  # kept: the pipelines' own ``generate`` is replaced by a replay below
     for step in range(args.warmup + args.steps):
         examples = gen._next_examples(train)
-        t0 = time.perf_counter()
-        batch = gen.rollout.generate(gen.policy, *split_examples(examples), gen.config.group_size)
-        t1 = time.perf_counter()
-        batch.rewards, _ = score_rewards(
-            gen.rewards,
-            batch.prompts,
-            batch.completions,
-            batch.columns,
-            training=True,
-            completion_lengths=batch.completion_lengths.tolist(),
-        )
-        t2 = time.perf_counter()
-        order = ("fixed", "ctwa") if step % 2 == 0 else ("ctwa", "fixed")
-        for label in order:
-            timing = update_on(pipes[label], copy.copy(batch))
+        gen.policy.model.eval()
+        start = time.perf_counter()
+        batch = generate(gen.policy, *split_examples(examples), gen.config.group_size)
+        rollout = time.perf_counter() - start
+        order = names[step % len(names) :] + names[: step % len(names)]
+        for name in order:
+            pipe = pipes[name]
+            pipe.rollout.generate = lambda *a, _batch=batch, **k: copy.deepcopy(_batch)  # replay the shared rollout
+            start = time.perf_counter()
+            _, metrics = pipe.step(examples)
+            elapsed = time.perf_counter() - start - metrics["timing/rollout"]
             if step >= args.warmup:
-                for key, value in timing.items():
-                    times[label][key].append(value)
+                rest[name].append(elapsed)
+                for part, values in parts[name].items():
+                    values.append(metrics.get(f"timing/{part}", 0.0))
         if step >= args.warmup:
-            rollout_t.append(t1 - t0)
-            reward_t.append(t2 - t1)
+            rollouts.append(rollout)
 
     med = statistics.median
+    steps = {name: med(rollouts) + med(times) for name, times in rest.items()}
     print(
-        f"recipe {args.recipe}: {recipe.train.prompts_per_step} prompts x {recipe.train.group_size} completions, "
-        f"{args.steps} measured steps, 1 thread, median seconds"
+        f"{args.recipe}: {recipe.train.prompts_per_step} prompts x {recipe.train.group_size} completions, "
+        f"{args.steps} steps, 1 thread; median seconds; rollout (shared) {med(rollouts):.4f}"
     )
-    print(f"{'part':<12}{'fixed':>10}{'ctwa':>10}")
-    print(f"{'rollout':<12}{med(rollout_t):>10.4f}{med(rollout_t):>10.4f}")
-    print(f"{'reward':<12}{med(reward_t):>10.4f}{med(reward_t):>10.4f}")
-    totals = {}
-    for label in pipes:
-        totals[label] = med(rollout_t) + med(reward_t) + med(times[label]["update"]) + med(times[label]["controller"])
-    for part in ("update", "controller"):
-        print(f"{part:<12}{med(times['fixed'][part]):>10.4f}{med(times['ctwa'][part]):>10.4f}")
-    print(f"{'step':<12}{totals['fixed']:>10.4f}{totals['ctwa']:>10.4f}")
-    print(
-        f"CTWA step time / fixed step time = {totals['ctwa'] / totals['fixed']:.3f} "
-        f"(overhead {100 * (totals['ctwa'] / totals['fixed'] - 1):+.1f}%)"
-    )
+    print(f"{'variant':<27}{'update':>8}{'control':>8}{'diagn.':>8}{'rest':>8}{'step':>8}{'/ fixed':>8}{'paired':>8}")
+    for name in names:
+        # per step, on the same batch: (rollout + this variant's rest) / (rollout + fixed's rest)
+        paired = med((r + a) / (r + b) for r, a, b in zip(rollouts, rest[name], rest["fixed"]))
+        cells = [med(parts[name][part]) for part in ("update", "controller", "diagnostics")]
+        cells += [med(rest[name]), steps[name], steps[name] / steps["fixed"], paired]
+        print(f"{name:<27}" + "".join(f"{value:>8.4f}" for value in cells[:5]) + f"{cells[5]:>8.3f}{cells[6]:>8.3f}")
+    if "fixed-nodiag" in steps:
+        print(f"always-on diagnostics: fixed / fixed-nodiag = {steps['fixed'] / steps['fixed-nodiag']:.3f}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ deletes terms). :class:`Diagnostics` is a pipeline callback that measures these 
   (M backward passes, opt-in).
 
 Cost on the quickstart step (TinyMath, 8 prompts × 8 completions, 64 new tokens, 1 thread; measured by
-``benchmarks/diagnostics_overhead.py``): the free diagnostics take ≈ 1.3 ms of a ≈ 0.28 s step (< 0.5%); the
-forward pass of the updated policy adds ≈ 0.045 s (+13-16%), over the 5% budget of always-on diagnostics, so
-it is paid only when a component computes the clipped weights anyway (CTWA) or with ``clipped_weights: true``;
-the gradient diagnostics take ≈ 0.5 s per measured step (one forward, M backward passes), hence opt-in.
+``benchmarks/step_time.py``, figures in ``benchmarks/RESULTS.md``): the free diagnostics take ≈ 1.5 ms of a
+≈ 0.25 s step (< 1%); the forward pass of the updated policy adds ≈ 0.03 s (+11-14%), over the 5% budget of
+always-on diagnostics, so it is paid only when a component computes the clipped weights anyway (CTWA) or with
+``clipped_weights: true``; the gradient diagnostics cost one forward and M backward passes per measured step,
+hence opt-in.
 An alarm warns once in the console, writes an event to ``events.jsonl`` in the run directory and
 sets ``alarm/{m}`` to 1 until the smoothed covariance is back above the threshold.
 

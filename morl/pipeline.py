@@ -218,7 +218,7 @@ class Pipeline:
 
         t0 = time.perf_counter()
         with torch.no_grad():
-            if batch.old_logprobs is None:  # the engine is not the trainer (vLLM): the trainer's own log-probs
+            if batch.old_logprobs is None:  # vLLM, or rollout.logprobs: trainer: the trainer's own log-probs
                 batch.old_logprobs = self._logprobs(self.policy, batch)
             if self.reference is not None:
                 batch.ref_logprobs = self._logprobs(self.reference, batch)

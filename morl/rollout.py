@@ -8,10 +8,11 @@ chat template applied to them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from transformers import GenerationConfig
 
 from morl.batch import Batch
 from morl.components import Component, ComponentConfig
@@ -61,11 +62,31 @@ def check_prompt_lengths(
             )
 
 
+# transformers fills every unset generation field from the model's own generation_config: set the ones that
+# would reshape the sampling distribution to their neutral values, so the model's defaults cannot
+NEUTRAL_PROCESSORS = {
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+}
+
+
 class TransformersRollout(RolloutBackend):
     """Sampling with ``model.generate`` (KV cache, all P×K sequences in one batch, early stop at EOS).
 
-    ``old_logprobs`` are the sampling policy's log-probs ``log softmax(logits / T)``, read from the
-    generation logits, so on-policy training needs no extra forward pass.
+    ``old_logprobs`` are the sampling policy's log-probs ``log softmax(logits / T)``. With ``logprobs: generate``
+    they are read from the generation logits, so on-policy training needs no extra forward pass — but every
+    step's logits are kept (N × L × vocabulary floats), which is cheap for a small vocabulary and far too much
+    for a 150k one: there use ``logprobs: trainer`` and the pipeline recomputes them with one forward pass.
+
+    Sampling uses exactly the configured parameters: the model's own generation defaults (a repetition
+    penalty, say) are ignored, since training assumes the sampling distribution is ``softmax(logits / T)``
+    truncated only by ``top_k`` / ``top_p``.
     """
 
     name = "transformers"
@@ -77,6 +98,7 @@ class TransformersRollout(RolloutBackend):
         top_k: int = Field(0, ge=0)
         max_prompt_tokens: int | None = Field(None, ge=1)
         truncate_prompts: bool = False
+        logprobs: Literal["generate", "trainer"] = "generate"
 
     def check_prompts(
         self, policy: Policy, prompts: list[str], split: str = "train", messages: list[Any] | None = None
@@ -106,29 +128,36 @@ class TransformersRollout(RolloutBackend):
         input_ids = ids.repeat_interleave(k, dim=0).to(policy.device)
         attention = attn.repeat_interleave(k, dim=0).to(policy.device)
         sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        keep_logits = not greedy and cfg.logprobs == "generate"
+        generation = GenerationConfig(
+            do_sample=not greedy,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_logits=keep_logits,
+            return_dict_in_generate=True,
+            **sampling,
+            **NEUTRAL_PROCESSORS,
+        )
         # prefill once per prompt, not per completion, into a cache with room for the completions
         shared = policy.prompt_cache(ids.to(policy.device), attn.to(policy.device), k, cfg.max_new_tokens)
         out = policy.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             **shared,
-            do_sample=not greedy,
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
+            generation_config=generation,
             synced_gpus=policy.sharded,  # sharded weights: every process runs as many forward passes as the longest
-            **sampling,
         )
         width = input_ids.shape[1]
         completion = out.sequences[:, width:]
         mask = completion_mask(completion, tok.eos_token_id)
         completion = completion.masked_fill(~mask.bool(), tok.pad_token_id)
-        logits = torch.stack(out.logits, dim=1).float()
-        if not greedy and cfg.temperature != 1.0:
-            logits = logits / cfg.temperature
-        old = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
+        old = None
+        if keep_logits:
+            logits = torch.stack(out.logits, dim=1).float()
+            if cfg.temperature != 1.0:
+                logits = logits / cfg.temperature
+            old = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
         texts_out = tok.batch_decode(completion, skip_special_tokens=True)
         full_mask = torch.cat([attention, mask], dim=1)
         return Batch(

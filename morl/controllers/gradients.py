@@ -88,8 +88,9 @@ def objective_gram(
         losses: M scalar losses sharing one graph (e.g. from :func:`objective_losses`).
         params: the parameters to differentiate (all, or a subset for a cheaper, approximate Gram matrix).
         batched: one vmapped backward pass over the M losses (``is_grads_batched``) instead of M passes; same
-            result. On the TinyMath model (CPU, 138k parameters, 64 sequences of 64 tokens) the M separate
-            passes took 0.23 s against 0.43 s batched, so they are the default; measure on a GPU model.
+            result. On the TinyMath quickstart step (CPU, 138k parameters, M = 3) the M separate passes are
+            faster: with ``params: all`` the step took 1.63x the fixed-weights step against 2.05x batched
+            (``benchmarks/RESULTS.md``), so they are the default; measure on a GPU model.
 
     Returns:
         ``(G, grads)``: ``G`` [M, M] float64 with ``G_ij = <g_i, g_j>``, and ``grads`` [M, P] the flattened
@@ -160,7 +161,7 @@ def reward_gaps(minibatch: Batch, reward_max: float) -> np.ndarray:
 
 class GramConfig(ComponentConfig):
     params: str = "all"
-    batched: bool = False  # on the 138k-parameter TinyMath model (CPU) M separate passes were 2x faster
+    batched: bool = False  # on the 138k-parameter TinyMath model (CPU) M separate passes are faster (RESULTS.md)
 
     @field_validator("params")
     @classmethod

@@ -1,0 +1,333 @@
+"""morl against TRL's GRPOTrainer on the same job: seconds per step, generated tokens per second, peak memory.
+
+The job (the quickstart's): the shipped TinyMath model, TinyMath train prompts, 8 prompts × K = 8 completions,
+64 new tokens, temperature 1 (no top-p/top-k), lr 1e-4 AdamW with a constant schedule, gradient clipping 1.0,
+one optimiser step per batch (1 iteration, no mini-batches, no gradient accumulation), clip ε = 0.2, no KL and no
+reference model, float32, no gradient checkpointing, 1 thread, and the three rewards (morl's accuracy,
+conciseness and clarity callables) with equal static weights 1/3 — TRL's ``reward_weights`` and morl's ``fixed``
+controller. Loss: the token mean over the whole batch (morl), which is TRL's ``loss_type="dapo"`` (active tokens
+of the global accumulated batch; ``bnpo`` is the same with one process and no accumulation). morl runs as
+shipped, its always-on diagnostics included.
+
+Timings: each repetition is a fresh process that runs TRL's trainer and, after each TRL step (outside its timing),
+one step of morl and one of morl without prompt sharing (``unshared``: the code before it), so a loaded machine
+slows all of them alike. Peak RSS: one more process per library, alone. It also reports each library's rollout
+against its limit: generated tokens per second divided by the tokens per second of one teacher-forced forward pass
+of the same model over the same sequences.
+
+TRL is not a dependency of morl; install it beside it in a separate environment (or ``make bench-trl``):
+
+    python -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 -e ".[bench]"
+    .venv-bench/bin/python benchmarks/vs_trl.py [--reps 3] [--steps 10] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPTS, K, NEW_TOKENS, LR, SEED = 8, 8, 64, 1e-4, 0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def teacher_forced_seconds(model, input_ids, attention_mask, repeats: int = 5) -> float:
+    """Median seconds of one no-grad forward pass over whole sequences (what decoding would cost per token if
+    per-step overhead vanished)."""
+    import torch
+
+    position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def padded(prompts: list[list[int]], completions: list[list[int]], pad: int):
+    """Left-padded prompts + right-padded completions, as one [N, T] batch and its attention mask."""
+    import torch
+
+    width, length = max(map(len, prompts)), max(map(len, completions))
+    rows, masks = [], []
+    for p, c in zip(prompts, completions):
+        rows.append([pad] * (width - len(p)) + p + c + [pad] * (length - len(c)))
+        masks.append([0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c)))
+    return torch.tensor(rows), torch.tensor(masks)
+
+
+class MorlRun:
+    """morl's quickstart pipeline with fixed equal weights, stepped on demand; ``share_prompts=False`` runs it as
+    before prompt sharing (every row through the model whole, the LM head over the prompt too)."""
+
+    def __init__(self, share_prompts: bool = True) -> None:
+        from morl.pipeline import Pipeline
+        from morl.policy import Policy
+        from morl.recipe import build_components, load_data, load_recipe
+
+        recipe = load_recipe(ROOT / "cookbook/recipes/quickstart_linear.yaml", ["train.progress=false"])
+        self.train, _ = load_data(recipe)
+        self.share_prompts = share_prompts
+        self.pipe = Pipeline(policy=Policy.from_pretrained("tinymath"), config=recipe.train, **build_components(recipe))
+        self.record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
+        generate = self.pipe.rollout.generate
+
+        def timed_generate(*args, **kwargs):
+            start = time.perf_counter()
+            batch = generate(*args, **kwargs)
+            self.record["rollout_s"].append(time.perf_counter() - start)
+            return batch
+
+        self.pipe.rollout.generate = timed_generate
+
+    def step(self) -> None:
+        from morl import policy
+
+        arguments = policy._forward_arguments
+        if not self.share_prompts:
+            policy._forward_arguments = lambda model: frozenset()
+        try:
+            start = time.perf_counter()
+            self.batch, _ = self.pipe.step(self.pipe._next_examples(self.train))
+            self.record["step_s"].append(time.perf_counter() - start)
+            self.record["tokens"].append(int(self.batch.completion_mask.sum()))
+        finally:
+            policy._forward_arguments = arguments
+
+    def finish(self) -> dict:
+        self.record["forward_s"] = teacher_forced_seconds(
+            self.pipe.policy.model, self.batch.input_ids, self.batch.attention_mask
+        )
+        return self.record
+
+
+def trl_trainer(steps: int, after_step=None):
+    """TRL's GRPOTrainer on the same job, and the record its steps fill; ``after_step()`` runs after each TRL step,
+    outside its timing (to interleave morl's steps)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from morl.data import load_examples
+    from morl.rewards import Accuracy, Clarity, Conciseness
+    from morl.tinymath import default_model_path
+
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    accuracy_fn, conciseness_fn, clarity_fn = Accuracy(), Conciseness(), Clarity()
+
+    def accuracy(prompts, completions, **kwargs):
+        return accuracy_fn(prompts, completions, **kwargs)
+
+    def conciseness(prompts, completions, completion_ids, **kwargs):
+        return conciseness_fn(prompts, completions, completion_lengths=[len(ids) for ids in completion_ids])
+
+    def clarity(prompts, completions, **kwargs):
+        return clarity_fn(prompts, completions)
+
+    args = GRPOConfig(
+        output_dir="/tmp/morl-vs-trl",
+        per_device_train_batch_size=PROMPTS * K,
+        gradient_accumulation_steps=1,
+        num_generations=K,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        beta=0.0,
+        epsilon=0.2,
+        num_iterations=1,
+        loss_type="dapo",
+        scale_rewards="group",
+        reward_weights=[1 / 3, 1 / 3, 1 / 3],
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        max_steps=steps,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=SEED,
+    )
+    record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
+    mark: list[float] = []
+
+    class Clock(TrainerCallback):
+        """A TRL step: from the end of the previous one (or the first step's start) to its end, so the trainer's
+        work between steps (data, logging) counts; what ``after_step`` does is left out."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not mark:
+                mark.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            record["step_s"].append(time.perf_counter() - mark[-1])
+            if after_step is not None:
+                after_step()
+            mark.append(time.perf_counter())
+
+    data = Dataset.from_list(load_examples("tinymath", "train", limit=2000))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[accuracy, conciseness, clarity],
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    last: dict = {}
+    generate = trainer._generate_single_turn
+
+    def timed_generate(prompt_ids, *rest, **kwargs):
+        start = time.perf_counter()
+        completion_ids, logprobs = generate(prompt_ids, *rest, **kwargs)
+        record["rollout_s"].append(time.perf_counter() - start)
+        record["tokens"].append(sum(map(len, completion_ids)))
+        last.update(prompts=[list(p) for p in prompt_ids], completions=completion_ids)
+        return completion_ids, logprobs
+
+    trainer._generate_single_turn = timed_generate
+
+    def finish() -> dict:
+        input_ids, attention_mask = padded(last["prompts"], last["completions"], tokenizer.pad_token_id)
+        record["forward_s"] = teacher_forced_seconds(model, input_ids, attention_mask)
+        return record
+
+    return trainer, finish
+
+
+def worker(mode: str, steps: int) -> None:
+    """``paired``: TRL and morl (and morl without prompt sharing) in one process, one step each in turn, for
+    timings; ``trl``, ``morl``, ``morl-unshared``: one library alone, for its peak memory."""
+    import torch
+
+    torch.set_num_threads(1)
+    result: dict = {}
+    if mode == "paired":
+        runs = {"morl": MorlRun(), "morl-unshared": MorlRun(share_prompts=False)}
+        turn = [0]
+
+        def morl_steps() -> None:
+            order = list(runs) if turn[0] % 2 == 0 else list(reversed(runs))
+            for name in order:
+                runs[name].step()
+            turn[0] += 1
+
+        trainer, finish = trl_trainer(steps, after_step=morl_steps)
+        trainer.train()
+        result = {"trl": finish(), **{name: run.finish() for name, run in runs.items()}}
+    elif mode == "trl":
+        trainer, finish = trl_trainer(steps)
+        trainer.train()
+        result = {"trl": finish()}
+    else:
+        run = MorlRun(share_prompts=mode == "morl")
+        for _ in range(steps):
+            run.step()
+        result = {mode: run.finish()}
+    for record in result.values():
+        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def summarize(runs: list[dict], warmup: int) -> dict[str, float]:
+    """Medians over every measured step of every repetition."""
+    med = statistics.median
+    steps = [s for r in runs for s in r["step_s"][warmup:]]
+    rollouts = [s for r in runs for s in r["rollout_s"][warmup:]]
+    tokens = [t for r in runs for t in r["tokens"][warmup:]]
+    rollout_rate = med(t / s for r in runs for t, s in zip(r["tokens"][warmup:], r["rollout_s"][warmup:]))
+    forward_rate = med(r["tokens"][-1] / r["forward_s"] for r in runs)
+    return {
+        "step_s": med(steps),
+        "tokens_per_step": med(tokens),
+        "throughput_tok_s": med(t / s for r in runs for t, s in zip(r["tokens"][warmup:], r["step_s"][warmup:])),
+        "rollout_s": med(rollouts),
+        "rollout_tok_s": rollout_rate,
+        "forward_tok_s": forward_rate,
+        "rollout_vs_forward": rollout_rate / forward_rate,
+    }
+
+
+def run_worker(mode: str, steps: int) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"{mode} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="fresh processes, each running both libraries in turn")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per library and process")
+    parser.add_argument("--warmup", type=int, default=2, help="steps per process left out of the figures")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.steps)
+        return
+
+    libraries = ("morl", "trl", "morl-unshared")
+    runs: dict[str, list[dict]] = {name: [] for name in libraries}
+    for rep in range(args.reps):
+        result = run_worker("paired", args.steps + args.warmup)
+        for name in libraries:
+            runs[name].append(result[name])
+        steps = {name: statistics.median(result[name]["step_s"][args.warmup :]) for name in libraries}
+        print(f"rep {rep}: median seconds per step " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
+    peak = {name: run_worker(name, args.warmup + 3)[name]["peak_rss_mb"] for name in libraries}
+    summary = {name: summarize(runs[name], args.warmup) | {"peak_rss_mb": peak[name]} for name in libraries}
+    morl, trl, unshared = (summary[name] for name in libraries)
+    print(
+        f"\n{PROMPTS} prompts x {K} completions, {NEW_TOKENS} new tokens, 1 thread; {args.reps} processes, each "
+        f"alternating TRL and morl steps ({args.steps} measured after {args.warmup} warm-up); medians; peak RSS "
+        "from a separate process per library"
+    )
+    print(f"{'':<34}{'morl':>10}{'trl':>10}{'morl/trl':>10}{'unshared':>10}")
+    rows = [
+        ("seconds per step", "step_s", "{:.3f}"),
+        ("generated tokens per step", "tokens_per_step", "{:.0f}"),
+        ("tokens per second (whole step)", "throughput_tok_s", "{:.0f}"),
+        ("rollout seconds", "rollout_s", "{:.3f}"),
+        ("rollout tokens per second", "rollout_tok_s", "{:.0f}"),
+        ("teacher-forced forward tok/s", "forward_tok_s", "{:.0f}"),
+        ("rollout / forward tok/s", "rollout_vs_forward", "{:.3f}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+    ]
+    for label, key, fmt in rows:
+        ratio = morl[key] / trl[key]
+        print(
+            f"{label:<34}{fmt.format(morl[key]):>10}{fmt.format(trl[key]):>10}{ratio:>10.2f}{fmt.format(unshared[key]):>10}"
+        )
+    paired = statistics.median(
+        m / t
+        for a, b in zip(runs["morl"], runs["trl"])
+        for m, t in zip(a["step_s"][args.warmup :], b["step_s"][args.warmup :])
+    )
+    speedup = morl["throughput_tok_s"] / trl["throughput_tok_s"]
+    print(f"\nmorl throughput = {speedup:.2f}x TRL's (generated tokens per second over the whole step)")
+    print(f"paired step by step: median of (morl step / TRL step) = {paired:.3f}, i.e. {1 / paired:.2f}x")
+    print(
+        f"unshared = morl without prompt sharing (the code before it): "
+        f"{unshared['throughput_tok_s'] / trl['throughput_tok_s']:.2f}x TRL's throughput"
+    )
+
+
+if __name__ == "__main__":
+    main()
