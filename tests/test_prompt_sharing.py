@@ -73,7 +73,6 @@ def test_greedy_evaluation_with_a_preallocated_cache_is_unchanged(tiny_policy, m
     _unshared(monkeypatch)
     plain = rollout.generate(tiny_policy, prompts, columns, 1, greedy=True)
     assert torch.equal(fast.input_ids, plain.input_ids)
-    assert torch.allclose(fast.old_logprobs, plain.old_logprobs, atol=1e-5)
 
 
 def test_growing_cache_falls_back_once_full(tiny_policy):

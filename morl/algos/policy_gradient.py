@@ -212,9 +212,10 @@ class PolicyAlgo(Component):
         out["grad_norm"] = grad_norm
         return out
 
-    def minibatch_loss(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def logprobs(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropies, when the loss or the logs use them) at this algorithm's temperature."""
         want_entropy = self.config.entropy_coef > 0 or self.config.log_entropy
-        logp, entropy = policy.token_logprobs(
+        return policy.token_logprobs(
             mb.input_ids,
             mb.attention_mask,
             mb.prompt_width,
@@ -222,6 +223,9 @@ class PolicyAlgo(Component):
             with_entropy=want_entropy,
             group_size=mb.group_size,
         )
+
+    def minibatch_loss(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp, entropy = self.logprobs(policy, mb)
         return self.surrogate(logp, mb, mb.advantages, entropy)
 
     def _clip_gradients(self, policy: Policy) -> float:

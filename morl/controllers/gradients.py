@@ -49,15 +49,7 @@ def objective_terms(policy, minibatch: Batch, algo) -> tuple[list[torch.Tensor],
     (KL to the reference, entropy bonus) removed; the regulariser is returned once, so a combination
     ``Σ w_m L_m + regulariser`` counts the KL once whatever the weights' normalisation.
     """
-    cfg = algo.config
-    logp, entropy = policy.token_logprobs(
-        minibatch.input_ids,
-        minibatch.attention_mask,
-        minibatch.prompt_width,
-        cfg.temperature,
-        with_entropy=cfg.entropy_coef > 0 or cfg.log_entropy,
-        group_size=minibatch.group_size,
-    )
+    logp, entropy = algo.logprobs(policy, minibatch)
     zero = torch.zeros(minibatch.size, dtype=logp.dtype, device=logp.device)
     regularizer, stats = algo.surrogate(logp, minibatch, zero, entropy)
     kl_only, _ = algo.surrogate(logp, minibatch, zero)  # what every surrogate call adds besides the policy term

@@ -67,15 +67,7 @@ class PAMA(WeightController):
         return torch.as_tensor(self.weights_, dtype=torch.float32)
 
     def combine_losses(self, policy, minibatch: Batch, algo) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = algo.config
-        logp, entropy = policy.token_logprobs(
-            minibatch.input_ids,
-            minibatch.attention_mask,
-            minibatch.prompt_width,
-            cfg.temperature,
-            with_entropy=cfg.entropy_coef > 0 or cfg.log_entropy,
-            group_size=minibatch.group_size,
-        )
+        logp, entropy = algo.logprobs(policy, minibatch)
         old = minibatch.old_logprobs if minibatch.old_logprobs is not None else logp.detach()
         valid = minibatch.completion_mask.bool()
         if algo.clip_range is not None:
