@@ -71,7 +71,6 @@ NEUTRAL_PROCESSORS = {
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
-    "min_length": 0,
     "min_new_tokens": 0,
 }
 
@@ -127,7 +126,9 @@ class TransformersRollout(RolloutBackend):
             ids, attn = ids[:, -cfg.max_prompt_tokens :], attn[:, -cfg.max_prompt_tokens :]
         input_ids = ids.repeat_interleave(k, dim=0).to(policy.device)
         attention = attn.repeat_interleave(k, dim=0).to(policy.device)
-        sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        if greedy:  # transformers' own defaults, which it does not warn about when sampling is off
+            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
         keep_logits = not greedy and cfg.logprobs == "generate"
         generation = GenerationConfig(
             do_sample=not greedy,
