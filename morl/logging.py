@@ -182,14 +182,20 @@ class TrainingProgress:
         self._progress.update(self._task, advance=1, description=" ".join(parts))
 
 
-def print_eval_table(first: dict[str, Any], last: dict[str, Any], objectives: list[str]) -> None:
-    """The three objectives (held-out, greedy and sampled) and mean length, at the start and at the end."""
+def print_eval_table(
+    first: dict[str, Any], last: dict[str, Any], objectives: list[str], moving_targets: frozenset[str] = frozenset()
+) -> None:
+    """Held-out objectives (greedy and sampled) and mean length, at the start and at the end.
+
+    Objectives whose reward is a moving target (conciseness: relative to the training history, 1.0 before any
+    length is known) are left out: their start and end are not comparable, and mean length says it instead.
+    """
     table = Table(title="held-out evaluation")
     table.add_column("metric")
     table.add_column(f"step {first['step']}", justify="right")
     table.add_column(f"step {last['step']}", justify="right")
     table.add_column("change", justify="right")
-    keys = [k for k in first if k.startswith("eval/")]
+    keys = [k for k in first if k.startswith("eval/") and k.rsplit("/", 1)[-1] not in moving_targets]
     for key in keys:
         a, b = first.get(key), last.get(key)
         if a is None or b is None:

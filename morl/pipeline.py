@@ -536,7 +536,8 @@ class Pipeline:
         for cb in self.callbacks:
             cb.on_fit_end(self, history)
         if cfg.progress and first_eval and last_eval:
-            print_eval_table(first_eval, last_eval, self.objectives)
+            moving = frozenset(n for n, r in zip(self.objectives, self.rewards) if getattr(r, "moving_target", False))
+            print_eval_table(first_eval, last_eval, self.objectives, moving)
         distributed.barrier()
         return FitResult(run_dir=run_dir, history=history)
 
