@@ -18,8 +18,8 @@ def digits(prompts, completions, **kwargs):
 
 def _pipeline(policy, tmp_path, **kwargs):
     config = TrainConfig(steps=2, prompts_per_step=2, group_size=4, output_dir=str(tmp_path / "run"), progress=False)
-    options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, **kwargs}
-    return Pipeline(policy=policy, rewards=[short, digits], config=config, **options)
+    options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, "rewards": [short, digits], **kwargs}
+    return Pipeline(policy=policy, config=config, **options)
 
 
 def test_step_fills_the_batch_record(tiny_policy, tmp_path):
@@ -38,14 +38,26 @@ def test_fixed_controller_skips_clipped_weights(tiny_policy, tmp_path):
     assert batch.clipped_weights is None  # nobody needs it, nobody pays for it
 
 
-def test_update_changes_parameters(tiny_policy, tmp_path):
+def parity(prompts, completions, **kwargs):
+    """Varies within almost every group of random completions, so advantages are not all zero."""
+    return [float(sum(map(ord, c)) % 2) for c in completions]
+
+
+def test_update_changes_parameters_and_zero_advantage_does_not(tiny_policy, tmp_path):
     before = [p.detach().clone() for p in tiny_policy.model.parameters()]
-    pipe = _pipeline(tiny_policy, tmp_path)
+    pipe = _pipeline(tiny_policy, tmp_path, rewards=[parity])
     batch, _ = pipe.step(make_split("train", 2, 0))
-    if torch.all(batch.advantages == 0):
-        pytest.skip("no reward variation in this batch")
-    after = list(tiny_policy.model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert not torch.all(batch.advantages == 0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_policy.model.parameters()))
+
+    def constant(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    frozen = [p.detach().clone() for p in tiny_policy.model.parameters()]
+    pipe = _pipeline(tiny_policy, tmp_path, rewards=[constant])
+    batch, _ = pipe.step(make_split("train", 2, 0))
+    assert torch.all(batch.advantages == 0)  # no signal: the gradient is zero and AdamW (no decay) moves nothing
+    assert all(torch.equal(a, b) for a, b in zip(frozen, tiny_policy.model.parameters()))
 
 
 def test_fit_writes_run_directory(tiny_policy, tmp_path):
