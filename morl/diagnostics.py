@@ -61,13 +61,13 @@ class DiagnosticsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="run the diagnostics callback at all")
     clipped_weights: bool | Literal["auto"] = Field(
         "auto",
         description="covariances with the clipped advantage weight and the clipped mass: 'auto' when a component "
         "computes the weights anyway (CTWA), true to pay one forward pass of the updated policy per step",
     )
-    alarm: bool = True
+    alarm: bool = Field(True, description="warn when an objective's smoothed covariance stays below the threshold")
     alarm_signal: Literal["auto", "clipped_weight", "score", "gradient"] = Field(
         "auto",
         description="what the alarm watches: the covariance with the clipped weight (when computed, 'auto') or the "
@@ -75,7 +75,9 @@ class DiagnosticsConfig(BaseModel):
     )
     alarm_ema: float = Field(0.1, gt=0, le=1, description="EMA rate τ of the smoothed covariance")
     alarm_patience: int = Field(10, ge=1, description="steps the smoothed covariance must stay below the threshold")
-    alarm_threshold: float = 0.0
+    alarm_threshold: float = Field(
+        0.0, description="covariance below which the alarm counts (0: the law's first-order degradation point)"
+    )
     grad_cosine_every: int = Field(0, ge=0, description="per-objective gradient cosines every N steps (0: off)")
     grad_params: str = Field(
         "all", description="parameters of the gradient diagnostics: all, last_layers:N or a regex (memory M × |params|)"

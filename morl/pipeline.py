@@ -46,26 +46,30 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(100, ge=0)
-    prompts_per_step: int = Field(8, ge=1)
+    steps: int = Field(100, ge=0, description="training steps (one rollout batch and its policy update each)")
+    prompts_per_step: int = Field(
+        8, ge=1, description="P prompts per step (P × K completions); must divide evenly across processes"
+    )
     group_size: int = Field(8, ge=2, description="K completions per prompt; group methods need K >= 2")
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    seed: int = Field(0, description="seed of prompt order and sampling (offset per process and per step)")
     eval_every: int = Field(25, ge=0, description="evaluate every N steps (0: only at start and end)")
-    eval_greedy: bool = True
-    eval_sampled: bool = True
-    eval_batch_size: int = Field(64, ge=1)
-    output_dir: str | None = None
-    on_reward_error: Literal["raise", "skip"] = "raise"
+    eval_greedy: bool = Field(True, description="evaluate with greedy decoding")
+    eval_sampled: bool = Field(True, description="evaluate with the rollout's sampling (one completion per prompt)")
+    eval_batch_size: int = Field(64, ge=1, description="eval prompts generated at once; lower it to save memory")
+    output_dir: str | None = Field(None, description="run directory; None: runs/<date-time>")
+    on_reward_error: Literal["raise", "skip"] = Field(
+        "raise", description="a reward that fails: stop, or mark the sample not applicable and count it"
+    )
     checkpoint_every: int = Field(50, ge=0, description="write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     max_nonfinite_steps: int = Field(
         3, ge=1, description="stop after this many steps in a row whose loss or gradient was not finite"
     )
-    save_model: bool = True
-    threads: int | None = Field(None, ge=1)
-    progress: bool = True
+    save_model: bool = Field(True, description="write the final model (Hugging Face format) to the run directory")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    progress: bool = Field(True, description="show a progress bar and summary in the console (process 0)")
     loggers: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"], description="where metrics go besides metrics.jsonl, which is always written"
     )
@@ -133,6 +137,7 @@ class Pipeline:
         self.controller = build("controller", controller)
         self.rollout = build("rollout", rollout)
         self.config = config or TrainConfig()
+        check_temperatures(self.rollout, self.algo)
         from morl.diagnostics import make_diagnostics
 
         # on by default (``diagnostics=False`` or ``{"enabled": False}`` to opt out); first, so that user
@@ -615,6 +620,16 @@ def _reward_counters(rewards: list[Any]) -> dict[str, float]:
         if timeouts is not None:
             out[f"rewards/{objective_name(reward)}/timeouts"] = float(timeouts)
     return out
+
+
+def check_temperatures(rollout: RolloutBackend, algo: PolicyAlgo) -> None:
+    """The trainer's log-probs must be taken at the sampling temperature, or every ratio is off from step one."""
+    sampled = getattr(rollout.config, "temperature", None)
+    if sampled is not None and sampled != algo.config.temperature:
+        raise RecipeError(
+            f"rollout.temperature is {sampled} but algo.temperature is {algo.config.temperature}: "
+            "set both to the same value"
+        )
 
 
 def split_examples(examples: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[Any]]]:

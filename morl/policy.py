@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,12 +23,18 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "tinymath"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    chat_template: bool = False
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+    model: str = Field("tinymath", description="tinymath (shipped), a local model directory or a hub model name")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weight dtype; bfloat16 halves memory on a GPU"
+    )
+    device: str = Field("cpu", description="torch device; cuda means this process's GPU under a launcher")
+    chat_template: bool = Field(False, description="format prompts with the tokenizer's chat template (chat models)")
+    trust_remote_code: bool = Field(
+        False, description="allow the model's own code from the hub (only for trusted models)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower steps"
+    )
 
 
 class Policy:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from morl.components import RecipeError, build, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
-from morl.pipeline import Pipeline, TrainConfig
+from morl.pipeline import Pipeline, TrainConfig, check_temperatures
 from morl.policy import Policy, PolicyConfig
 from morl.rewards import objective_name
 
@@ -27,13 +27,17 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: str = "tinymath"
-    eval: str | None = "tinymath"
-    train_split: str | None = "train"
-    eval_split: str | None = "eval"
-    train_size: int | None = Field(2000, ge=1)
-    eval_size: int | None = Field(100, ge=1)
-    columns: dict[str, str] | None = None
+    train: str = Field("tinymath", description="training prompts: tinymath, a jsonl/parquet file or folder, a hub name")
+    eval: str | None = Field("tinymath", description="held-out prompts, same forms as train; None: no evaluation")
+    train_split: str | None = Field(
+        "train", description="split of a folder, hub dataset or tinymath (slices: test[:400])"
+    )
+    eval_split: str | None = Field("eval", description="split of the eval source")
+    train_size: int | None = Field(2000, ge=1, description="use at most this many training rows; None: all")
+    eval_size: int | None = Field(100, ge=1, description="use at most this many eval rows; None: all")
+    columns: dict[str, str] | None = Field(
+        None, description="source column (or dotted path) -> morl column, e.g. {problem: prompt}; None: defaults"
+    )
     prompt_template: str | None = Field(None, description="'{prompt}' is replaced by each prompt (raw problems)")
 
 
@@ -118,6 +122,7 @@ def build_components(recipe: Recipe) -> dict[str, Any]:
         components["controller"].clone().start(objectives)
     except (ValueError, KeyError) as err:
         raise RecipeError(str(err)) from None
+    check_temperatures(components["rollout"], components["algo"])
     return components
 
 

@@ -52,3 +52,13 @@ def test_override_syntax(tmp_path):
 def test_invalid_yaml(tmp_path):
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(_write(tmp_path, "train: [unclosed\n"))
+
+
+def test_sampling_and_training_temperatures_must_agree():
+    with pytest.raises(RecipeError, match=r"rollout.temperature is 0.7 but algo.temperature is 1.0"):
+        build_components(parse_recipe({"rollout": {"name": "transformers", "temperature": 0.7}}))
+    build_components(
+        parse_recipe(
+            {"rollout": {"name": "transformers", "temperature": 0.7}, "algo": {"name": "grpo", "temperature": 0.7}}
+        )
+    )

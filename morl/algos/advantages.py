@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from morl.components import Component, ComponentConfig
 
@@ -48,8 +49,10 @@ class GroupNorm(AdvantageEstimator):
     name = "group_norm"
 
     class Config(ComponentConfig):
-        scale: bool = True
-        unbiased: bool = True
+        scale: bool = Field(
+            True, description="divide by the group's std (GRPO); False keeps only the mean baseline (Dr. GRPO)"
+        )
+        unbiased: bool = Field(True, description="sample std, n-1 (as TRL); False: population std, n")
 
     def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_normalize(scores, group_size, self.config.scale, self.config.unbiased)
@@ -79,8 +82,12 @@ class BatchWhiten(AdvantageEstimator):
     name = "batch_whiten"
 
     class Config(ComponentConfig):
-        group_baseline: bool = True
-        center: Literal["batch", "none"] = "batch"
+        group_baseline: bool = Field(
+            True, description="subtract each group's mean first (REINFORCE++-baseline); a flat group stays at 0"
+        )
+        center: Literal["batch", "none"] = Field(
+            "batch", description="subtract the batch mean before dividing by the batch std; 'none': scale only"
+        )
 
     def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         values = group_normalize(scores, group_size, scale=False) if self.config.group_baseline else scores

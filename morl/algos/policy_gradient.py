@@ -61,13 +61,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
 
 
 class PolicyAlgoConfig(ComponentConfig):
-    epochs: int = Field(1, ge=1)
-    minibatches: int = Field(1, ge=1)
-    kl_coef: float = Field(0.0, ge=0)
-    entropy_coef: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    log_entropy: bool = True
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch (PPO epochs); >1 reuses it off-policy")
+    minibatches: int = Field(1, ge=1, description="optimiser steps per epoch, each on an equal share of the batch")
+    kl_coef: float = Field(0.0, ge=0, description="β of the k3 KL penalty to a frozen reference model; >0 loads one")
+    entropy_coef: float = Field(0.0, ge=0, description="α of the token-mean entropy bonus; >0 against entropy collapse")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None: no clip")
+    temperature: float = Field(
+        1.0, gt=0, description="softmax temperature of the trained log-probs; match the rollout's sampling temperature"
+    )
+    log_entropy: bool = Field(True, description="log token entropy even when entropy_coef is 0 (small extra cost)")
     micro_batch_size: int | None = Field(
         None, ge=1, description="rows per forward/backward pass (gradient accumulation); None: a whole mini-batch"
     )
@@ -244,8 +246,10 @@ class GRPO(PolicyAlgo):
     name = "grpo"
 
     class Config(PolicyAlgoConfig):
-        clip_low: float = Field(0.2, ge=0, lt=1)
-        clip_high: float = Field(0.2, ge=0)
+        clip_low: float = Field(0.2, ge=0, lt=1, description="ε_low: ρ clipped below 1-ε_low for negative advantages")
+        clip_high: float = Field(
+            0.2, ge=0, description="ε_high: ρ clipped above 1+ε_high for positive advantages; DAPO raises it to 0.28"
+        )
 
     @property
     def clip_range(self) -> tuple[float, float]:

@@ -89,8 +89,10 @@ class CAGrad(GramWeighting):
     normalization = "free"
 
     class Config(GramConfig):
-        c: float = Field(0.5, ge=0)
-        rescale: Literal[0, 1, 2] = 1
+        c: float = Field(
+            0.5, ge=0, description="conflict aversion: 0 is plain averaging; larger moves towards MGDA's min-norm step"
+        )
+        rescale: Literal[0, 1, 2] = Field(1, description="divide the update by 1+c² (1), by 1+c (2) or not at all (0)")
 
     def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
         self.weights_ = cagrad_weights(gram, self.config.c, self.config.rescale)

@@ -77,14 +77,25 @@ class CTWA(WeightController):
     needs = frozenset({"clipped_weights"})
 
     class Config(ComponentConfig):
-        targets: list[float] | dict[str, float] = Field(default_factory=lambda: list(PAPER_TARGETS))
-        lambda0: list[float] | dict[str, float] | None = None
-        lr: float = Field(0.05, ge=0)
-        ema: float = Field(0.1, gt=0, le=1)
-        signal: Literal["covariance", "correlation"] = "covariance"
-        u_max: float | None = None
-        gate: list[float | None] | dict[str, float] | None = None
-        outlier_factor: float = Field(100.0, gt=0)
+        targets: list[float] | dict[str, float] = Field(
+            default_factory=lambda: list(PAPER_TARGETS),
+            description="covariance target c*_m of r_m with the training signal (reward units); list or by name",
+        )
+        lambda0: list[float] | dict[str, float] | None = Field(
+            None, description="initial positive weights λ = exp(u); None: the paper's thirds for M = 3, else 1/M"
+        )
+        lr: float = Field(0.05, ge=0, description="η_λ: log-weight step per unit of covariance deficit, per update")
+        ema: float = Field(0.1, gt=0, le=1, description="τ: EMA rate of the covariance; smaller is smoother but slower")
+        signal: Literal["covariance", "correlation"] = Field(
+            "covariance", description="track covariance (reward units) or correlation (unit-free targets)"
+        )
+        u_max: float | None = Field(None, description="upper bound on the log-weights u = log λ; None: unbounded")
+        gate: list[float | None] | dict[str, float] | None = Field(
+            None, description="stop raising λ_m once the batch mean of r_m reaches this; None: never stop"
+        )
+        outlier_factor: float = Field(
+            100.0, gt=0, description="drop clipped weights with |w| above this many times the median |w|"
+        )
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

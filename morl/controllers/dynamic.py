@@ -105,13 +105,23 @@ class HypervolumeWeighting(WeightController):
     needs = frozenset({"validation"})
 
     class Config(ComponentConfig):
-        weights: list[float] | dict[str, float] | None = None
-        multi_objective_aggregation: Aggregation = "sum_then_normalize"
-        validation_size: int = Field(32, ge=1)
-        validation_mode: Literal["greedy", "sampled"] = "greedy"
-        objectives: list[str] | None = None
-        minimize: list[str] = Field(default_factory=list)
-        hv_scale: float = Field(1.0, gt=0)
+        weights: list[float] | dict[str, float] | None = Field(
+            None, description="base weights per objective (list in objective order or by name); None: 1/M each"
+        )
+        multi_objective_aggregation: Aggregation = Field(
+            "sum_then_normalize", description="how the base weights combine objectives, as in GDPO"
+        )
+        validation_size: int = Field(32, ge=1, description="validation prompts evaluated after every update (costly)")
+        validation_mode: Literal["greedy", "sampled"] = Field(
+            "greedy", description="decoding of the validation completions"
+        )
+        objectives: list[str] | None = Field(
+            None, description="validation means used as hypervolume axes (e.g. mean_length); None: the rewards"
+        )
+        minimize: list[str] = Field(default_factory=list, description="hypervolume axes to negate (lower is better)")
+        hv_scale: float = Field(
+            1.0, gt=0, description="factor on the hypervolume contribution before tanh; raise it for tiny 0/1 gains"
+        )
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)
@@ -176,8 +186,12 @@ class GradientWeighting(GramWeighting):
     normalization = "simplex"
 
     class Config(GramConfig):
-        lr: float = Field(1.0, ge=0)
-        weights0: list[float] | dict[str, float] | None = None
+        lr: float = Field(
+            1.0, ge=0, description="η of the mirror-ascent step on G·1 (squared-gradient units; tune per model)"
+        )
+        weights0: list[float] | dict[str, float] | None = Field(
+            None, description="initial positive weights (list or by name), normalised to the simplex; None: uniform"
+        )
 
     def start(self, objectives: list[str]) -> None:
         if getattr(self, "weights_", None) is None and self.config.weights0 is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from morl.components import ComponentConfig
 from morl.controllers.base import WeightController, per_objective
@@ -22,7 +23,9 @@ class FixedWeights(WeightController):
     name = "fixed"
 
     class Config(ComponentConfig):
-        weights: list[float] | dict[str, float] | None = None
+        weights: list[float] | dict[str, float] | None = Field(
+            None, description="weight per objective, used as given (list in objective order or by name); None: 1/M"
+        )
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from morl.algos.advantages import group_normalize
 from morl.batch import Batch
@@ -69,8 +70,13 @@ class GDPO(WeightController):
     normalization = "free"
 
     class Config(ComponentConfig):
-        weights: list[float] | dict[str, float] | None = None
-        multi_objective_aggregation: Aggregation = "normalize_then_sum"
+        weights: list[float] | dict[str, float] | None = Field(
+            None, description="weight per objective (list in objective order or by name); None: 1 each"
+        )
+        multi_objective_aggregation: Aggregation = Field(
+            "normalize_then_sum",
+            description="normalize_then_sum: per-objective group norm (GDPO); sum_then_normalize: GRPO on the sum",
+        )
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

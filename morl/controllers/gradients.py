@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from morl import distributed
 from morl.batch import Batch
@@ -152,8 +152,11 @@ def reward_gaps(minibatch: Batch, reward_max: float) -> np.ndarray:
 
 
 class GramConfig(ComponentConfig):
-    params: str = "all"
-    batched: bool = False  # on the 138k-parameter TinyMath model (CPU) M separate passes are faster (RESULTS.md)
+    params: str = Field(
+        "all", description="parameters of the Gram matrix: 'all' (exact), 'last_layers:N' or a name regex (cheaper)"
+    )
+    # on the 138k-parameter TinyMath model (CPU) M separate passes are faster (RESULTS.md)
+    batched: bool = Field(False, description="one vmapped backward pass for the M objectives instead of M passes")
 
     @field_validator("params")
     @classmethod

@@ -57,10 +57,14 @@ class GradNorm(GramWeighting):
     normalization = "sum_to_m"
 
     class Config(GramConfig):
-        params: str = "last_layers:1"
-        alpha: float = Field(1.5, ge=0)
-        lr: float = Field(0.025, ge=0)
-        reward_max: float = 1.0
+        params: str = Field(
+            "last_layers:1", description="parameters whose gradient norms are balanced; default: the last block"
+        )
+        alpha: float = Field(1.5, ge=0, description="restoring force towards equal training rates; 0 equalises norms")
+        lr: float = Field(0.025, ge=0, description="learning rate of the loss weights, per mini-batch")
+        reward_max: float = Field(
+            1.0, description="best achievable reward; training progress is the gap reward_max - mean reward"
+        )
 
     def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
         gaps = reward_gaps(minibatch, self.config.reward_max)

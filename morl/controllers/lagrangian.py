@@ -39,10 +39,13 @@ class Lagrangian(WeightController):
     normalization = "free"
 
     class Config(ComponentConfig):
-        primary: str = "accuracy"
-        targets: list[float] | dict[str, float] = Field(default_factory=lambda: [0.9, 0.9])
-        dual_lr: float = Field(0.01, ge=0)
-        lambda_max: float | None = Field(None, gt=0)
+        primary: str = Field("accuracy", description="objective maximised with weight 1; the others are constraints")
+        targets: list[float] | dict[str, float] = Field(
+            default_factory=lambda: [0.9, 0.9],
+            description="constraint E[r_k] ≥ c_k per non-primary objective (reward units; list or by name)",
+        )
+        dual_lr: float = Field(0.01, ge=0, description="η: dual step per unit of constraint gap, per update")
+        lambda_max: float | None = Field(None, gt=0, description="cap on every dual λ_k; None: uncapped")
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

@@ -89,10 +89,14 @@ class MGDA(GramWeighting):
     normalization = "simplex"
 
     class Config(GramConfig):
-        normalize: Literal["none", "l2", "loss", "loss+"] = "none"
-        reward_max: float = 1.0
-        max_iters: int = Field(3000, ge=1)
-        tol: float = Field(1e-10, gt=0)
+        normalize: Literal["none", "l2", "loss", "loss+"] = Field(
+            "none", description="gradient normalisation before solving: none, g/‖g‖, g/L or g/(L‖g‖)"
+        )
+        reward_max: float = Field(
+            1.0, description="best achievable reward; the loss-based normalisations use L = reward_max - mean reward"
+        )
+        max_iters: int = Field(3000, ge=1, description="Frank-Wolfe iterations at most (M > 2)")
+        tol: float = Field(1e-10, gt=0, description="stopping relative duality gap of the Frank-Wolfe solver")
 
     def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
         cfg = self.config

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import Field
 
 from morl.batch import Batch
 from morl.controllers.gradients import GramConfig, GramWeighting
@@ -52,7 +53,7 @@ class PCGrad(GramWeighting):
     normalization = "free"
 
     class Config(GramConfig):
-        seed: int = 0
+        seed: int = Field(0, description="seed of the random projection orders (fresh per mini-batch, reproducible)")
 
     def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
         m = gram.shape[0]

@@ -73,9 +73,15 @@ class Accuracy(RewardFn):
     name = "accuracy"
 
     class Config(ComponentConfig):
-        answer_column: str = "answer"
-        timeout_s: float = Field(1.0, gt=0, le=600)
-        max_answer_chars: int = Field(1000, ge=1)
+        answer_column: str = Field(
+            "answer", description="dataset column with the ground-truth answer (LaTeX or plain text, not boxed)"
+        )
+        timeout_s: float = Field(
+            1.0, gt=0, le=600, description="seconds per equivalence check; a sample over it scores 0 (timeouts_)"
+        )
+        max_answer_chars: int = Field(
+            1000, ge=1, description="longer boxed answers score 0 without a check (guards the checker)"
+        )
 
     def required_columns(self) -> list[str]:
         return [self.config.answer_column]

@@ -51,8 +51,12 @@ class Tchebycheff(Scalarizer):
     applies_to: ClassVar[WeightTarget] = WeightTarget.REWARD
 
     class Config(ComponentConfig):
-        reference: Literal["running", "batch", "fixed"] = "running"
-        ideal: list[float] | None = None
+        reference: Literal["running", "batch", "fixed"] = Field(
+            "running", description="ideal point z: max over training so far, the batch's max, or the fixed `ideal`"
+        )
+        ideal: list[float] | None = Field(
+            None, description="ideal point z per objective (reward units); required with, and only with, fixed"
+        )
 
         @model_validator(mode="after")
         def _ideal_only_when_fixed(self):
@@ -94,7 +98,7 @@ class SmoothTchebycheff(Tchebycheff):
     name = "smooth_tchebycheff"
 
     class Config(Tchebycheff.Config):
-        mu: float = Field(0.1, gt=0)
+        mu: float = Field(0.1, gt=0, description="smoothing μ: smaller is closer to Tchebycheff, larger is smoother")
 
     def __call__(self, rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         mu = self.config.mu
