@@ -19,6 +19,23 @@ from morl.components import Component, ComponentConfig
 from morl.policy import Policy
 
 
+class SamplingConfig(ComponentConfig):
+    """What every rollout backend samples with; backends add their own fields."""
+
+    max_new_tokens: int = Field(64, ge=1, description="completion length cap in tokens; longer completions are cut")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature T; keep algo.temperature equal so the log-probs match"
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus (top-p) probability mass kept when sampling; 1: off")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: no top-k")
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="longest prompt in tokens; longer is an error unless truncate_prompts; None: no limit",
+    )
+    truncate_prompts: bool = Field(False, description="keep the last max_prompt_tokens tokens of a long prompt")
+
+
 class RolloutBackend(Component):
     family = "rollout"
 
@@ -90,19 +107,7 @@ class TransformersRollout(RolloutBackend):
 
     name = "transformers"
 
-    class Config(ComponentConfig):
-        max_new_tokens: int = Field(64, ge=1, description="completion length cap in tokens; longer completions are cut")
-        temperature: float = Field(
-            1.0, gt=0, description="sampling temperature T; keep algo.temperature equal so the log-probs match"
-        )
-        top_p: float = Field(1.0, gt=0, le=1, description="nucleus (top-p) probability mass kept when sampling; 1: off")
-        top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: no top-k")
-        max_prompt_tokens: int | None = Field(
-            None,
-            ge=1,
-            description="longest prompt in tokens; longer is an error unless truncate_prompts; None: no limit",
-        )
-        truncate_prompts: bool = Field(False, description="keep the last max_prompt_tokens tokens of a long prompt")
+    class Config(SamplingConfig):
         logprobs: Literal["generate", "trainer"] = Field(
             "generate", description="old log-probs from generation logits (small vocab) or one trainer forward pass"
         )

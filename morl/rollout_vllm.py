@@ -37,9 +37,9 @@ from pydantic import Field
 
 from morl import distributed
 from morl.batch import Batch
-from morl.components import ComponentConfig, RecipeError
+from morl.components import RecipeError
 from morl.policy import Policy, resolve_model_path
-from morl.rollout import RolloutBackend, check_prompt_lengths, completion_mask, prompt_texts
+from morl.rollout import RolloutBackend, SamplingConfig, check_prompt_lengths, completion_mask, prompt_texts
 
 INSTALL_HINT = "pip install 'morl[vllm]'"
 
@@ -49,19 +49,7 @@ class VLLMRollout(RolloutBackend):
 
     name = "vllm"
 
-    class Config(ComponentConfig):
-        max_new_tokens: int = Field(64, ge=1, description="completion length cap in tokens; longer completions are cut")
-        temperature: float = Field(
-            1.0, gt=0, description="sampling temperature T; keep algo.temperature equal so the log-probs match"
-        )
-        top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; <1 biases the importance ratio")
-        top_k: int = Field(0, ge=0, description="0: no top-k")
-        max_prompt_tokens: int | None = Field(
-            None,
-            ge=1,
-            description="longest prompt in tokens; longer is an error unless truncate_prompts; None: no limit",
-        )
-        truncate_prompts: bool = Field(False, description="keep the last max_prompt_tokens tokens of a long prompt")
+    class Config(SamplingConfig):
         gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of the GPU vLLM may take")
         sleep: bool = Field(True, description="sleep between generations, giving the trainer the memory back")
         sleep_level: Literal[1, 2] = Field(1, description="1: weights kept in CPU memory while asleep; 2: dropped")
