@@ -6,6 +6,7 @@ controller and a rollout backend — into a :class:`Pipeline` and call ``fit``.
 
 from morl.batch import Batch
 from morl.components import Component, RecipeError, build, registered
+from morl.diagnostics import Diagnostics, DiagnosticsConfig
 from morl.pipeline import Callback, FitResult, Pipeline, TrainConfig
 from morl.policy import Policy, PolicyConfig
 
@@ -15,6 +16,8 @@ __all__ = [
     "Batch",
     "Callback",
     "Component",
+    "Diagnostics",
+    "DiagnosticsConfig",
     "FitResult",
     "Pipeline",
     "Policy",
