@@ -48,7 +48,11 @@ class RolloutBackend(Component):
     def check_prompts(
         self, policy: Policy, prompts: list[str], split: str = "train", messages: list[Any] | None = None
     ) -> None:
-        """Before training: raise :class:`morl.data.DataError` naming the first row this backend cannot take."""
+        """Before training: raise :class:`morl.data.DataError` naming the first row this backend cannot take —
+        by default, a prompt over ``max_prompt_tokens`` unless ``truncate_prompts`` keeps its last tokens."""
+        cfg = self.config
+        if isinstance(cfg, SamplingConfig):
+            check_prompt_lengths(policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts)
 
     def weights_changed(self, policy: Policy) -> None:
         """The policy's weights changed (a policy update, a resumed checkpoint). Backends that sample from their
@@ -111,13 +115,6 @@ class TransformersRollout(RolloutBackend):
         logprobs: Literal["generate", "trainer"] = Field(
             "generate", description="old log-probs from generation logits (small vocab) or one trainer forward pass"
         )
-
-    def check_prompts(
-        self, policy: Policy, prompts: list[str], split: str = "train", messages: list[Any] | None = None
-    ) -> None:
-        """Every prompt within ``max_prompt_tokens``, unless ``truncate_prompts`` keeps their last tokens."""
-        cfg = self.config
-        check_prompt_lengths(policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts)
 
     @torch.no_grad()
     def generate(

@@ -39,7 +39,7 @@ from morl import distributed
 from morl.batch import Batch
 from morl.components import RecipeError
 from morl.policy import Policy, resolve_model_path
-from morl.rollout import RolloutBackend, SamplingConfig, check_prompt_lengths, completion_mask, prompt_texts
+from morl.rollout import RolloutBackend, SamplingConfig, completion_mask, prompt_texts
 
 INSTALL_HINT = "pip install 'morl[vllm]'"
 
@@ -76,8 +76,7 @@ class VLLMRollout(RolloutBackend):
                 f"rollout 'vllm' samples on the training GPU, but the policy is on {policy.device}; "
                 "set policy.device: cuda, or use rollout: transformers"
             )
-        cfg = self.config
-        check_prompt_lengths(policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts)
+        super().check_prompts(policy, prompts, split, messages)
 
     def weights_changed(self, policy: Policy) -> None:
         self._stale = True
