@@ -1,24 +1,25 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 A run that dies at step 900 resumes at step 900 with nothing lost: the same parameters, optimizer moments,
-controller/scalarizer/reward state, data position and random-number streams, so the resumed run's metrics and
-final parameters are bit-identical to an uninterrupted run's on the same CPU and thread count.
+training state (:class:`morl.state.TrainingState`: data position, counters, every part's learned state, the run's
+identity) and random-number streams, so the resumed run's metrics and final parameters are bit-identical to an
+uninterrupted run's on the same CPU and thread count. The checkpointer knows nothing of the pipeline: it writes
+and reads the parts it is handed.
 
 Layout of ``RUN_DIR/checkpoints/step-000123/``::
 
     model/                  the policy in Hugging Face format (``morl eval --checkpoint`` and ``AutoModel`` read it)
-    controller_state.json   step, controller, scalarizer and reward state (as a finished run writes it)
-    trainer_state.json      step, data position, every component's and callback's ``state_dict()``, counters,
-                            and the reference policy's source (a pointer, not a copy: the reference is the initial
-                            policy) with a fingerprint of its weights
+    training_state.json     the TrainingState, and the reference policy's source (a pointer, not a copy: the
+                            reference is the initial policy) with a fingerprint of its weights
     optimizer.pt            the optimizer's ``state_dict()``
     rng.pt                  python ``random``, numpy, torch CPU (and CUDA) generator states
     complete                written last; a directory without it is torn and is skipped on resume
 
 A checkpoint is written into a temporary directory beside the others, flushed to disk, marked ``complete``
 and then renamed into place, so a run killed while writing leaves either the previous checkpoints or a
-``.tmp-*`` directory that resuming reports and removes. On resume, ``metrics.jsonl`` and ``events.jsonl``
-are cut back to the rows with ``step <=`` the checkpoint's step, so no row is duplicated.
+``.tmp-*`` directory that resuming reports and removes. Nothing a run wrote is deleted except the checkpoints that
+``train.keep_checkpoints`` retires: a run resumed from an older checkpoint moves the later ones (an abandoned
+timeline) to ``checkpoints/abandoned/`` instead of deleting them.
 
 Example:
     >>> pipe.fit(train, evals)  # doctest: +SKIP
@@ -39,27 +40,26 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from morl.components import Component
-
-if TYPE_CHECKING:
-    from morl.pipeline import Pipeline
+from morl.policy import Policy, resolve_model_path
+from morl.state import TrainingState
 
 CHECKPOINTS = "checkpoints"
+ABANDONED = "abandoned"
 MARKER = "complete"
+STATE_FILE = "training_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
-#: Files of the run directory that hold one JSON row per line with a ``step``; cut back on resume.
-STEP_LOGS = ("metrics.jsonl", "events.jsonl")
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint, or one that does not fit the pipeline it is loaded into."""
+    """No usable checkpoint, or one that does not fit the run it is loaded into."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -73,30 +73,47 @@ class Interrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read back: its folder, its training state and the reference pointer it recorded."""
+
+    path: Path
+    state: TrainingState
+    reference: dict[str, Any] | None
+
+
 # ---- writing -----------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(pipeline: Pipeline, run_dir: str | Path, keep: int | None = None) -> Path:
-    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically; keep the newest ``keep`` complete ones (None: all)."""
+def save_checkpoint(
+    run_dir: str | Path,
+    state: TrainingState,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    reference: dict[str, Any] | None = None,
+    keep: int | None = None,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically; keep the newest ``keep`` complete ones (None: all).
+
+    ``reference`` is the pointer from :func:`reference_pointer` (None: the run has no reference policy).
+    """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    step = pipeline.step_count
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{step:06d}-", dir=root))
+    final = root / f"step-{state.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{state.step:06d}-", dir=root))
     try:
         with _quiet_transformers():
-            pipeline.policy.save(tmp / "model")
-        torch.save(pipeline.optimizer.state_dict(), tmp / "optimizer.pt")
+            policy.save(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        _write_json(tmp / "controller_state.json", component_state(pipeline))
-        _write_json(tmp / "trainer_state.json", trainer_state(pipeline, Path(run_dir)))
+        _write_json(tmp / STATE_FILE, {**state.to_json(), "reference": reference})
         _fsync_tree(tmp)
         marker = tmp / MARKER
-        marker.write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
+        marker.write_text(json.dumps({"step": state.step, "time": time.time()}) + "\n")
         _fsync_file(marker)
         _fsync_dir(tmp)
         aside = None
-        if final.exists():  # the same step again: a run resumed from an older checkpoint re-reached it
+        if final.exists():  # the same step again: a retry of a step whose checkpoint was torn or abandoned
             aside = final.with_name(f"{_TMP_PREFIX}old-{final.name}")
             os.rename(final, aside)
         os.rename(tmp, final)
@@ -108,33 +125,6 @@ def save_checkpoint(pipeline: Pipeline, run_dir: str | Path, keep: int | None = 
         raise
     _prune(root, keep, current=final)
     return final
-
-
-def component_state(pipeline: Pipeline) -> dict[str, Any]:
-    """Controller, scalarizer and reward state in the format of a finished run's ``controller_state.json``."""
-    return {
-        "step": pipeline.step_count,
-        "controller": pipeline.controller.state_dict(),
-        "scalarizer": pipeline.scalarizer.state_dict(),
-        "rewards": _reward_states(pipeline),
-    }
-
-
-def trainer_state(pipeline: Pipeline, run_dir: Path) -> dict[str, Any]:
-    return {
-        "step": pipeline.step_count,
-        "data_position": pipeline.data_position,
-        "objectives": list(pipeline.objectives),
-        "counters": {name: getattr(pipeline, name) for name in _COUNTERS if hasattr(pipeline, name)},
-        "components": {name: c.state_dict() for name, c in pipeline.components().items() if isinstance(c, Component)},
-        "rewards": _reward_states(pipeline),
-        "callbacks": {key: state for key, state in _callback_states(pipeline).items() if state},
-        "reference": _reference_pointer(pipeline, run_dir),
-    }
-
-
-#: Pipeline attributes (besides step and data position) that a resumed run must continue from.
-_COUNTERS = ("skipped_steps", "nonfinite_streak")
 
 
 def rng_state() -> dict[str, Any]:
@@ -162,29 +152,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _reward_states(pipeline: Pipeline) -> dict[str, Any]:
-    return {n: r.state_dict() for n, r in zip(pipeline.objectives, pipeline.rewards) if isinstance(r, Component)}
-
-
-def _callback_states(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Callbacks keyed by position and class, so a resumed pipeline with the same callbacks gets its own back."""
-    out = {}
-    for i, cb in enumerate(pipeline.callbacks):
-        state_dict = getattr(cb, "state_dict", None)
-        out[f"{i}:{type(cb).__name__}"] = state_dict() if callable(state_dict) else {}
-    return out
-
-
 # ---- the reference policy -------------------------------------------------------------------------------------
 
 
-def _reference_pointer(pipeline: Pipeline, run_dir: Path) -> dict[str, Any] | None:
-    """Where the reference came from and a fingerprint of its weights; a copy only if it cannot be reloaded."""
-    reference = pipeline.reference
-    if reference is None:
-        return None
+def reference_pointer(reference: Policy, fingerprint: str, run_dir: Path) -> dict[str, Any]:
+    """Where the reference came from and a fingerprint of its weights; a copy in the run only if it cannot be
+    reloaded from its source (a model built in Python, say)."""
     source = reference.config.model
-    pointer: dict[str, Any] = {"model": source, "fingerprint": _fingerprint_cached(pipeline)}
+    pointer: dict[str, Any] = {"model": source, "fingerprint": fingerprint}
     if not _reloadable(source):
         copy_dir = run_dir / "reference-model"
         if not (copy_dir / MARKER).exists():
@@ -192,19 +167,11 @@ def _reference_pointer(pipeline: Pipeline, run_dir: Path) -> dict[str, Any] | No
             reference.save(tmp)
             _fsync_tree(tmp)
             (tmp / MARKER).write_text("reference\n")
-            if copy_dir.exists():
+            if copy_dir.exists():  # a copy torn while writing (no marker): ours to replace
                 shutil.rmtree(copy_dir)
             os.rename(tmp, copy_dir)
         pointer["copy"] = copy_dir.name
     return pointer
-
-
-def _fingerprint_cached(pipeline: Pipeline) -> str:
-    cached = getattr(pipeline, "_reference_fingerprint", None)
-    if cached is None:
-        cached = weights_fingerprint(pipeline.reference.model)  # type: ignore[union-attr]
-        pipeline._reference_fingerprint = cached  # the reference never changes
-    return cached
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -218,8 +185,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _reloadable(source: str) -> bool:
-    from morl.policy import resolve_model_path
-
     if Path(resolve_model_path(source)).is_dir():
         return True
     return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not Path(source).exists()  # a hub name
@@ -296,45 +261,30 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent
 
 
-def load_checkpoint(pipeline: Pipeline, checkpoint: str | Path) -> dict[str, Any]:
-    """Restore a pipeline (built with the same components) to a checkpoint; returns its trainer state.
-
-    Random-number generators are restored last, so nothing done while loading draws from them.
-    """
+def read_checkpoint(checkpoint: str | Path) -> Loaded:
+    """The training state a complete checkpoint holds (no tensors loaded yet)."""
     checkpoint = Path(checkpoint)
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        data = json.loads((checkpoint / STATE_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint}: unreadable trainer_state.json ({err})") from None
-    if state["objectives"] != list(pipeline.objectives):
-        raise CheckpointError(
-            f"{checkpoint}: the run's objectives are {state['objectives']}, this pipeline's are "
-            f"{list(pipeline.objectives)}; resume with the same rewards"
-        )
-    _check_reference(pipeline, state.get("reference"), run_dir_of(checkpoint))
-    _load_weights(pipeline.policy, checkpoint / "model")
-    pipeline.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    for name, component in pipeline.components().items():
-        if isinstance(component, Component) and name in state["components"]:
-            component.load_state_dict(state["components"][name])
-    for name, reward in zip(pipeline.objectives, pipeline.rewards):
-        if isinstance(reward, Component) and name in state["rewards"]:
-            reward.load_state_dict(state["rewards"][name])
-    saved_callbacks = state.get("callbacks", {})
-    for key, cb in zip(_callback_states(pipeline), pipeline.callbacks):
-        if key in saved_callbacks and callable(getattr(cb, "load_state_dict", None)):
-            cb.load_state_dict(saved_callbacks[key])
-    pipeline.step_count = int(state["step"])
-    pipeline.data_position = int(state["data_position"])
-    pipeline._order = []  # recomputed from the seed and the epoch on the next draw
-    for name, value in state.get("counters", {}).items():
-        setattr(pipeline, name, value)
+        raise CheckpointError(f"{checkpoint}: unreadable {STATE_FILE} ({err})") from None
+    reference = data.pop("reference", None)
+    return Loaded(path=checkpoint, state=TrainingState.from_json(data), reference=reference)
+
+
+def load_tensors(checkpoint: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> None:
+    """Copy the saved parameters into the live model and restore the optimizer's moments."""
+    load_weights(policy, checkpoint / "model")
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+
+
+def load_rng(checkpoint: Path) -> None:
+    """Restore the random-number streams; call it last, so nothing done while loading draws from them."""
     set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
-    return state
 
 
-def _load_weights(policy: Any, model_dir: Path) -> None:
-    """Copy the saved parameters into the live model (same tensors, so the optimizer keeps pointing at them)."""
+def load_weights(policy: Policy, model_dir: Path) -> None:
+    """Copy saved parameters into the live model (same tensors, so the optimizer keeps pointing at them)."""
     from transformers import AutoModelForCausalLM
 
     dtype = next(policy.model.parameters()).dtype
@@ -349,19 +299,16 @@ def _load_weights(policy: Any, model_dir: Path) -> None:
         with torch.no_grad():
             policy.model.load_state_dict(saved.state_dict(), strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{model_dir}: the saved policy does not fit this pipeline's model ({err})") from None
+        raise CheckpointError(f"{model_dir}: the saved policy does not fit this run's model ({err})") from None
 
 
-def _check_reference(pipeline: Pipeline, pointer: dict[str, Any] | None, run_dir: Path) -> None:
-    if pointer is None or pipeline.reference is None:
-        return
-    if weights_fingerprint(pipeline.reference.model) == pointer["fingerprint"]:
-        pipeline._reference_fingerprint = pointer["fingerprint"]
+def check_reference(reference: Policy, fingerprint: str, pointer: dict[str, Any] | None, run_dir: Path) -> None:
+    """The KL anchor must be the run's initial policy: the same weights, or the copy the run saved of them."""
+    if pointer is None or fingerprint == pointer["fingerprint"]:
         return
     copy_dir = run_dir / pointer["copy"] if pointer.get("copy") else None
     if copy_dir is not None and (copy_dir / MARKER).is_file():
-        _load_weights(pipeline.reference, copy_dir)
-        pipeline._reference_fingerprint = pointer["fingerprint"]
+        load_weights(reference, copy_dir)
         return
     raise CheckpointError(
         f"the reference policy (KL anchor) differs from the run's, which was the initial policy from "
@@ -369,48 +316,25 @@ def _check_reference(pipeline: Pipeline, pointer: dict[str, Any] | None, run_dir
     )
 
 
-def resume(pipeline: Pipeline, path: str | Path) -> tuple[Path, Path, list[dict[str, Any]]]:
-    """Load the newest complete checkpoint under ``path`` into ``pipeline``; cut the run's logs back to it.
-
-    Returns ``(run_dir, checkpoint, rows)``: the rows of ``metrics.jsonl`` up to the checkpoint's step.
-    """
-    checkpoint = find_checkpoint(path)
+def prepare_resume(checkpoint: Path) -> None:
+    """Before continuing from ``checkpoint``: remove leftover temporary folders, and move checkpoints later than
+    it (an abandoned timeline, when resuming from an older one) to ``checkpoints/abandoned/`` — kept, not deleted,
+    and never picked by a later resume."""
     run_dir = run_dir_of(checkpoint)
     complete, torn = list_checkpoints(run_dir)
-    later = [c.name for c in complete if checkpoint_step(c) > checkpoint_step(checkpoint)]
-    if later:
-        from morl.logging import console
-
-        console.print(f"[yellow]resuming from an older checkpoint[/]: {', '.join(later)} will be replaced")
     for t in torn:
         if t.name.startswith(_TMP_PREFIX):
             shutil.rmtree(t, ignore_errors=True)
-    state = load_checkpoint(pipeline, checkpoint)
-    rows: list[dict[str, Any]] = []
-    for name in STEP_LOGS:
-        kept = truncate_jsonl(run_dir / name, int(state["step"]))
-        if name == "metrics.jsonl":
-            rows = kept
-    return run_dir, checkpoint, rows
+    later = [c for c in complete if checkpoint_step(c) > checkpoint_step(checkpoint)]
+    if later:
+        from morl.logging import console
 
-
-def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
-    """Keep the rows with ``step <= step`` (and drop a torn last line); rewrite the file atomically."""
-    if not path.exists():
-        return []
-    kept, lines = [], []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] <= step:
-            kept.append(row)
-            lines.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
-    return kept
+        shelf = run_dir / CHECKPOINTS / ABANDONED / time.strftime("%Y%m%d-%H%M%S")
+        shelf.mkdir(parents=True, exist_ok=True)
+        for c in later:
+            os.rename(c, shelf / c.name)
+        names = ", ".join(c.name for c in later)
+        console.print(f"[yellow]resuming from an older checkpoint[/]: {names} moved to {shelf}", soft_wrap=True)
 
 
 # ---- stopping cleanly -------------------------------------------------------------------------------------------
@@ -495,18 +419,11 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _prune(root: Path, keep: int | None, current: Path) -> None:
-    """Drop leftover temporary directories, checkpoints past ``current`` and all but the newest ``keep``.
-
-    Checkpoints with a later step than the one just written belong to an abandoned timeline (the run was resumed
-    from an older checkpoint); left in place, a later resume would pick them.
-    """
+    """Drop leftover temporary directories and all but the newest ``keep`` complete checkpoints."""
     complete, torn = list_checkpoints(root.parent)
     for t in torn:
         if t.name.startswith(_TMP_PREFIX):
             shutil.rmtree(t, ignore_errors=True)
-    for stale in [c for c in complete if checkpoint_step(c) > checkpoint_step(current)]:
-        shutil.rmtree(stale, ignore_errors=True)
-        complete.remove(stale)
     if keep is None:
         return
     for old in complete[: max(len(complete) - keep, 0)]:

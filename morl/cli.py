@@ -38,7 +38,7 @@ def fit(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     set_: SetOption = None,
     output_dir: Annotated[
-        str | None, typer.Option(help="run directory (default: train.output_dir or runs/<time>)")
+        str | None, typer.Option(help="run directory (default: train.output_dir, else a fresh runs/<time>)")
     ] = None,
     resume: Annotated[
         str | None,
@@ -47,6 +47,16 @@ def fit(
             "(train.output_dir if set, else the most recent run under runs/)"
         ),
     ] = None,
+    accept_change: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="with --resume: accept this recipe difference from the run's (a path such as train.lr, or a whole "
+            "section such as controller); repeatable. Accepted changes are recorded in the run's manifest"
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="discard the run already in the output directory (its metrics, checkpoints, model)")
+    ] = False,
     launch: Annotated[
         int | None,
         typer.Option(
@@ -60,7 +70,11 @@ def fit(
         typer.Option(help="with --launch: an accelerate config file (cookbook/accelerate/ddp.yaml, fsdp.yaml, ...)"),
     ] = None,
 ) -> None:
-    """Train with the recipe's components; writes metrics.jsonl, checkpoints, the model and controller state.
+    """Train with the recipe's components; writes a run directory (manifest, metrics, checkpoints, model).
+
+    A run directory belongs to one run: a new fit into a folder that holds a run stops before the model loads, and
+    says how to go on (--resume, another --output-dir, or --overwrite). A resume continues the same experiment or
+    lists every difference (accept them with --accept-change).
 
     Data-parallel: ``morl fit RECIPE --launch N``, or ``accelerate launch [--config_file F] -m morl fit RECIPE``.
     """
@@ -68,13 +82,16 @@ def fit(
         from morl import distributed
 
         if not distributed.launched():  # the launcher starts N copies of this command, without --launch
-            command = launch_command(launch, recipe, set_ or [], output_dir, resume, accelerate_config)
+            command = launch_command(
+                launch, recipe, set_ or [], output_dir, resume, accelerate_config, accept_change or [], overwrite
+            )
             raise typer.Exit(code=subprocess.run(command).returncode)
-    from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run
+    from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run, read_checkpoint
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
-    from morl.recipe import load_data, load_recipe, pipeline_from_recipe
+    from morl.recipe import build_components, load_data, load_recipe, pipeline_from_recipe
     from morl.rewards import RewardError
+    from morl.run import ResumeMismatch, RunDirError, check_new_run, check_resume
 
     overrides = list(set_ or [])
     if output_dir:
@@ -82,26 +99,31 @@ def fit(
     checkpoint = None
     try:
         parsed = load_recipe(recipe, overrides)
-        from morl.recipe import build_components
-
         build_components(parsed)
-        if resume is not None:  # before the data and the model: a wrong path fails fast
+        if resume is not None:  # before the data and the model: a wrong path or recipe fails fast
             if resume == "latest":
                 out = parsed.train.output_dir
                 run = Path(out) if out else latest_run("runs")
             else:
                 run = Path(resume)
             checkpoint = find_checkpoint(run)
+            saved = read_checkpoint(checkpoint).state.identity
+            mine = parsed.model_dump(mode="json")
+            check_resume({k: v for k, v in saved.items() if k in mine}, mine, accept_change or [])
+        elif parsed.train.output_dir:
+            check_new_run(Path(parsed.train.output_dir), overwrite=overwrite)
         train, evals = load_data(parsed)
-    except (RecipeError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (RecipeError, CheckpointError, RunDirError, ResumeMismatch, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     try:
         pipeline = pipeline_from_recipe(parsed)
     except OSError as err:
         _fail(f"cannot load policy.model={parsed.policy.model!r}: {err}")
     try:
-        result = pipeline.fit(train, evals, resume_from=checkpoint)
-    except (DataError, RecipeError, CheckpointError) as err:
+        result = pipeline.fit(
+            train, evals, resume_from=checkpoint, overwrite=overwrite, accept_changes=accept_change or []
+        )
+    except (DataError, RecipeError, CheckpointError, RunDirError, ResumeMismatch) as err:
         _fail(str(err))
     except (RewardError, NonFiniteError) as err:
         _fail(str(err), code=1)
@@ -125,6 +147,8 @@ def launch_command(
     output_dir: str | None = None,
     resume: str | None = None,
     config_file: Path | None = None,
+    accept_changes: list[str] | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """``accelerate launch`` running ``morl fit`` on ``processes`` processes of this machine.
 
@@ -144,6 +168,10 @@ def launch_command(
         command += ["--output-dir", output_dir]
     if resume:
         command += ["--resume", resume]
+    for change in accept_changes or []:
+        command += ["--accept-change", change]
+    if overwrite:
+        command.append("--overwrite")
     return command
 
 
@@ -175,9 +203,11 @@ def eval_(
     set_: SetOption = None,
 ) -> None:
     """Score a checkpoint on the recipe's eval split (greedy and sampled)."""
-    from morl.pipeline import Pipeline
+    from morl.evaluation import Evaluator
     from morl.policy import Policy
     from morl.recipe import build_components, load_data, load_recipe
+    from morl.rewards import RewardFn, objective_name
+    from morl.state import TrainingState
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))
@@ -189,14 +219,17 @@ def eval_(
         _fail("the recipe has no eval data (data.eval)")
     model_dir = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint
     options = parsed.policy.model_dump(exclude={"model"})
-    pipeline = Pipeline(policy=Policy.from_pretrained(str(model_dir), **options), config=parsed.train, **components)
-    state_file = checkpoint / "controller_state.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        for name, reward in zip(pipeline.objectives, pipeline.rewards):
-            if name in state.get("rewards", {}):
-                reward.load_state_dict(state["rewards"][name])
-    scores = pipeline.evaluate(evals)
+    policy = Policy.from_pretrained(str(model_dir), **options)
+    rewards = components["rewards"]
+    state_file = checkpoint / "training_state.json"
+    if state_file.exists():  # stateful rewards (the running mean of conciseness) as the run left them
+        saved = TrainingState.from_json(json.loads(state_file.read_text())).parts
+        for name, reward in zip([objective_name(r) for r in rewards], rewards):
+            if isinstance(reward, RewardFn) and f"reward/{name}" in saved:
+                reward.load_state_dict(saved[f"reward/{name}"]["state"])
+    evaluator = Evaluator(components["rollout"], rewards, parsed.train.eval_batch_size, parsed.train.on_reward_error)
+    modes = [m for m, on in (("greedy", parsed.train.eval_greedy), ("sampled", parsed.train.eval_sampled)) if on]
+    scores = evaluator.evaluate(policy, evals, modes)
     table = Table(title=f"eval: {checkpoint}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -124,6 +124,20 @@ def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
     return target
 
 
+def spec_of(family: str, component: Any) -> str | dict[str, Any]:
+    """The recipe node that builds ``component`` again: its short name (or import path) and its parameters.
+
+    A plain function is named by its import path, which must be importable for the recipe to re-run (a function
+    defined inside another function or a notebook cell is not; its path is recorded anyway, marked as such).
+    """
+    if isinstance(component, Component):
+        cls = type(component)
+        name = component.name if registered(family).get(component.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
+        return {"name": name, **component.config.model_dump(mode="json")}
+    path = f"{component.__module__}.{getattr(component, '__qualname__', type(component).__qualname__)}"
+    return path
+
+
 def explain_validation_error(err: ValidationError, owner: str, config: type[BaseModel]) -> str:
     lines = [f"{owner}: invalid configuration"]
     allowed = ", ".join(config.model_fields) or "(none)"

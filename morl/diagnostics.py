@@ -28,32 +28,30 @@ sets ``alarm/{m}`` to 1 until the smoothed covariance is back above the threshol
 
 Example:
     >>> diag = Diagnostics(alarm_patience=5, grad_cosine_every=10)  # Pipeline(..., diagnostics=diag)
-    >>> sorted(diag.needs)  # what it asks the pipeline to compute: per-objective advantages, for the gradients
+    >>> sorted(need.value for need in diag.needs)  # it asks for per-objective advantages, for the gradients
     ['objective_advantages']
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from morl.algos.policy_gradient import unclipped_mask
 from morl.batch import Batch
+from morl.callbacks import Callback, FitContext, StepContext
 from morl.controllers.ctwa import group_covariances
-from morl.pipeline import Callback
-
-if TYPE_CHECKING:
-    from morl.pipeline import Pipeline
-    from morl.policy import Policy
+from morl.controllers.gradients import objective_gram, objective_losses, select_parameters
+from morl.policy import Policy
+from morl.run import JsonlWriter
+from morl.stages import Need, Scored, Updated
 
 
 class DiagnosticsConfig(BaseModel):
@@ -90,44 +88,43 @@ class DiagnosticsConfig(BaseModel):
         return self
 
 
-def covariance_metrics(batch: Batch, signal: torch.Tensor, name: str) -> dict[str, float]:
+def covariance_metrics(
+    rewards: torch.Tensor, signal: torch.Tensor, group_size: int, objectives: Sequence[str], name: str
+) -> dict[str, float]:
     """``cov/{name}/{m}`` and ``corr/{name}/{m}``: mean over prompt groups of Cov_k(r_m, signal) and Corr_k.
 
     Population (co)variances within each group, as in CTWA; a group where either side is constant has
     correlation 0; not-applicable (NaN) rewards are left out per objective; no outlier filter.
 
     Example:
-        >>> b = Batch(prompts=[""] * 2, completions=["", ""], columns={}, group_size=2, input_ids=torch.zeros(2, 1),
-        ...           attention_mask=torch.ones(2, 1), completion_mask=torch.ones(2, 0), prompt_width=1,
-        ...           rewards=torch.tensor([[1.0], [0.0]]), objectives=["acc"])
-        >>> covariance_metrics(b, torch.tensor([2.0, 0.0]), "score")
+        >>> covariance_metrics(torch.tensor([[1.0], [0.0]]), torch.tensor([2.0, 0.0]), 2, ["acc"], "score")
         {'cov/score/acc': 0.5, 'corr/score/acc': 1.0}
     """
-    rewards = batch.rewards.double().cpu().numpy()
+    r = rewards.detach().double().cpu().numpy()
     values = signal.detach().double().cpu().numpy()
-    k = batch.group_size
-    cov = group_covariances(rewards, values, k, "covariance", outlier_factor=math.inf)
-    corr = group_covariances(rewards, values, k, "correlation", outlier_factor=math.inf)
+    cov = group_covariances(r, values, group_size, "covariance", outlier_factor=math.inf)
+    corr = group_covariances(r, values, group_size, "correlation", outlier_factor=math.inf)
     out: dict[str, float] = {}
-    for j, objective in enumerate(batch.objectives):
+    for j, objective in enumerate(objectives):
         out[f"cov/{name}/{objective}"] = float(cov[j])
         out[f"corr/{name}/{objective}"] = float(corr[j])
     return out
 
 
-def clipped_mass(new_logprobs: torch.Tensor, batch: Batch, clip_range: tuple[float, float] | None) -> dict[str, float]:
+def clipped_mass(
+    ratio: torch.Tensor, unclipped: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
     """Share of the advantage-weighted gradient mass ``Σ|A·ρ|`` that clipping removes under the updated policy.
 
-    A cheap proxy of the paper's Fisher distortion: 0 without clipping, 1 if every token is clipped.
+    ``ratio`` and ``unclipped`` [N, L] are the policy loss's own statistics under the updated policy (the clip rule
+    lives in the loss); a cheap proxy of the paper's Fisher distortion: 0 without clipping, 1 if every token is
+    clipped.
     """
-    mask = batch.completion_mask.bool()
-    if clip_range is None or not mask.any():
+    mask = mask.bool()
+    if not mask.any():
         return {"clip/removed_mass": 0.0, "clip/token_fraction": 0.0}
-    old = batch.old_logprobs if batch.old_logprobs is not None else new_logprobs
-    ratio = torch.exp(new_logprobs.detach() - old)
-    adv = batch.advantages.unsqueeze(1).expand_as(ratio)
-    clipped = ~unclipped_mask(ratio, adv, *clip_range) & mask
-    mass = (adv * ratio).abs() * mask
+    clipped = ~unclipped.bool() & mask
+    mass = (advantages.unsqueeze(1) * ratio.detach()).abs() * mask
     total = float(mass.sum())
     return {
         "clip/removed_mass": float((mass * clipped).sum()) / total if total > 0 else 0.0,
@@ -138,12 +135,10 @@ def clipped_mass(new_logprobs: torch.Tensor, batch: Batch, clip_range: tuple[flo
 def objective_gradients(policy: Policy, batch: Batch, algo: Any, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[M, P]`` per-objective policy gradients ``∇J_m`` (ascent directions) on ``params``, flattened.
 
-    Each objective's loss is the algorithm's surrogate with that objective's group-normalised advantages
+    Each objective's loss is the algorithm's policy loss with that objective's group-normalised advantages
     (``batch.objective_advantages``), regularisers left out, evaluated on-policy (``ρ = 1``, nothing clipped) at
     the current parameters: the plain policy gradient ``mean_tokens(A_m ∇log π)``.
     """
-    from morl.controllers.gradients import objective_gram, objective_losses
-
     on_policy = dataclasses.replace(batch, old_logprobs=None)
     with torch.enable_grad():
         losses = objective_losses(policy, on_policy, algo)
@@ -242,9 +237,9 @@ class Diagnostics(Callback):
         elif params:
             config = config.model_copy(update=params)
         self.config = config
-        self._pipeline: Pipeline | None = None
+        self._fit: FitContext | None = None
         self._snapshot: list[torch.Tensor] | None = None
-        self._events_path: Path | None = None
+        self._events: JsonlWriter | None = None
         self.alarm_: InterferenceAlarm | None = None
         self.events_: list[dict[str, Any]] = []
 
@@ -275,60 +270,67 @@ class Diagnostics(Callback):
         self.alarm_ = alarm
 
     @property
-    def needs(self) -> frozenset[str]:  # type: ignore[override]
+    def needs(self) -> frozenset[Need]:  # type: ignore[override]
         cfg = self.config
         if not cfg.enabled:
             return frozenset()
         needs = set()
         if cfg.clipped_weights is True:
-            needs.add("clipped_weights")
+            needs.add(Need.CLIPPED_WEIGHTS)
         if cfg.grad_cosine_every:
-            needs.add("objective_advantages")
+            needs.add(Need.OBJECTIVE_ADVANTAGES)
         return frozenset(needs)
 
-    def attach(self, pipeline: Pipeline) -> None:
-        """Called by the pipeline that installs this callback (gradient cosines need its policy and algorithm)."""
-        self._pipeline = pipeline
+    def on_fit_start(self, ctx: FitContext) -> None:
+        self._fit = ctx
+        # under data parallelism every process keeps the same state, and process 0 appends the events
+        self._events = JsonlWriter(Path(ctx.run_dir) / "events.jsonl") if ctx.is_main else None
         if self.config.enabled and self.config.grad_cosine_every:
-            self._maybe_snapshot(getattr(pipeline, "step_count", 0))
+            self._maybe_snapshot(ctx.start_step)
 
-    def on_fit_start(self, pipeline: Pipeline, run_dir: Path) -> None:
-        from morl import distributed
+    def on_fit_end(self, ctx: FitContext, history: list[dict[str, Any]]) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
-        self.attach(pipeline)
-        # under data parallelism every process keeps the same state, and process 0 writes the events
-        self._events_path = Path(run_dir) / "events.jsonl" if distributed.is_main() else None
-        if self._events_path is not None and self._events_path.exists() and pipeline.step_count == 0:
-            self._events_path.unlink()
-
-    def on_step_end(self, step: int, batch: Batch, metrics: dict[str, float]) -> None:
+    def on_step_end(self, ctx: StepContext) -> None:
         cfg = self.config
-        if not cfg.enabled or batch.rewards is None:
+        if not cfg.enabled:
             return
         start = time.perf_counter()
-        if batch.scores is not None:
-            metrics.update(covariance_metrics(batch, batch.scores, "score"))
-        have_clipped = batch.clipped_weights is not None and cfg.clipped_weights is not False
+        record, metrics, step = ctx.record, ctx.metrics, ctx.step
+        covariance = self._covariances(record)
+        metrics.update(covariance(record.scores, "score"))
+        have_clipped = record.clipped_weights is not None and cfg.clipped_weights is not False
         if have_clipped:
-            metrics.update(covariance_metrics(batch, batch.clipped_weights, "clipped_weight"))
-            if batch.new_logprobs is not None and self._pipeline is not None:
-                metrics.update(clipped_mass(batch.new_logprobs, batch, self._pipeline.algo.clip_range))
-        if cfg.grad_cosine_every and self._pipeline is not None:
-            if step % cfg.grad_cosine_every == 0 and batch.objective_advantages is not None:
-                metrics.update(self._gradient_metrics(batch))
+            metrics.update(covariance(record.clipped_weights, "clipped_weight"))
+            train = record.weighted.train
+            metrics.update(
+                clipped_mass(record.new_ratio, record.new_unclipped, train.advantages, train.completion_mask)
+            )
+        if cfg.grad_cosine_every:
+            if step % cfg.grad_cosine_every == 0 and record.objective_advantages is not None:
+                metrics.update(self._gradient_metrics(record))
             self._maybe_snapshot(step)
         if cfg.alarm:
             available = "clipped_weight" if have_clipped else "score"
-            self._alarm(step, batch, metrics, available)
+            self._alarm(step, record.scored, metrics, available)
         metrics["timing/diagnostics"] = time.perf_counter() - start
 
-    def _gradient_metrics(self, batch: Batch) -> dict[str, float]:
+    @staticmethod
+    def _covariances(record: Updated):
+        def covariance(signal: torch.Tensor, name: str) -> dict[str, float]:
+            return covariance_metrics(record.rewards, signal, record.group_size, record.objectives, name)
+
+        return covariance
+
+    def _gradient_metrics(self, record: Updated) -> dict[str, float]:
         """Pairwise gradient cosines and each gradient's alignment with the update this step made."""
-        pipeline = self._pipeline
+        fit = self._fit
         params = self._params()
-        grads = objective_gradients(pipeline.policy, batch, pipeline.algo, params)
+        grads = objective_gradients(fit.policy, record.weighted.train, fit.algo, params)
         cos = cosine_matrix(grads)
-        names = batch.objectives
+        names = record.objectives
         out = {}
         for a in range(len(names)):
             for b in range(a + 1, len(names)):
@@ -342,21 +344,19 @@ class Diagnostics(Callback):
         return out
 
     def _params(self) -> list[torch.Tensor]:
-        from morl.controllers.gradients import select_parameters
-
-        return select_parameters(self._pipeline.policy.model, self.config.grad_params)
+        return select_parameters(self._fit.policy.model, self.config.grad_params)
 
     def _maybe_snapshot(self, step: int) -> None:
         """Keep the parameters before the next measured step, to measure the update ``Δθ`` it makes."""
         if (step + 1) % self.config.grad_cosine_every == 0:
             self._snapshot = [p.detach().clone() for p in self._params()]
 
-    def _alarm(self, step: int, batch: Batch, metrics: dict[str, float], available: str) -> None:
+    def _alarm(self, step: int, scored: Scored, metrics: dict[str, float], available: str) -> None:
         cfg = self.config
         signal = available if cfg.alarm_signal == "auto" else cfg.alarm_signal
         if signal == "clipped_weight" and available != "clipped_weight":
             signal = "score"  # asked for, but nobody computed the clipped weights this step
-        objectives = batch.objectives
+        objectives = list(scored.objectives)
         if self.alarm_ is None or self.alarm_.objectives != objectives:
             self.alarm_ = InterferenceAlarm(objectives, cfg.alarm_ema, cfg.alarm_patience, cfg.alarm_threshold)
         key = "grad_align/{}" if signal == "gradient" else f"cov/{signal}/{{}}"
@@ -371,9 +371,8 @@ class Diagnostics(Callback):
         from morl.logging import console
 
         self.events_.append(event)
-        if self._events_path is not None:
-            with self._events_path.open("a") as fh:
-                fh.write(json.dumps(event) + "\n")
+        if self._events is not None:
+            self._events.write({**event, "segment": self._fit.segment if self._fit else 0})
         name, step, since = event["objective"], event["step"], event["since_step"]
         if event["signal"] == "gradient":
             what = f"the alignment of ∇{name} with the update"

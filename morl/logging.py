@@ -3,7 +3,6 @@ and start/end tables."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -14,25 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from morl import metrics as M
+from morl.run import JsonlWriter, read_jsonl
+from morl.run import read_metrics as read_run_metrics
+
 console = Console()
 
 SHORT = {"accuracy": "acc", "conciseness": "conc", "clarity": "clar"}
-
-
-class MetricsWriter:
-    """One JSON object per line, flushed each write so a crashed run keeps what it logged."""
-
-    def __init__(self, path: Path, append: bool = False) -> None:
-        self.path = path
-        self._file = path.open("a" if append else "w")
-
-    def write(self, row: dict[str, Any]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class TensorBoardLogger:
@@ -110,14 +97,12 @@ class Loggers:
             writer.close()
 
 
-def open_loggers(
-    run_dir: Path, names: Sequence[str] = (), config: dict[str, Any] | None = None, append: bool = False
-) -> Loggers:
+def open_loggers(run_dir: Path, names: Sequence[str] = (), config: dict[str, Any] | None = None) -> Loggers:
     """``metrics.jsonl`` plus each named logger (``tensorboard``, ``wandb``, ``trackio``); ``jsonl`` is implied.
 
     A named logger whose package is missing fails here, before training, with the ``pip install`` to run.
     """
-    writers: list[Any] = [MetricsWriter(Path(run_dir) / "metrics.jsonl", append=append)]  # append: a resumed run
+    writers: list[Any] = [JsonlWriter(Path(run_dir) / "metrics.jsonl")]  # append-only: a run never rewrites it
     try:
         for name in dict.fromkeys(names):
             if name == "jsonl":
@@ -142,10 +127,15 @@ def _scalars(row: dict[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (a run directory or the file itself).
+
+    A torn last line (a killed writer) is skipped, and so are rows a resumed run redid (see ``morl.run``).
+    """
     path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    file = path / "metrics.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no such metrics file: {file}")
+    return read_run_metrics(path) if path.is_dir() else read_jsonl(file)
 
 
 class TrainingProgress:
@@ -176,9 +166,9 @@ class TrainingProgress:
     def update(self, metrics: dict[str, float]) -> None:
         parts = []
         for name in self.objectives:
-            value = metrics.get(f"rewards/{name}/mean", math.nan)
+            value = _number(metrics.get(M.reward_mean(name)))
             parts.append(f"{SHORT.get(name, name)} {value:.2f}")
-        parts.append(f"len {metrics.get('completions/mean_length', math.nan):.0f}")
+        parts.append(f"len {_number(metrics.get(M.COMPLETIONS_MEAN_LENGTH)):.0f}")
         self._progress.update(self._task, advance=1, description=" ".join(parts))
 
 
@@ -195,14 +185,21 @@ def print_eval_table(
     table.add_column(f"step {first['step']}", justify="right")
     table.add_column(f"step {last['step']}", justify="right")
     table.add_column("change", justify="right")
-    keys = [k for k in first if k.startswith("eval/") and k.rsplit("/", 1)[-1] not in moving_targets]
-    for key in keys:
+    rows = []
+    for mode in M.EVAL_MODES:
+        rows += [(f"{mode}/{name}", M.eval_metric(mode, name)) for name in objectives if name not in moving_targets]
+        rows.append((f"{mode}/{M.MEAN_LENGTH}", M.eval_mean_length(mode)))
+    for label, key in rows:
         a, b = first.get(key), last.get(key)
         if a is None or b is None:
             continue
         delta = b - a
-        style = "green" if delta > 0 else "red" if delta < 0 else ""
-        if key.endswith("mean_length"):
-            style = "green" if delta < 0 else "red" if delta > 0 else ""
-        table.add_row(key.removeprefix("eval/"), f"{a:.3f}", f"{b:.3f}", f"[{style}]{delta:+.3f}[/]" if style else "0")
+        sign = -delta if M.direction(key) == "minimize" else delta
+        style = "green" if sign > 0 else "red" if sign < 0 else ""
+        table.add_row(label, f"{a:.3f}", f"{b:.3f}", f"[{style}]{delta:+.3f}[/]" if style else "0")
     console.print(table)
+
+
+def _number(value: Any) -> float:
+    """A logged value for display: NaN when it is missing or null (JSON has no NaN)."""
+    return math.nan if value is None else float(value)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from morl.components import RecipeError, build, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
-from morl.pipeline import Pipeline, TrainConfig, check_temperatures
+from morl.pipeline import Pipeline, TrainConfig, check_combination
 from morl.policy import Policy, PolicyConfig
 from morl.rewards import objective_name
 
@@ -122,7 +122,7 @@ def build_components(recipe: Recipe) -> dict[str, Any]:
         components["controller"].clone().start(objectives)
     except (ValueError, KeyError) as err:
         raise RecipeError(str(err)) from None
-    check_temperatures(components["rollout"], components["algo"])
+    check_combination(components["controller"], components["scalarizer"], components["rollout"], components["algo"])
     return components
 
 

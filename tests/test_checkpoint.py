@@ -24,9 +24,9 @@ from morl.checkpoint import (
     find_checkpoint,
     latest_run,
     list_checkpoints,
-    truncate_jsonl,
 )
 from morl.cli import app
+from morl.run import Manifest, ResumeMismatch, read_jsonl, read_metrics
 from morl.tinymath.task import make_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +83,15 @@ def _recipe(tmp_path: Path, model_dir: Path, out: Path, **train) -> Path:
 
 
 def _train_rows(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if not k.startswith("timing/")} for row in rows]
+    """The run's effective metric rows (a resumed run's superseded rows left out), without timings and segments."""
+    return [
+        {k: v for k, v in row.items() if not k.startswith("timing/") and k != "segment"} for row in read_metrics(run)
+    ]
+
+
+def _final_state(run: Path) -> dict:
+    state = json.loads((run / "training_state.json").read_text())
+    return {k: v for k, v in state.items() if k not in ("segment", "identity")}  # identity names the output_dir
 
 
 def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model_dir, one_thread):
@@ -114,9 +121,12 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model_dir, one_threa
     rows_a, rows_b = _train_rows(killed), _train_rows(clean)
     assert [(r["kind"], r["step"]) for r in rows_a] == [(r["kind"], r["step"]) for r in rows_b]
     assert rows_a == rows_b
-    assert json.loads((killed / "controller_state.json").read_text()) == json.loads(
-        (clean / "controller_state.json").read_text()
-    )
+    assert _final_state(killed) == _final_state(clean)
+    segments = Manifest.load(killed).segments
+    assert [(s.kind, s.from_step, s.to_step, s.status) for s in segments] == [
+        ("start", 0, None, "interrupted"),  # SIGKILL: nobody closed it; the resume marked it
+        ("resume", 2, 4, "finished"),
+    ]
     assert [p.name for p in list_checkpoints(killed)[0]] == ["step-000003", "step-000004"]  # keep_checkpoints: 2
 
 
@@ -152,14 +162,13 @@ def test_checkpoint_layout_and_pruning(tiny_policy, tmp_path):
     newest = complete[-1]
     for name in ("model/config.json", "model/model.safetensors", "optimizer.pt", "rng.pt", MARKER):
         assert (newest / name).is_file(), name
-    trainer = json.loads((newest / "trainer_state.json").read_text())
+    trainer = json.loads((newest / "training_state.json").read_text())
     assert trainer["step"] == 3 and trainer["data_position"] == 6
-    assert trainer["objectives"] == ["conciseness", "clarity"]
-    assert set(trainer["components"]["controller"]) >= {"u_", "cov_ema_"}
-    assert trainer["rewards"]["conciseness"]["count_"] == 12
+    assert trainer["parts"]["controller"]["class"] == "morl.controllers.ctwa.CTWA"
+    assert set(trainer["parts"]["controller"]["state"]) >= {"u_", "cov_ema_"}
+    assert trainer["parts"]["reward/conciseness"]["state"]["count_"] == 12
+    assert trainer["identity"]["classes"]["reward/clarity"] == "morl.rewards.clarity.Clarity"
     assert trainer["reference"] is None  # GRPO without KL needs no reference
-    state = json.loads((newest / "controller_state.json").read_text())
-    assert state["step"] == 3 and "u_" in state["controller"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
 
 
@@ -183,17 +192,28 @@ def test_torn_checkpoints_are_skipped(tiny_policy, tmp_path, capsys):
     assert not (ckpts / ".tmp-step-000004-abc").exists()
     assert [r["step"] for r in _train_rows(run)] == [1, 2, 3, 4]  # no duplicate, no torn row
     assert [r["step"] for r in result.history] == [1, 2, 3, 4]
+    # append-only: the superseded step-3 row of the first segment and the torn fragment are still in the file
+    assert [(r["step"], r["segment"]) for r in read_jsonl(run / "metrics.jsonl")] == [
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (3, 1),
+        (4, 1),
+    ]
 
 
-def test_resuming_an_older_checkpoint_replaces_the_abandoned_later_ones(tiny_policy, tmp_path, capsys):
+def test_resuming_an_older_checkpoint_keeps_the_abandoned_later_ones_aside(tiny_policy, tmp_path, capsys):
     run = tmp_path / "run"
     _pipeline(tiny_policy, run).fit(make_split("train", 8, 0))
     capsys.readouterr()
     again = _pipeline(tiny_policy, run, steps=2)
     again.fit(make_split("train", 8, 0), resume_from=run / "checkpoints" / "step-000001")
-    assert "step-000002, step-000003 will be replaced" in " ".join(capsys.readouterr().out.split())
+    assert "step-000002, step-000003 moved to" in " ".join(capsys.readouterr().out.split())
     assert [p.name for p in list_checkpoints(run)[0]] == ["step-000001", "step-000002"]
+    shelved = sorted(p.name for p in (run / "checkpoints" / "abandoned").glob("*/step-*"))
+    assert shelved == ["step-000002", "step-000003"]  # nothing the first timeline wrote is deleted
     assert [r["step"] for r in _train_rows(run)] == [1, 2]
+    assert len(read_jsonl(run / "metrics.jsonl")) == 3 + 1  # every row ever written: 1, 2, 3, then the new 2
 
 
 def test_resume_errors_are_clear(tiny_policy, tmp_path):
@@ -211,8 +231,9 @@ def test_resume_errors_are_clear(tiny_policy, tmp_path):
         rollout={"name": "transformers", "max_new_tokens": 4},
         config=TrainConfig(steps=2, group_size=2, prompts_per_step=2, progress=False),
     )
-    with pytest.raises(CheckpointError, match=r"objectives are \['conciseness', 'clarity'\]"):
+    with pytest.raises(ResumeMismatch, match=r"rewards\.1") as info:
         other.fit(make_split("train", 4, 0), resume_from=run)
+    assert "reward/clarity" in str(info.value)  # the class behind every objective is compared too
 
 
 def test_resume_checks_the_reference_policy(tiny_policy, _tiny_policy_master, tmp_path):
@@ -221,7 +242,7 @@ def test_resume_checks_the_reference_policy(tiny_policy, _tiny_policy_master, tm
     run = tmp_path / "run"
     first = _pipeline(tiny_policy, run, algo={"name": "grpo", "kl_coef": 0.1}, steps=1)
     first.fit(make_split("train", 4, 0))
-    pointer = json.loads((run / "checkpoints" / "step-000001" / "trainer_state.json").read_text())["reference"]
+    pointer = json.loads((run / "checkpoints" / "step-000001" / "training_state.json").read_text())["reference"]
     assert pointer["model"] == _tiny_policy_master.config.model and "copy" not in pointer  # a path, not a copy
 
     other_model = copy.deepcopy(_tiny_policy_master.model)
@@ -237,8 +258,8 @@ class _SendSignal(Callback):
     def __init__(self, at: int, signum: int) -> None:
         self.at, self.signum = at, signum
 
-    def on_step_end(self, step, batch, metrics):
-        if step == self.at:
+    def on_step_end(self, ctx):
+        if ctx.step == self.at:
             os.kill(os.getpid(), self.signum)
 
 
@@ -278,13 +299,6 @@ def test_latest_run_is_the_most_recently_active(tmp_path):
     assert latest_run(tmp_path / "runs") == new
     with pytest.raises(CheckpointError, match="no run directories"):
         latest_run(tmp_path / "nothing")
-
-
-def test_truncate_jsonl_keeps_rows_up_to_the_step(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\nnot json\n{"step": 3, "x": \n')
-    assert truncate_jsonl(path, 1) == [{"step": 0}, {"step": 1}]
-    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
 
 
 _CALLS = {"n": 0, "interrupt_at": 0}

@@ -5,6 +5,7 @@ import torch
 
 from morl import Pipeline, TrainConfig
 from morl.rewards import RewardError
+from morl.stages import Scored, Updated, Weighted
 from morl.tinymath.task import make_split
 
 
@@ -22,11 +23,14 @@ def _pipeline(policy, tmp_path, **kwargs):
     return Pipeline(policy=policy, config=config, **options)
 
 
-def test_step_fills_the_batch_record(tiny_policy, tmp_path):
+def test_step_passes_typed_records(tiny_policy, tmp_path):
     pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
-    batch, metrics = pipe.step(make_split("train", 2, 0))
-    assert batch.size == 8 and batch.rewards.shape == (8, 2)
-    assert batch.clipped_weights is not None and batch.clipped_weights.shape == (8,)
+    record, metrics = pipe.step(make_split("train", 2, 0))
+    assert isinstance(record, Updated) and isinstance(record.weighted, Weighted) and isinstance(record.scored, Scored)
+    assert record.rollout.size == 8 and record.rewards.shape == (8, 2) and record.objectives == ("short", "digits")
+    assert record.clipped_weights is not None and record.clipped_weights.shape == (8,)
+    assert record.new_unclipped.dtype == torch.bool and record.new_ratio.shape == record.rollout.completion_mask.shape
+    assert torch.equal(record.weighted.train.advantages, record.advantages)  # the updater trained on these
     for key in ("rewards/short/mean", "rewards/digits/std", "completions/mean_length", "weights/short", "loss"):
         assert key in metrics
     assert metrics["timing/rollout"] > 0 and metrics["timing/update"] > 0
@@ -69,8 +73,9 @@ def test_fit_writes_run_directory(tiny_policy, tmp_path):
     assert [r["kind"] for r in rows] == ["eval", "train", "train", "eval"]
     assert "eval/greedy/short" in rows[0] and "eval/sampled/mean_length" in rows[-1]
     AutoModelForCausalLM.from_pretrained(result.run_dir / "model")
-    state = json.loads((result.run_dir / "controller_state.json").read_text())
-    assert len(state["controller"]["u_"]) == 2
+    state = json.loads((result.run_dir / "training_state.json").read_text())
+    assert state["step"] == 2 and len(state["parts"]["controller"]["state"]["u_"]) == 2
+    assert state["parts"]["controller"]["class"] == "morl.controllers.ctwa.CTWA"
 
 
 def test_reward_that_raises_names_the_sample(tiny_policy, tmp_path):

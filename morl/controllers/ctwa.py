@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightController, per_objective
+from morl.controllers.base import RewardLevel, per_objective
+from morl.stages import Need, Updated
 
 PAPER_TARGETS = [0.15, 0.08, 0.08]
 PAPER_LAMBDA0 = [0.333, 0.333, 0.334]
@@ -70,11 +70,11 @@ def group_covariances(
     return out
 
 
-class CTWA(WeightController):
+class CTWA(RewardLevel):
     """Covariance-targeted weight adaptation at the reward level (paper defaults for M = 3)."""
 
     name = "ctwa"
-    needs = frozenset({"clipped_weights"})
+    needs = frozenset({Need.CLIPPED_WEIGHTS})
 
     class Config(ComponentConfig):
         targets: list[float] | dict[str, float] = Field(
@@ -124,12 +124,12 @@ class CTWA(WeightController):
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(np.exp(self.u_), dtype=torch.float32)
 
-    def after_update(self, batch: Batch) -> None:
-        rewards = batch.rewards.double().numpy()
+    def after_update(self, updated: Updated) -> None:
+        rewards = updated.rewards.double().cpu().numpy()
         cov = group_covariances(
             rewards,
-            batch.clipped_weights.double().numpy(),
-            batch.group_size,
+            updated.clipped_weights.double().cpu().numpy(),
+            updated.group_size,
             self.config.signal,
             self.config.outlier_factor,
         )

@@ -45,8 +45,9 @@ import torch
 from pydantic import Field
 
 from morl.batch import Batch
+from morl.stages import Need, Scored
 from morl.components import ComponentConfig, RecipeError
-from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.gdpo import Aggregation, aggregate_advantages
 from morl.controllers.gradients import GramConfig, GramWeighting
 
@@ -96,13 +97,12 @@ def mirror_ascent_step(weights: np.ndarray, gram: np.ndarray, lr: float) -> np.n
     return new / new.sum()
 
 
-class HypervolumeWeighting(WeightController):
+class HypervolumeWeighting(AdvantageLevel):
     """Hypervolume-guided advantage multiplier on a linear (or GDPO) combination; base weights free."""
 
     name = "dynamic_hv"
-    applies_to = WeightTarget.ADVANTAGE
     normalization = "free"
-    needs = frozenset({"validation"})
+    needs = frozenset({Need.OBJECTIVE_ADVANTAGES, Need.VALIDATION})
 
     class Config(ComponentConfig):
         weights: list[float] | dict[str, float] | None = Field(
@@ -157,12 +157,20 @@ class HypervolumeWeighting(WeightController):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def combine_advantages(self, objective_advantages: torch.Tensor, batch: Batch) -> torch.Tensor:
+    @property
+    def validation_size(self) -> int:
+        return self.config.validation_size
+
+    @property
+    def validation_mode(self) -> str:
+        return self.config.validation_mode
+
+    def combine_advantages(self, objective_advantages: torch.Tensor, scored: Scored) -> torch.Tensor:
         base = aggregate_advantages(
             objective_advantages,
-            batch.rewards,
+            scored.rewards,
             self._weights,
-            batch.group_size,
+            scored.group_size,
             self.config.multi_objective_aggregation,
         )
         return self.multiplier_ * base

@@ -7,10 +7,10 @@ import torch
 from pydantic import Field
 
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightController, per_objective
+from morl.controllers.base import RewardLevel, per_objective
 
 
-class FixedWeights(WeightController):
+class FixedWeights(RewardLevel):
     """Constant weights at the reward level; equal weights ``1/M`` when none are given.
 
     Weights are free (used as given, not renormalised).

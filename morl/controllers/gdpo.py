@@ -32,9 +32,9 @@ import torch
 from pydantic import Field
 
 from morl.algos.advantages import group_normalize
-from morl.batch import Batch
+from morl.stages import Scored
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.controllers.base import AdvantageLevel, per_objective
 from morl.scalarize.base import fill_not_applicable
 
 Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
@@ -43,7 +43,7 @@ Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
 def batch_zscore(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``(x - mean) / std`` over the batch (sample std); 0 where the batch does not vary."""
     centered = values - values.mean()
-    std = values.std() if values.numel() > 1 else torch.zeros(())
+    std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
     return centered / std if std > eps else torch.zeros_like(values)
 
 
@@ -55,18 +55,17 @@ def aggregate_advantages(
     mode: Aggregation,
 ) -> torch.Tensor:
     """Combine objectives into one advantage per completion: ``[N, M]`` -> ``[N]``."""
-    weights = weights.to(objective_advantages.dtype)
+    weights = weights.to(objective_advantages)
     if mode == "normalize_then_sum":
         return batch_zscore(objective_advantages @ weights)
     filled = fill_not_applicable(rewards, group_size).to(weights.dtype)
     return group_normalize(filled @ weights, group_size)
 
 
-class GDPO(WeightController):
+class GDPO(AdvantageLevel):
     """Decoupled (per-objective) group normalisation, or TRL's default sum-then-normalise."""
 
     name = "gdpo"
-    applies_to = WeightTarget.ADVANTAGE
     normalization = "free"
 
     class Config(ComponentConfig):
@@ -88,11 +87,11 @@ class GDPO(WeightController):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def combine_advantages(self, objective_advantages: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def combine_advantages(self, objective_advantages: torch.Tensor, scored: Scored) -> torch.Tensor:
         return aggregate_advantages(
             objective_advantages,
-            batch.rewards,
+            scored.rewards,
             self._weights,
-            batch.group_size,
+            scored.group_size,
             self.config.multi_objective_aggregation,
         )

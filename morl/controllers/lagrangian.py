@@ -26,16 +26,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.components import ComponentConfig, RecipeError
-from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.controllers.base import AdvantageLevel, per_objective
+from morl.stages import Scored
 
 
-class Lagrangian(WeightController):
+class Lagrangian(AdvantageLevel):
     """Dual ascent on constraint gaps; weights on advantages, free."""
 
     name = "lagrangian"
-    applies_to = WeightTarget.ADVANTAGE
     normalization = "free"
 
     class Config(ComponentConfig):
@@ -58,8 +57,8 @@ class Lagrangian(WeightController):
         if getattr(self, "lambdas_", None) is None:
             self.lambdas_ = np.zeros(len(names))
 
-    def before_update(self, batch: Batch) -> None:
-        means = torch.nanmean(batch.rewards.double(), dim=0).cpu().numpy()[self._constraints]
+    def before_update(self, scored: Scored) -> None:
+        means = torch.nanmean(scored.rewards.double(), dim=0).cpu().numpy()[self._constraints]
         gap = np.where(np.isfinite(means), self._targets - means, 0.0)  # no applicable reward: no evidence
         self.lambdas_ = np.maximum(0.0, self.lambdas_ + self.config.dual_lr * gap)
         if self.config.lambda_max is not None:
@@ -71,8 +70,8 @@ class Lagrangian(WeightController):
         w[self._constraints] = self.lambdas_
         return torch.as_tensor(w, dtype=torch.float32)
 
-    def combine_advantages(self, objective_advantages: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return objective_advantages @ self.weights().to(objective_advantages.dtype)
+    def combine_advantages(self, objective_advantages: torch.Tensor, scored: Scored) -> torch.Tensor:
+        return objective_advantages @ self.weights().to(objective_advantages)
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightController, per_objective
+from morl.controllers.base import RewardLevel, per_objective
+from morl.stages import Updated
 
 
-class WeightSchedule(WeightController):
+class WeightSchedule(RewardLevel):
     """Weights that ramp from ``start`` to ``end`` over ``steps`` steps after ``delay``, linearly or on a cosine."""
 
     name = "schedule"
@@ -78,7 +78,7 @@ class WeightSchedule(WeightController):
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(self._start + self.progress() * (self._end - self._start), dtype=torch.float32)
 
-    def after_update(self, batch: Batch | None) -> None:
+    def after_update(self, updated: Updated | None) -> None:
         self.step_ += 1
 
     def metrics(self) -> dict[str, float]:

@@ -86,6 +86,9 @@ class Accuracy(RewardFn):
     def required_columns(self) -> list[str]:
         return [self.config.answer_column]
 
+    def counters(self) -> dict[str, float]:
+        return {"timeouts": float(getattr(self, "timeouts_", 0))}
+
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         column = self.config.answer_column
         if column not in columns:

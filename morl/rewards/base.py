@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -37,6 +37,9 @@ class RewardFn(Component):
     """
 
     family = "reward"
+    # True when a held-out value is relative to the training history (conciseness: below the running mean length),
+    # so start and end values are not comparable; tables and reports show mean length for it instead
+    moving_target: ClassVar[bool] = False
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         raise NotImplementedError
@@ -45,9 +48,18 @@ class RewardFn(Component):
         """Dataset columns every row must have (checked before training, so a missing one fails at once)."""
         return []
 
+    def counters(self) -> dict[str, float]:
+        """Running counts to log as ``rewards/{name}/{counter}`` (e.g. answer-checker timeouts); default none."""
+        return {}
+
 
 class RewardError(RuntimeError):
     """A reward raised, returned a non-finite value, or the wrong number of values."""
+
+
+def is_moving_target(reward: RewardCallable) -> bool:
+    """Plain functions are not moving targets; :class:`RewardFn` subclasses say so with ``moving_target``."""
+    return isinstance(reward, RewardFn) and reward.moving_target
 
 
 def objective_name(reward: RewardCallable) -> str:

@@ -22,4 +22,4 @@ class Linear(Scalarizer):
     def __call__(self, rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if rewards.shape[-1] != weights.shape[0]:
             raise ValueError(f"linear: {rewards.shape[-1]} objectives but {weights.shape[0]} weights")
-        return rewards @ weights.to(rewards.dtype)
+        return rewards @ weights.to(rewards)

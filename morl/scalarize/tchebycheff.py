@@ -20,8 +20,8 @@ The ideal point (``reference``):
     ``ideal_``, created on the first observe. ``batch``: the current batch's elementwise max (no state).
     ``fixed``: the point ``ideal`` given in the config.
 
-Weights come from the controller (e.g. ``fixed``: 1/M each) and act on raw rewards (``applies_to``: reward
-level); the score is then normalised once by the advantage estimator. With 0/1 rewards and ideal 1, the
+Weights come from the controller (e.g. ``fixed``: 1/M each) and act on raw rewards (only under a reward-level
+controller); the score is then normalised once by the advantage estimator. With 0/1 rewards and ideal 1, the
 Tchebycheff score is ``-max_m w_m [r_m = 0]``: a completion is only as good as its worst objective.
 
 Example:
@@ -33,14 +33,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightTarget
 from morl.scalarize.base import Scalarizer
 
 
@@ -48,7 +47,6 @@ class Tchebycheff(Scalarizer):
     """``s = -max_m w_m (z_m - r_m)`` with a running, per-batch or fixed ideal point ``z``."""
 
     name = "tchebycheff"
-    applies_to: ClassVar[WeightTarget] = WeightTarget.REWARD
 
     class Config(ComponentConfig):
         reference: Literal["running", "batch", "fixed"] = Field(
@@ -74,9 +72,9 @@ class Tchebycheff(Scalarizer):
     def ideal_point(self, rewards: torch.Tensor) -> torch.Tensor:
         """``z`` for scoring ``rewards``: the fixed point, the running one, or (before any observe) the batch max."""
         if self.config.reference == "fixed":
-            z = torch.tensor(self.config.ideal, dtype=rewards.dtype)
+            z = torch.tensor(self.config.ideal, dtype=rewards.dtype, device=rewards.device)
         elif self.config.reference == "running" and getattr(self, "ideal_", None) is not None:
-            z = torch.as_tensor(self.ideal_, dtype=rewards.dtype)
+            z = torch.as_tensor(self.ideal_, dtype=rewards.dtype, device=rewards.device)
         else:
             z = rewards.max(dim=0).values
         if z.shape[0] != rewards.shape[-1]:
@@ -86,7 +84,7 @@ class Tchebycheff(Scalarizer):
     def gaps(self, rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if rewards.shape[-1] != weights.shape[0]:
             raise ValueError(f"{self.name}: {rewards.shape[-1]} objectives but {weights.shape[0]} weights")
-        return weights.to(rewards.dtype) * (self.ideal_point(rewards) - rewards)
+        return weights.to(rewards) * (self.ideal_point(rewards) - rewards)
 
     def __call__(self, rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return -self.gaps(rewards, weights).max(dim=-1).values

@@ -1,0 +1,69 @@
+"""Callbacks: code that watches a fit (diagnostics, progress, user hooks) through typed contexts.
+
+A callback never sees the pipeline: it gets a :class:`FitContext` once (where the run lives, the objectives, the
+policy and the loss it may differentiate) and a :class:`StepContext` after every step (the step's records and its
+metrics, to which it may add). What it needs computed it declares in ``needs`` (:class:`morl.stages.Need`).
+
+Example:
+    >>> class PrintLoss(Callback):
+    ...     def on_step_end(self, ctx: StepContext) -> None:
+    ...         print(ctx.step, ctx.metrics.get("loss"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from morl.algos import PolicyAlgo
+    from morl.policy import Policy
+    from morl.stages import Need, Updated
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a callback may know about the fit it watches."""
+
+    run_dir: Path
+    objectives: tuple[str, ...]
+    policy: Policy
+    algo: PolicyAlgo
+    start_step: int  # 0, or the step a resumed fit continues from
+    is_main: bool  # process 0 writes files; the others keep the same state silently
+    segment: int = 0  # the manifest segment this fit writes (rows and events are tagged with it)
+
+
+@dataclass
+class StepContext:
+    """One finished training step: its records (rollout -> scored -> weighted -> updated) and metrics.
+
+    ``metrics`` is the row that goes to ``metrics.jsonl``; a callback adds its own keys to it.
+    """
+
+    fit: FitContext
+    step: int
+    record: Updated
+    metrics: dict[str, float]
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Something whose state a checkpoint saves and a resume restores (JSON-able)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Callback:
+    """Hooks around a fit; every method is optional. A stateful callback also implements :class:`Stateful`."""
+
+    needs: frozenset[Need] = frozenset()
+
+    def on_fit_start(self, ctx: FitContext) -> None: ...
+
+    def on_step_end(self, ctx: StepContext) -> None: ...
+
+    def on_fit_end(self, ctx: FitContext, history: list[dict[str, Any]]) -> None: ...

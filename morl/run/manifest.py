@@ -1,0 +1,225 @@
+"""``run_dir/manifest.json``: what a run is, written at its start and updated as it is resumed.
+
+Readers (plots, reports, resume) learn the recipe, the objectives, the method and the library versions from
+here instead of parsing reprs or metric names. Each start or resume of the run is a *segment* that records
+the step it started from, the recipe it ran with and any recipe change it was allowed to make. The file is
+replaced atomically, so a kill leaves the previous version or the new one, never half of one.
+
+Example:
+    >>> import tempfile
+    >>> run_dir = Path(tempfile.mkdtemp())
+    >>> method = {"controller": "fixed", "weights_act_on": "reward", "normalization": "free",
+    ...           "scalarizer": "linear", "advantage": "group_norm", "algo": "grpo"}
+    >>> m = Manifest.create(run_dir, {"train": {"steps": 10}}, [{"name": "accuracy", "reward": "acc"}], method)
+    >>> _ = m.end_segment(run_dir, to_step=4, status="interrupted")
+    >>> _ = m.begin_segment(run_dir, "resume", from_step=4, recipe={"train": {"steps": 10}})
+    >>> [(s.kind, s.from_step, s.status) for s in Manifest.load(run_dir).segments]
+    [('start', 0, 'interrupted'), ('resume', 4, 'running')]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from morl.run._plain import now_iso, to_plain
+from morl.run.directory import RunDirError, RunExistsError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = 1
+#: Distributions whose versions a manifest records (those not installed are left out).
+VERSIONED = ("morl", "torch", "transformers", "accelerate", "pydantic", "numpy", "math-verify", "vllm", "peft")
+
+SegmentStatus = Literal["running", "finished", "interrupted", "failed"]
+
+
+class Objective(BaseModel):
+    """One objective of the run: its name, which way is better, and the reward that scores it."""
+
+    name: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    moving_target: bool = Field(False, description="the reward's standard moves during training (e.g. a running mean)")
+    reward: str = Field(description="import path of the reward, e.g. morl.rewards.accuracy.Accuracy")
+
+
+class Method(BaseModel):
+    """How the objectives are combined; extra keys (a controller's own settings) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    controller: str
+    weights_act_on: str = Field(description="reward, advantage or gradient")
+    normalization: str = Field(description="simplex, sum_to_m or free")
+    scalarizer: str | None = Field(None, description="the scalarizer, when the weights act on rewards; else None")
+    advantage: str
+    algo: str
+
+
+class Segment(BaseModel):
+    """One start or resume of the run: the steps it ran, how it ended, and the recipe it ran with."""
+
+    index: int = Field(ge=0)
+    kind: Literal["start", "resume"]
+    from_step: int = Field(ge=0)
+    to_step: int | None = None
+    started: str
+    ended: str | None = None
+    status: SegmentStatus = "running"
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    accepted_differences: list[str] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    """The record of a run directory (see the module docstring); keys added by other tools are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: int = FORMAT
+    created: str
+    recipe: dict[str, Any]
+    objectives: list[Objective]
+    method: Method
+    versions: dict[str, str] = Field(default_factory=dict)
+    segments: list[Segment] = Field(min_length=1)
+
+    @classmethod
+    def create(
+        cls,
+        run_dir: str | Path,
+        recipe: Mapping[str, Any] | BaseModel,
+        objectives: Sequence[Objective | Mapping[str, Any]],
+        method: Method | Mapping[str, Any],
+    ) -> Manifest:
+        """Write the manifest of a new run (first segment: ``start`` from step 0, running) and return it.
+
+        Refuses a folder that already has a manifest: a new run must not rewrite an old run's record.
+        """
+        run_dir = Path(run_dir)
+        if (run_dir / MANIFEST_FILE).exists():
+            raise RunExistsError(f"{run_dir / MANIFEST_FILE} already exists: {run_dir} holds a run")
+        plain = to_plain(recipe)
+        created = now_iso()
+        manifest = cls(
+            created=created,
+            recipe=plain,
+            objectives=[Objective.model_validate(o) for o in objectives],
+            method=Method.model_validate(method),
+            versions=library_versions(),
+            segments=[Segment(index=0, kind="start", from_step=0, started=created, recipe=plain)],
+        )
+        manifest.save(run_dir)
+        return manifest
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Manifest | None:
+        """The manifest of ``run_dir``; None when it has none (runs of older morl versions)."""
+        path = Path(run_dir) / MANIFEST_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise RunDirError(f"cannot read run manifest {path}: {err}") from err
+        try:
+            manifest = cls.model_validate_json(text)
+        except ValidationError as err:
+            raise RunDirError(f"unreadable run manifest {path}:\n{err}") from err
+        if manifest.format > FORMAT:
+            raise RunDirError(
+                f"run manifest {path} has format {manifest.format}; this morl reads up to {FORMAT}: upgrade morl"
+            )
+        return manifest
+
+    @property
+    def current_segment(self) -> Segment:
+        """The latest segment: the one running now, or the last one that ran."""
+        return self.segments[-1]
+
+    def begin_segment(
+        self,
+        run_dir: str | Path,
+        kind: Literal["start", "resume"],
+        from_step: int,
+        recipe: Mapping[str, Any] | BaseModel,
+        accepted_differences: Sequence[Any] = (),
+    ) -> Segment:
+        """Record a new segment (a resume) and save.
+
+        A previous segment still marked ``running`` belongs to a process that died without ending it (the new
+        one holds the run's lock), so it is marked ``interrupted``.
+        """
+        if self.current_segment.status == "running":
+            self.current_segment.status = "interrupted"
+        segment = Segment(
+            index=len(self.segments),
+            kind=kind,
+            from_step=from_step,
+            started=now_iso(),
+            recipe=to_plain(recipe),
+            accepted_differences=[str(d) for d in accepted_differences],
+        )
+        self.segments.append(segment)
+        self.save(run_dir)
+        return segment
+
+    def end_segment(self, run_dir: str | Path, to_step: int, status: SegmentStatus) -> Segment:
+        """Close the current segment at ``to_step`` with ``status`` and save."""
+        if status == "running":
+            raise ValueError("end_segment needs a final status: finished, interrupted or failed")
+        segment = self.current_segment
+        segment.to_step = to_step
+        segment.ended = now_iso()
+        segment.status = status
+        self.save(run_dir)
+        return segment
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Replace ``run_dir/manifest.json`` atomically: a temporary file beside it, fsync, ``os.replace``."""
+        run_dir = Path(run_dir)
+        path = run_dir / MANIFEST_FILE
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{MANIFEST_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.model_dump_json(indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(run_dir)
+        return path
+
+
+def library_versions() -> dict[str, str]:
+    """Python's version and those of the installed libraries that shape a run's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename itself durable; best effort (not every file system allows opening a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,749 @@
+"""The trainer: the training step as typed stages, and the loop that owns a run directory.
+
+One step::
+
+    rollout (Batch) -> Scored -> controller.before_update -> Weighted -> updater -> Updated -> controller.after_update
+
+Each record is made by one stage (:mod:`morl.stages`) and every tensor in it lives on the policy's device. What is
+computed beyond the default path follows the components' ``needs`` (:class:`morl.stages.Need`).
+
+The loop owns its run directory (:mod:`morl.run`): it refuses a folder that already holds a run, holds a lock while
+it writes, appends to ``metrics.jsonl`` (rows tagged with their manifest segment), writes the manifest at the start
+and one segment per start or resume, and checkpoints the :class:`morl.state.TrainingState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from morl import distributed
+from morl.algos import AdvantageEstimator, PolicyAlgo
+from morl.algos.importance import importance_metrics
+from morl.batch import Batch
+from morl.callbacks import Callback, FitContext, StepContext
+from morl.checkpoint import (
+    CheckpointError,
+    GracefulStop,
+    Interrupted,
+    check_reference,
+    find_checkpoint,
+    load_rng,
+    load_tensors,
+    prepare_resume,
+    read_checkpoint,
+    reference_pointer,
+    run_dir_of,
+    save_checkpoint,
+    weights_fingerprint,
+)
+from morl.components import RecipeError
+from morl.controllers.base import AdvantageLevel, GradientLevel, RewardLevel, UsesValidation, WeightController
+from morl.evaluation import Evaluator, split_examples
+from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
+from morl.policy import Policy
+from morl.rewards import RewardFn, check_columns, is_moving_target, score_rewards
+from morl.rollout import RolloutBackend
+from morl.run import (
+    Manifest,
+    RunLock,
+    check_new_run,
+    check_resume,
+    fresh_run_dir,
+    read_metrics,
+)
+from morl.scalarize import Scalarizer, fill_not_applicable
+from morl.stages import Need, Scored, Updated, Weighted
+from morl.state import StateMismatch, TrainingState, capture_parts, restore_parts
+
+
+class TrainConfig(BaseModel):
+    """Loop settings: how many steps, how big a step, when to evaluate, where to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, ge=0, description="training steps (one rollout batch and its policy update each)")
+    prompts_per_step: int = Field(
+        8, ge=1, description="P prompts per step (P × K completions); must divide evenly across processes"
+    )
+    group_size: int = Field(8, ge=2, description="K completions per prompt; group methods need K >= 2")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    seed: int = Field(0, description="seed of prompt order and sampling (offset per process and per step)")
+    eval_every: int = Field(25, ge=0, description="evaluate every N steps (0: only at start and end)")
+    eval_greedy: bool = Field(True, description="evaluate with greedy decoding")
+    eval_sampled: bool = Field(True, description="evaluate with the rollout's sampling (one completion per prompt)")
+    eval_batch_size: int = Field(64, ge=1, description="eval prompts generated at once; lower it to save memory")
+    output_dir: str | None = Field(
+        None,
+        description="run directory; must not hold a run already (resume it, or overwrite explicitly); "
+        "None: a fresh runs/<date-time>",
+    )
+    on_reward_error: Literal["raise", "skip"] = Field(
+        "raise", description="a reward that fails: stop, or mark the sample not applicable and count it"
+    )
+    checkpoint_every: int = Field(50, ge=0, description="write a checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="stop after this many steps in a row whose loss or gradient was not finite"
+    )
+    save_model: bool = Field(True, description="write the final model (Hugging Face format) to the run directory")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    progress: bool = Field(True, description="show a progress bar and summary in the console (process 0)")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["jsonl"], description="where metrics go besides metrics.jsonl, which is always written"
+    )
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def evals(self) -> list[dict[str, Any]]:
+        return [row for row in self.history if row.get("kind") == "eval"]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The composed components a trainer runs; built and checked against each other by the Pipeline."""
+
+    policy: Policy
+    rewards: list[Any]
+    objectives: tuple[str, ...]
+    scalarizer: Scalarizer
+    advantage: AdvantageEstimator
+    algo: PolicyAlgo
+    controller: WeightController
+    rollout: RolloutBackend
+
+
+class Trainer:
+    """Runs steps and the fit loop over :class:`Parts`; its mutable state is one :class:`TrainingState`."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        config: TrainConfig,
+        callbacks: list[Callback],
+        optimizer: torch.optim.Optimizer,
+        reference: Policy | None,
+        evaluator: Evaluator,
+        recipe: dict[str, Any],
+        manifest_method: dict[str, Any],
+    ) -> None:
+        self.parts = parts
+        self.config = config
+        self.callbacks = callbacks  # the pipeline's list: a callback appended there is seen here
+        self.optimizer = optimizer
+        self.reference = reference
+        self.evaluator = evaluator
+        self.recipe = recipe
+        self.manifest_method = manifest_method
+        self.state = TrainingState()
+        self.validation_data: list[dict[str, Any]] | None = None
+        self._order: list[int] = []  # this epoch's prompt order, recomputed from the seed after a resume
+        self._reference_fingerprint: str | None = None
+        self._fit: FitContext | None = None
+
+    # ---- what is computed -------------------------------------------------------------------------------------
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        needs = set(self.parts.controller.needs)
+        for cb in self.callbacks:
+            needs |= set(cb.needs)
+        return frozenset(needs)
+
+    def stateful_parts(self) -> dict[str, Any]:
+        """Every part whose learned state a checkpoint carries, by role."""
+        p = self.parts
+        out: dict[str, Any] = {
+            "scalarizer": p.scalarizer,
+            "advantage": p.advantage,
+            "algo": p.algo,
+            "controller": p.controller,
+            "rollout": p.rollout,
+        }
+        out.update({f"reward/{name}": reward for name, reward in zip(p.objectives, p.rewards)})
+        out.update({f"callback/{i}/{type(cb).__name__}": cb for i, cb in enumerate(self.callbacks)})
+        return out
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+
+    def step(self, examples: list[dict[str, Any]]) -> tuple[Updated, dict[str, float]]:
+        """One training step on these prompts; returns the step's last record and its metrics."""
+        p = self.parts
+        timings: dict[str, float] = {}
+        validation = isinstance(p.controller, UsesValidation) and Need.VALIDATION in self.needs
+        if validation and self.state.step == 0:
+            t0 = time.perf_counter()
+            p.controller.observe_validation(self._validation_means())  # the initial model's point
+            timings["timing/validation"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rollout = self._rollout(examples, timings)
+        timings["timing/rollout"] = time.perf_counter() - t0 - timings.get("timing/reference", 0.0)
+
+        t0 = time.perf_counter()
+        scored = self._score(rollout)
+        timings["timing/reward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        p.controller.before_update(scored)
+        weighted = self._weigh(scored)
+        timings["timing/controller"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        combine = p.controller.combine_losses if isinstance(p.controller, GradientLevel) else None
+        stats = p.algo.update(p.policy, self.optimizer, weighted.train, combine=combine)
+        p.rollout.weights_changed(p.policy)
+        timings["timing/update"] = time.perf_counter() - t0 + timings.pop("timing/reference", 0.0)
+        nonfinite = stats.get("skipped_nonfinite", 0.0) > 0  # the updater skipped the optimizer step
+        self.state.skipped_steps += int(nonfinite)
+        self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
+
+        t0 = time.perf_counter()
+        updated = self._updated(weighted, stats)
+        p.controller.after_update(updated)
+        timings["timing/controller"] += time.perf_counter() - t0
+        if validation:
+            t0 = time.perf_counter()
+            p.controller.observe_validation(self._validation_means())
+            timings["timing/validation"] = timings.get("timing/validation", 0.0) + time.perf_counter() - t0
+
+        self.state.step += 1
+        metrics = self._step_metrics(updated)
+        metrics.update(timings)
+        if self._fit is not None:
+            ctx = StepContext(fit=self._fit, step=self.state.step, record=updated, metrics=metrics)
+            for cb in self.callbacks:
+                cb.on_step_end(ctx)
+        return updated, metrics
+
+    def _rollout(self, examples: list[dict[str, Any]], timings: dict[str, float]) -> Batch:
+        """Sample K completions per prompt on this process's share, add the trainer's (and the reference's)
+        log-probs, and gather every process's rows."""
+        p = self.parts
+        k = self.config.group_size
+        shard = distributed.shard_slice(len(examples), "prompts per step")  # all of them in one process
+        prompts, columns = split_examples(examples[shard])
+        p.policy.model.eval()
+        batch = p.rollout.generate(p.policy, prompts, columns, k)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            old = batch.old_logprobs
+            if old is None:  # vLLM, or rollout.logprobs: trainer: the trainer's own log-probs
+                old = self.logprobs(p.policy, batch)
+            ref = self.logprobs(self.reference, batch) if self.reference is not None else None
+        batch = dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref)
+        timings["timing/reference"] = time.perf_counter() - t0
+        if distributed.is_distributed():  # every process gets the whole batch and trains on its own rows
+            batch = distributed.gather_batch(batch, p.policy.tokenizer.pad_token_id)
+            batch = dataclasses.replace(batch, local_rows=slice(shard.start * k, shard.stop * k))
+        return batch
+
+    def _score(self, rollout: Batch) -> Scored:
+        p = self.parts
+        rewards, skipped = score_rewards(
+            p.rewards,
+            rollout.prompts,
+            rollout.completions,
+            rollout.columns,
+            training=True,
+            completion_lengths=rollout.completion_lengths.tolist(),
+            on_error=self.config.on_reward_error,
+        )
+        if distributed.is_distributed():  # every process scored the same batch; process 0's scores rule, in case
+            rewards, skipped = distributed.broadcast_object((rewards, skipped))  # a reward is random
+        device = rollout.completion_mask.device
+        return Scored(rollout=rollout, rewards=rewards.to(device), objectives=p.objectives, skipped=skipped)
+
+    def _weigh(self, scored: Scored) -> Weighted:
+        """Apply the weights where the controller's family says; every tensor on the rewards' device."""
+        p = self.parts
+        k = scored.group_size
+        filled = fill_not_applicable(scored.rewards, k)
+        weights = p.controller.weights().to(filled)
+        objective_advantages = None
+        if Need.OBJECTIVE_ADVANTAGES in self.needs:
+            objective_advantages = torch.stack([p.advantage(filled[:, m], k) for m in range(filled.shape[1])], dim=1)
+        if isinstance(p.controller, RewardLevel):
+            p.scalarizer.observe(filled)
+            scores = p.scalarizer(filled, weights)
+            penalty = p.algo.kl_reward_penalty(scored.rollout)  # algo.kl_in: reward
+            if penalty is not None:
+                scores = scores - penalty
+            advantages = p.advantage(scores, k)
+        elif isinstance(p.controller, AdvantageLevel):
+            advantages = p.controller.combine_advantages(objective_advantages, scored)
+            scores = filled @ weights
+        else:  # gradient level: the controller combines per-objective losses; these are for logging
+            scores = filled @ weights
+            advantages = objective_advantages @ weights
+        train = dataclasses.replace(
+            scored.rollout, rewards=scored.rewards, advantages=advantages, objective_advantages=objective_advantages
+        )
+        return Weighted(
+            scored=scored,
+            weights=weights,
+            scores=scores,
+            advantages=advantages,
+            objective_advantages=objective_advantages,
+            train=train,
+        )
+
+    def _updated(self, weighted: Weighted, stats: dict[str, float]) -> Updated:
+        """The update's record; the clipped advantage weights under the updated policy when someone needs them
+        (computed on this process's rows, then gathered)."""
+        if Need.CLIPPED_WEIGHTS not in self.needs:
+            return Updated(weighted=weighted, stats=stats)
+        p = self.parts
+        train = weighted.train
+        mine = train.select(train.local_rows) if train.local_rows is not None else train
+        with torch.no_grad():
+            new_logp = self.logprobs(p.policy, mine)
+        clip = p.algo.loss(new_logp, mine)  # the loss's own ratio and clip mask under the updated policy
+        return Updated(
+            weighted=weighted,
+            stats=stats,
+            clipped_weights=distributed.gather_rows(p.algo.clipped_advantage_weight(new_logp, mine)),
+            new_ratio=distributed.gather_rows(clip.ratio),
+            new_unclipped=distributed.gather_rows(clip.unclipped.to(clip.ratio.dtype)).bool(),
+        )
+
+    def logprobs(self, policy: Policy, batch: Batch) -> torch.Tensor:
+        """Completion log-probs ``[N, L]`` (0 on padding) under ``policy``, in chunks of the algorithm's
+        ``micro_batch_size`` rows (memory); no gradient."""
+        algo = self.parts.algo
+        size = algo.config.micro_batch_size or batch.size
+        parts = []
+        for start in range(0, batch.size, size):
+            rows = slice(start, start + size)
+            logp, _ = policy.token_logprobs(
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                batch.prompt_width,
+                algo.config.temperature,
+                group_size=batch.group_size if start % batch.group_size == 0 and size % batch.group_size == 0 else 1,
+            )
+            parts.append(logp * batch.completion_mask[rows])
+        return torch.cat(parts)
+
+    def _step_metrics(self, updated: Updated) -> dict[str, float]:
+        p = self.parts
+        metrics: dict[str, float] = {"step": self.state.step}
+        rewards = updated.rewards.detach().cpu()
+        for m, name in enumerate(p.objectives):
+            column = rewards[:, m]
+            valid = column[~torch.isnan(column)]
+            metrics[f"rewards/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
+            metrics[f"rewards/{name}/std"] = float(valid.std()) if valid.numel() > 1 else math.nan
+            if updated.scored.skipped.get(name):
+                metrics[f"rewards/{name}/skipped"] = updated.scored.skipped[name]
+        scores = updated.scores.detach().cpu()
+        metrics["reward"] = float(scores.mean())
+        metrics["reward_std"] = float(scores.std())
+        lengths = updated.rollout.completion_lengths.float().cpu()
+        metrics["completions/mean_length"] = float(lengths.mean())
+        metrics["completions/max_length"] = float(lengths.max())
+        metrics["advantages/zero_fraction"] = float((updated.advantages.abs() < 1e-8).float().mean())
+        metrics.update(updated.stats)
+        metrics.update(p.controller.metrics())
+        for name, reward in zip(p.objectives, p.rewards):
+            if isinstance(reward, RewardFn):
+                for counter, value in reward.counters().items():
+                    metrics[f"rewards/{name}/{counter}"] = float(value)
+        rollout = updated.rollout
+        if rollout.sampling_logprobs is not None:
+            cfg = p.algo.config
+            metrics.update(
+                importance_metrics(
+                    rollout.old_logprobs,
+                    rollout.sampling_logprobs,
+                    rollout.completion_mask,
+                    cfg.importance_correction,
+                    cfg.importance_cap,
+                )
+            )
+        metrics["train/skipped_steps"] = self.state.skipped_steps
+        return metrics
+
+    def _validation_means(self) -> dict[str, float]:
+        controller = self.parts.controller
+        assert isinstance(controller, UsesValidation)
+        if not self.validation_data:
+            raise ValueError(
+                f"{type(controller).__name__} learns from validation prompts: pass training data to fit() "
+                "or set pipeline.validation_data"
+            )
+        examples = self.validation_data[: controller.validation_size]
+        return self.evaluator.means(self.parts.policy, examples, controller.validation_mode)  # type: ignore[arg-type]
+
+    def evaluate(self, examples: list[dict[str, Any]]) -> dict[str, float]:
+        modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
+        return self.evaluator.evaluate(self.parts.policy, examples, modes)  # type: ignore[arg-type]
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_data: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None = None,
+        resume_from: str | Path | None = None,
+        overwrite: bool = False,
+        accept_changes: Sequence[str] = (),
+    ) -> FitResult:
+        """See :meth:`morl.pipeline.Pipeline.fit`."""
+        cfg = self.config
+        p = self.parts
+        main = distributed.is_main()  # process 0 writes the files and speaks for the run
+        if not main:
+            console.quiet = True
+        self._check_inputs(train_data, eval_data)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        if self.validation_data is None:  # a fixed sample of the training prompts; never the reported eval split
+            self.validation_data = random.Random(cfg.seed).sample(train_data, len(train_data))
+        checkpoint = find_checkpoint(resume_from) if resume_from is not None else None
+        run_dir = run_dir_of(checkpoint) if checkpoint is not None else self._new_run_dir(overwrite)
+        with RunLock(run_dir) if main else _no_lock():
+            return self._fit_locked(run_dir, checkpoint, train_data, eval_data, accept_changes)
+
+    def _new_run_dir(self, overwrite: bool) -> Path:
+        out = self.config.output_dir
+        if distributed.is_main():
+            run_dir = Path(out) if out else fresh_run_dir()
+            check_new_run(run_dir, overwrite=overwrite)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            run_dir = None
+        return Path(distributed.broadcast_object(str(run_dir)))
+
+    def _fit_locked(
+        self,
+        run_dir: Path,
+        checkpoint: Path | None,
+        train_data: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        accept_changes: Sequence[str],
+    ) -> FitResult:
+        cfg = self.config
+        p = self.parts
+        main = distributed.is_main()
+        recipe = self._recipe_for(run_dir, train_data, eval_data, write_data=main and checkpoint is None)
+        identity = self._identity(recipe, train_data, eval_data)
+        history: list[dict[str, Any]] = []
+        manifest: Manifest | None = None
+        if checkpoint is None:
+            if self.state.step == 0:
+                seed_everything(cfg.seed + 1_000_003 * distributed.rank())  # processes sample different completions
+            if main:
+                import yaml
+
+                (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+                manifest = Manifest.create(run_dir, recipe, self._objectives_manifest(), self.manifest_method)
+        else:
+            accepted = self._resume(checkpoint, identity, accept_changes)
+            if main:
+                manifest = Manifest.load(run_dir)
+                if manifest is None:
+                    raise CheckpointError(f"{run_dir} has checkpoints but no manifest.json: it was not written by fit")
+                manifest.begin_segment(
+                    run_dir, "resume", self.state.step, recipe, [str(d) for d in accepted]
+                )
+                history = [row for row in read_metrics(run_dir) if row.get("step", 0) <= self.state.step]
+                console.print(f"resuming [bold]{run_dir}[/] at step {self.state.step} from {checkpoint.name}")
+            if distributed.is_distributed():
+                history = distributed.broadcast_object(history)
+                seed_everything(cfg.seed + 1_000_003 * distributed.rank() + 7_919 * self.state.step)
+        segment = manifest.current_segment.index if manifest is not None else 0
+        segment = int(distributed.broadcast_object(segment))
+        self.state.segment = segment
+        self.state.identity = identity
+        writer = open_loggers(run_dir, cfg.loggers, config=recipe) if main else _NoWriter()
+        self._fit = FitContext(
+            run_dir=run_dir,
+            objectives=tuple(p.objectives),
+            policy=p.policy,
+            algo=p.algo,
+            start_step=self.state.step,
+            is_main=main,
+            segment=segment,
+        )
+        for cb in self.callbacks:
+            cb.on_fit_start(self._fit)
+        if p.policy.sharded and main:
+            console.print(
+                "[yellow]sharded parameters (FSDP/ZeRO-3): no checkpoints are written[/] (train.checkpoint_every is "
+                "ignored); the final model is saved. Use DDP (cookbook/accelerate/ddp.yaml) to resume runs."
+            )
+        saved = checkpoint
+        saved_step = self.state.step if checkpoint is not None else None
+
+        def record(row: dict[str, Any]) -> None:
+            row = {**row, "segment": segment}
+            writer.write(row)
+            history.append(row)
+
+        def write_checkpoint() -> Path | None:
+            nonlocal saved, saved_step
+            if saved_step != self.state.step and not p.policy.sharded:
+                if main:  # every process holds the same state under DDP
+                    saved = self._save_checkpoint(run_dir)
+                saved_step = self.state.step
+                distributed.barrier()
+            return saved
+
+        evals = [row for row in history if row.get("kind") == "eval"]
+        first_eval = evals[0] if evals else None
+        last_eval = evals[-1] if evals else None
+        status = "failed"
+        try:
+            if eval_data and self.state.step == 0 and first_eval is None:
+                first_eval = {"kind": "eval", "step": 0, **self.evaluate(eval_data)}
+                record(first_eval)
+                last_eval = first_eval
+            with (
+                GracefulStop() as stop,
+                TrainingProgress(
+                    cfg.steps, list(p.objectives), enabled=cfg.progress and main, start=self.state.step
+                ) as progress,
+            ):
+                while self.state.step < cfg.steps:
+                    signum = stop.signum
+                    if distributed.is_distributed():  # stop together, or the others wait forever
+                        signum = int(distributed.all_reduce_max(torch.tensor([signum or 0]))[0]) or None
+                    if signum is not None:
+                        status = "interrupted"
+                        raise Interrupted(signum, self.state.step, write_checkpoint())
+                    _, metrics = self.step(self._next_examples(train_data))
+                    record({"kind": "train", **metrics})
+                    progress.update(metrics)
+                    streak = self.state.nonfinite_streak
+                    if streak:
+                        console.print(
+                            f"[yellow]step {self.state.step}: non-finite loss or gradient, update skipped[/] "
+                            f"({streak} in a row; stopping at {cfg.max_nonfinite_steps})"
+                        )
+                    if eval_data and cfg.eval_every and self.state.step % cfg.eval_every == 0:
+                        last_eval = {"kind": "eval", "step": self.state.step, **self.evaluate(eval_data)}
+                        record(last_eval)
+                    if streak >= cfg.max_nonfinite_steps:
+                        keep = write_checkpoint if self._parameters_finite() else None
+                        raise self._nonfinite_error(metrics, keep, saved)
+                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                        write_checkpoint()
+            if eval_data and (last_eval is None or last_eval["step"] != self.state.step):
+                last_eval = {"kind": "eval", "step": self.state.step, **self.evaluate(eval_data)}
+                record(last_eval)
+            write_checkpoint()
+            status = "finished"
+        finally:
+            writer.close()
+            if manifest is not None:
+                manifest.end_segment(run_dir, self.state.step, status)
+        self._save_final(run_dir)
+        for cb in self.callbacks:
+            cb.on_fit_end(self._fit, history)
+        if cfg.progress and first_eval and last_eval:
+            moving = frozenset(n for n, r in zip(p.objectives, p.rewards) if is_moving_target(r))
+            print_eval_table(first_eval, last_eval, list(p.objectives), moving)
+        distributed.barrier()
+        return FitResult(run_dir=run_dir, history=history)
+
+    def _check_inputs(self, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:
+        p = self.parts
+        if not train_data:
+            raise ValueError("train_data is empty")
+        if self.config.prompts_per_step % distributed.world_size():
+            n = distributed.world_size()
+            raise RecipeError(
+                f"train.prompts_per_step={self.config.prompts_per_step} cannot be split evenly across {n} processes; "
+                f"use a multiple of {n}"
+            )
+        for split, rows in (("train", train_data), ("eval", eval_data or [])):  # bad data fails now, not at step 900
+            check_columns(p.rewards, rows, split)
+            messages = [ex.get("messages") for ex in rows] if any("messages" in ex for ex in rows) else None
+            p.rollout.check_prompts(p.policy, [ex["prompt"] for ex in rows], split, messages=messages)
+
+    # ---- run identity and manifest ----------------------------------------------------------------------------------
+
+    def _recipe_for(
+        self,
+        run_dir: Path,
+        train_data: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        write_data: bool,
+    ) -> dict[str, Any]:
+        """The recipe that re-runs this fit from the CLI: the given one, or for a pipeline built in Python one made
+        from its components, with the data it was handed saved in the run (``data/*.jsonl``)."""
+        recipe = json.loads(json.dumps(self.recipe))  # a copy
+        if recipe.get("data") is not None:
+            return recipe
+        data_dir = run_dir / "data"
+        files = {"train": data_dir / "train.jsonl", "eval": data_dir / "eval.jsonl"}
+        if write_data:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _write_rows(files["train"], train_data)
+            if eval_data:
+                _write_rows(files["eval"], eval_data)
+        recipe["data"] = {
+            "train": str(files["train"]),
+            "eval": str(files["eval"]) if eval_data else None,
+            "train_split": None,
+            "eval_split": None,
+            "train_size": None,
+            "eval_size": None,
+        }
+        return recipe
+
+    def _identity(
+        self, recipe: dict[str, Any], train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """What makes a run this experiment: the resolved recipe, the class behind every part and a hash of the
+        prompts it trains and evaluates on. A resume compares it with the checkpoint's."""
+        from morl.state import class_path
+
+        classes = {role: class_path(part) for role, part in self.stateful_parts().items() if "callback/" not in role}
+        classes.update({f"reward/{n}": class_path(r) for n, r in zip(self.parts.objectives, self.parts.rewards)})
+        return {
+            **recipe,
+            "classes": classes,
+            "data_hash": {"train": _rows_hash(train_data), "eval": _rows_hash(eval_data or [])},
+        }
+
+    def _objectives_manifest(self) -> list[dict[str, Any]]:
+        from morl.state import class_path
+
+        return [
+            {"name": n, "direction": "maximize", "moving_target": is_moving_target(r), "reward": class_path(r)}
+            for n, r in zip(self.parts.objectives, self.parts.rewards)
+        ]
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, run_dir: Path) -> Path:
+        self.state.parts = capture_parts(self.stateful_parts())
+        pointer = None
+        if self.reference is not None:
+            pointer = reference_pointer(self.reference, self._fingerprint(), run_dir)
+        return save_checkpoint(
+            run_dir, self.state, self.parts.policy, self.optimizer, pointer, keep=self.config.keep_checkpoints
+        )
+
+    def _fingerprint(self) -> str:
+        if self._reference_fingerprint is None:  # the reference never changes
+            self._reference_fingerprint = weights_fingerprint(self.reference.model)  # type: ignore[union-attr]
+        return self._reference_fingerprint
+
+    def _resume(self, checkpoint: Path, identity: dict[str, Any], accept: Sequence[str]) -> list[Any]:
+        """Restore the run at ``checkpoint`` if it is the same experiment (or the differences are accepted);
+        random-number streams last, so nothing done while loading draws from them."""
+        loaded = read_checkpoint(checkpoint)
+        accepted = check_resume(loaded.state.identity, identity, accept)
+        if distributed.is_main():
+            prepare_resume(checkpoint)
+        if self.reference is not None:
+            check_reference(self.reference, self._fingerprint(), loaded.reference, run_dir_of(checkpoint))
+        try:
+            restore_parts(self.stateful_parts(), loaded.state.parts)
+        except StateMismatch as err:
+            raise CheckpointError(f"{checkpoint}: {err}") from None
+        load_tensors(checkpoint, self.parts.policy, self.optimizer)
+        self.parts.rollout.weights_changed(self.parts.policy)
+        saved = loaded.state
+        self.state = dataclasses.replace(saved, parts={})
+        self._order = []  # recomputed from the seed and the epoch on the next draw
+        load_rng(checkpoint)
+        return accepted
+
+    def _save_final(self, run_dir: Path) -> None:
+        """The final model in Hugging Face format and the final training state (process 0 writes)."""
+        p = self.parts
+        if self.config.save_model and (p.policy.sharded or distributed.is_main()):
+            p.policy.save(run_dir / "model")  # sharded: every process takes part in gathering the weights
+        if distributed.is_main():
+            state = dataclasses.replace(self.state, parts=capture_parts(self.stateful_parts()))
+            (run_dir / "training_state.json").write_text(json.dumps(state.to_json(), indent=1) + "\n")
+
+    # ---- small helpers --------------------------------------------------------------------------------------------
+
+    def _parameters_finite(self) -> bool:
+        return all(bool(torch.isfinite(q).all()) for q in self.parts.policy.model.parameters())
+
+    def _nonfinite_error(
+        self, metrics: dict[str, float], checkpoint: Callable[[], Path | None] | None, saved: Path | None
+    ) -> NonFiniteError:
+        """Keep the last good state (a checkpoint now, if the parameters are still finite) and explain the stop."""
+        if checkpoint is not None:
+            saved = checkpoint()
+        where = f"last good checkpoint: {saved}" if saved is not None else "no good checkpoint was written"
+        return NonFiniteError(
+            f"stopping at step {self.state.step}: {self.state.nonfinite_streak} steps in a row had a non-finite loss "
+            f"or gradient (loss {metrics.get('loss')}, grad_norm {metrics.get('grad_norm')}), so their updates were "
+            f"skipped (train.max_nonfinite_steps={self.config.max_nonfinite_steps}); {where}. Check the rewards, "
+            "the controller's weights and train.lr, then resume with `morl fit RECIPE --resume RUN_DIR`."
+        )
+
+    def _next_examples(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Prompts for the next step: a seeded shuffle per epoch, position kept for resuming."""
+        picked = []
+        for _ in range(self.config.prompts_per_step):
+            epoch, offset = divmod(self.state.data_position, len(data))
+            if offset == 0 or not self._order:
+                self._order = random.Random(self.config.seed * 100_003 + epoch).sample(range(len(data)), len(data))
+            picked.append(data[self._order[offset]])
+            self.state.data_position += 1
+        return picked
+
+
+class _NoWriter:
+    """The metrics writer of processes other than 0: they log nothing."""
+
+    def write(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _no_lock:
+    """Processes other than 0 write nothing, so they take no lock."""
+
+    def __enter__(self) -> None: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+
+def _rows_hash(rows: list[dict[str, Any]]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
