@@ -1,0 +1,142 @@
+"""A run owns its directory: reruns are refused without touching it, one writer at a time, resume is the same
+experiment or names every difference, and a pipeline built in Python records a recipe the CLI re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from morl import Pipeline, TrainConfig
+from morl.cli import app
+from morl.policy import Policy
+from morl.run import Manifest, ResumeMismatch, RunExistsError, RunLock, RunLockedError, read_metrics
+from morl.tinymath.task import make_split
+
+
+def short(prompts, completions, **kwargs):
+    return [1.0 if len(c) < 6 else 0.0 for c in completions]
+
+
+def _pipeline(policy, out: Path, controller=None, algo="grpo", **train) -> Pipeline:
+    config = {
+        "steps": 2,
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "eval_every": 0,
+        "checkpoint_every": 1,
+        "progress": False,
+        "threads": 1,
+        "output_dir": str(out),
+        **train,
+    }
+    return Pipeline(
+        policy=policy,
+        rewards=["conciseness", "clarity"],
+        controller=controller or {"name": "ctwa", "targets": [0.1, 0.1]},
+        algo=algo,
+        rollout={"name": "transformers", "max_new_tokens": 4},
+        config=TrainConfig(**config),
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_second_fit_into_a_run_is_refused_and_touches_nothing(tiny_policy, tmp_path, one_thread):
+    run = tmp_path / "run"
+    _pipeline(tiny_policy, run).fit(make_split("train", 8, 0))
+    before = _tree(run)
+    assert {"manifest.json", "recipe.yaml", "metrics.jsonl", "training_state.json"} <= set(before)
+    with pytest.raises(RunExistsError) as info:
+        _pipeline(tiny_policy, run).fit(make_split("train", 8, 0))
+    message = " ".join(str(info.value).split())
+    assert "--resume" in message and "--overwrite" in message and str(run) in message
+    assert _tree(run) == before  # not one byte changed
+
+    (run / "notes.txt").write_text("mine")
+    _pipeline(tiny_policy, run, steps=1).fit(make_split("train", 8, 0), overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine"  # overwrite discards morl's files only
+    assert [r["step"] for r in read_metrics(run)] == [1]
+
+
+def test_a_second_writer_fails_fast(tiny_policy, tmp_path, one_thread):
+    run = tmp_path / "run"
+    _pipeline(tiny_policy, run, steps=1).fit(make_split("train", 8, 0))
+    with RunLock(run), pytest.raises(RunLockedError, match="pid"):  # another fit is writing the run
+        _pipeline(tiny_policy, run, steps=2).fit(make_split("train", 8, 0), resume_from=run)
+    assert len(Manifest.load(run).segments) == 1
+
+
+def test_resume_of_another_experiment_names_every_difference(tiny_policy, tmp_path, one_thread):
+    run = tmp_path / "run"
+    _pipeline(tiny_policy, run, steps=1).fit(make_split("train", 8, 0))
+    other = _pipeline(
+        tiny_policy,
+        run,
+        controller={"name": "lagrangian", "primary": "clarity", "targets": [0.5]},
+        algo="reinforce",
+        steps=2,
+        lr=5e-4,
+        group_size=4,
+        seed=3,
+    )
+    with pytest.raises(ResumeMismatch) as info:
+        other.fit(make_split("train", 8, 0), resume_from=run)
+    message = str(info.value)
+    for path in ("controller.name", "algo.name", "train.lr", "train.group_size", "train.seed", "classes.controller"):
+        assert path in message, path
+    assert "train.steps" not in message  # extending a run changes nothing that was trained
+    assert "--accept-change" in message
+    assert len(Manifest.load(run).segments) == 1  # refused before anything was written
+
+    with pytest.raises(ResumeMismatch, match="train.lr"):
+        _pipeline(tiny_policy, run, steps=2, lr=5e-4).fit(make_split("train", 8, 0), resume_from=run)
+    resumed = _pipeline(tiny_policy, run, steps=2, lr=5e-4)
+    resumed.fit(make_split("train", 8, 0), resume_from=run, accept_changes=["train.lr"])
+    segments = Manifest.load(run).segments
+    assert [(s.kind, s.from_step, s.to_step, s.status) for s in segments] == [
+        ("start", 0, 1, "finished"),
+        ("resume", 1, 2, "finished"),
+    ]
+    assert segments[1].accepted_differences == ["train.lr: 0.0001 -> 0.0005"]
+    assert segments[1].recipe["train"]["lr"] == 5e-4 and segments[0].recipe["train"]["lr"] == 1e-4
+
+
+def test_a_python_pipeline_records_a_recipe_the_cli_reruns(tiny_model_dir, tmp_path, one_thread):
+    first = tmp_path / "python"
+    pipe = Pipeline(
+        policy=Policy.from_pretrained(str(tiny_model_dir)),
+        rewards=["accuracy", short],
+        controller={"name": "ctwa", "targets": {"accuracy": 0.2, "short": 0.0}},
+        rollout={"name": "transformers", "max_new_tokens": 6},
+        config=TrainConfig(
+            steps=2, prompts_per_step=2, group_size=2, eval_every=0, progress=False, threads=1, output_dir=str(first)
+        ),
+    )
+    pipe.fit(make_split("train", 6, 0), make_split("eval", 2, 0))
+    assert (first / "data" / "train.jsonl").is_file()  # the data it was handed, so the recipe can re-run
+    manifest = Manifest.load(first)
+    assert manifest.recipe["rewards"][1] == "tests.test_trainer.short"
+    assert manifest.method.controller == "ctwa" and manifest.method.weights_act_on == "reward"
+    assert [o.name for o in manifest.objectives] == ["accuracy", "short"]
+
+    second = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["fit", str(first / "recipe.yaml"), "--output-dir", str(second)])
+    assert result.exit_code == 0, result.output
+
+    def rows(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in read_metrics(run)]
+
+    assert rows(first) == rows(second) and len(rows(first)) == 4  # eval, 2 train steps, eval: the same run
