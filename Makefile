@@ -17,10 +17,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# each quickstart writes a new folder, runs/quickstart-<date-time>/{linear,ctwa,plots}: a rerun never touches an earlier one
+QUICKSTART := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+
 quickstart: install
-	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml
-	$(BIN)/morl fit cookbook/recipes/quickstart.yaml
-	$(BIN)/morl plot runs/quickstart_linear runs/quickstart --out runs/quickstart_plots
+	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml --output-dir $(QUICKSTART)/linear
+	$(BIN)/morl fit cookbook/recipes/quickstart.yaml --output-dir $(QUICKSTART)/ctwa
+	$(BIN)/morl plot $(QUICKSTART)/linear $(QUICKSTART)/ctwa --out $(QUICKSTART)/plots
 
 test: install lint docs
 	$(BIN)/python -m pytest

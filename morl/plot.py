@@ -9,8 +9,10 @@
   ``grad_alignment.png``: the cosine of each objective's gradient with the update the step made.
 - ``clipping.png``: clipped-token fractions and the advantage mass clipping removed.
 
-A figure whose metrics no run has is skipped. The legend names a run by its method (the recipe's controller, or
-its scalarizer for fixed weights); runs of the same method share a colour.
+A run directory is read through its ``manifest.json`` (objectives, their directions, the method) and its
+``metrics.jsonl``/``events.jsonl``; every metric is looked up by the name :mod:`morl.metrics` builds. A figure whose
+metrics no run has is skipped. The legend names a run by its method (the controller, or the scalarizer for fixed
+weights); runs of the same method share a colour.
 
 Example:
     >>> moving_average(np.array([1.0, 3.0, np.nan, 5.0]), 3).tolist()
@@ -19,29 +21,30 @@ Example:
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from morl.logging import read_metrics
+from morl import metrics as M
+
+if TYPE_CHECKING:
+    from morl.run import Manifest, Method
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-LOWER_IS_BETTER = ("mean_length",)
 STYLE = {"axes.titlesize": 10.5, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 10}
+INTERFERENCE_ALARM = "interference_alarm"  # the event diagnostics record when an alarm is raised
 
 
 @dataclass
 class Run:
-    """One run directory's metrics, split into training and evaluation rows."""
+    """One run directory: its manifest and its metrics, split into training and evaluation rows."""
 
     path: Path
     label: str
-    recipe: dict[str, Any]
+    manifest: Manifest
     train: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -60,21 +63,21 @@ class Run:
         return steps, values
 
     def objectives(self) -> list[str]:
-        keys = {k for row in self.train for k in row} | {k for row in self.evals for k in row}
-        names = {m.group(1) for k in keys if (m := re.fullmatch(r"rewards/(.+)/mean", k))}
-        names |= {m.group(1) for k in keys if (m := re.fullmatch(r"eval/(?:greedy|sampled)/(.+)", k))}
-        names.discard("mean_length")
-        order = self.recipe.get("rewards") or []
-        ordered = [n for n in (_spec_name(r) for r in order) if n in names]
-        return ordered + sorted(names - set(ordered))
+        """The run's objectives, in the order it trained them (from the manifest)."""
+        return [o.name for o in self.manifest.objectives]
+
+    def directions(self) -> dict[str, str]:
+        return {o.name: o.direction for o in self.manifest.objectives}
+
+    def moving_targets(self) -> set[str]:
+        """Objectives whose reward's standard moves during training: held-out values not comparable over steps."""
+        return {o.name for o in self.manifest.objectives if o.moving_target}
 
     def ctwa_signal(self) -> str | None:
         """``"cov"`` or ``"corr"`` when the run's controller is CTWA, else None."""
-        controller = self.recipe.get("controller")
-        if _spec_name(controller) != "ctwa":
+        if self.manifest.method.controller != M.CTWA:
             return None
-        signal = controller.get("signal", "covariance") if isinstance(controller, dict) else "covariance"
-        return "corr" if signal == "correlation" else "cov"
+        return "corr" if _controller_setting(self.manifest, "signal") == "correlation" else "cov"
 
 
 @dataclass
@@ -87,47 +90,58 @@ class PlotFile:
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:
-    import yaml
+    """Read a run directory through its manifest; a clear error (no traceback) when it is not a readable run.
+
+    Raises ``FileNotFoundError`` when the folder, its ``manifest.json`` or its ``metrics.jsonl`` is missing, and
+    ``ValueError`` when the manifest is unreadable or the metrics file has no readable row.
+    """
+    from morl.run import MANIFEST_FILE, Manifest, RunDirError, read_events, read_metrics
 
     path = Path(path)
-    if not (path / "metrics.jsonl").exists():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a run directory?)")
-    rows = read_metrics(path)
-    recipe_file = path / "recipe.yaml"
-    recipe = (yaml.safe_load(recipe_file.read_text()) or {}) if recipe_file.exists() else {}
-    events_file = path / "events.jsonl"
-    events = []
-    if events_file.exists():
-        events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run directory")
+    try:
+        manifest = Manifest.load(path)
+    except RunDirError as err:
+        raise ValueError(str(err)) from None
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{path}: no {MANIFEST_FILE} (not a run directory, or one written by a morl that did not record "
+            "manifests; rerun it to plot or compare it)"
+        )
+    metrics_file = path / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (the run logged nothing yet)")
+    try:
+        rows = read_metrics(path)
+    except OSError as err:
+        raise ValueError(f"{metrics_file}: unreadable ({err.strerror or err})") from None
+    if not rows:
+        raise ValueError(f"{metrics_file}: no readable rows (empty, or not JSON lines)")
     return Run(
         path=path,
-        label=label or method_name(recipe, path.name),
-        recipe=recipe,
+        label=label or method_name(manifest.method),
+        manifest=manifest,
         train=[r for r in rows if r.get("kind", "train") == "train"],
         evals=[r for r in rows if r.get("kind") == "eval"],
-        events=events,
+        events=read_events(path),
     )
 
 
-def method_name(recipe: dict[str, Any], fallback: str) -> str:
-    """The method a recipe runs: its controller's name, or its scalarizer's for fixed weights.
+def method_name(method: Method) -> str:
+    """The method a run ran, as the manifest records it: its controller, or its scalarizer for fixed weights.
 
     Example:
-        >>> method_name({"controller": "fixed", "scalarizer": "linear"}, "run")
-        'linear'
-        >>> method_name({"controller": {"name": "ctwa", "lr": 0.5}}, "run")
+        >>> from morl.run import Method
+        >>> kinds = {"weights_act_on": "reward", "normalization": "free", "advantage": "group_norm", "algo": "grpo"}
+        >>> method_name(Method(controller="fixed", scalarizer="tchebycheff", **kinds))
+        'tchebycheff'
+        >>> method_name(Method(controller="ctwa", scalarizer="linear", **kinds))
         'ctwa'
     """
-    controller = recipe.get("controller")
-    scalarizer = recipe.get("scalarizer")
-    if controller is None and isinstance(recipe.get("components"), dict):  # written by the Python API
-        components = recipe["components"]
-        controller = _class_to_name(components.get("controller"), "controller")
-        scalarizer = _class_to_name(components.get("scalarizer"), "scalarizer")
-    name = _spec_name(controller)
-    if name in (None, "fixed"):
-        return _spec_name(scalarizer) or name or fallback
-    return name
+    if method.controller == "fixed" and method.scalarizer:
+        return method.scalarizer
+    return method.controller
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -194,28 +208,38 @@ def objectives_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
     objectives = _union(r.objectives() for r in runs)
     if not objectives:
         return None
-    columns = [*objectives, "mean_length"]
+    directions = {name: d for run in runs for name, d in run.directions().items()}
+    columns: list[str | None] = [*objectives, None]  # None: the mean response length
+
+    def train_key(objective: str | None) -> str:
+        return M.COMPLETIONS_MEAN_LENGTH if objective is None else M.reward_mean(objective)
+
+    def eval_key(mode: str):
+        return lambda o: M.eval_mean_length(mode) if o is None else M.eval_metric(mode, o)
+
     rows = []
-    if any(r.has(f"rewards/{o}/mean") for r in runs for o in objectives):
-        rows.append(("train", "train batch", lambda o: f"rewards/{o}/mean"))
-    for mode in ("greedy", "sampled"):
-        if any(r.has(f"eval/{mode}/{o}", "eval") for r in runs for o in columns):
-            rows.append(("eval", f"{mode} eval", lambda o, mode=mode: f"eval/{mode}/{o}"))
+    if any(r.has(M.reward_mean(o)) for r in runs for o in objectives):
+        rows.append(("train", "train batch", train_key))
+    for mode in M.EVAL_MODES:
+        key_of = eval_key(mode)
+        if any(r.has(key_of(o), "eval") for r in runs for o in columns):
+            rows.append(("eval", f"{mode} eval", key_of))
+    if not rows:
+        return None
     fig, axes = _grid(len(rows), len(columns))
     for i, (kind, row_title, key_of) in enumerate(rows):
         for j, objective in enumerate(columns):
             ax = axes[i][j]
             key = key_of(objective)
-            if kind == "train" and objective == "mean_length":
-                key = "completions/mean_length"
             for run in runs:
                 if run.has(key, kind):
                     steps, values = run.series(key, kind)
                     _curve(ax, steps, values, colors[run.label], run.label, smooth if kind == "train" else 3)
-            name = "length" if objective == "mean_length" else objective
-            ax.set_title(f"{name} — {row_title}")
+            ax.set_title(f"{objective or 'length'} — {row_title}")
             ax.set_xlabel("step")
-            ax.set_ylabel("tokens (lower is better)" if objective in LOWER_IS_BETTER else "mean reward")
+            lower = M.direction(key, directions) == "minimize"
+            unit = "tokens" if objective is None else "mean reward"
+            ax.set_ylabel(f"{unit} (lower is better)" if lower else unit)
     fig.suptitle(f"Objectives over training: train batches (moving average of {smooth}) and held-out evaluation")
     _legend(fig, runs, colors)
     return fig
@@ -223,7 +247,7 @@ def objectives_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
 
 def weights_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
     """Figure 2: λ per objective over steps."""
-    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(f"weights/{o}") for r in runs)]
+    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(M.weight(o)) for r in runs)]
     if not objectives:
         return None
     fig, axes = _grid(1, len(objectives))
@@ -231,14 +255,14 @@ def weights_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
     for j, objective in enumerate(objectives):
         ax = axes[0][j]
         for run in runs:
-            steps, values = run.series(f"weights/{objective}")
+            steps, values = run.series(M.weight(objective))
             if steps.size:
                 ax.plot(steps, values, color=colors[run.label], lw=1.6, label=run.label)
                 positive &= bool(np.nanmin(values) > 0) if np.isfinite(values).any() else True
         ax.set_title(f"weight λ: {objective}")
         ax.set_xlabel("step")
         ax.set_ylabel("λ")
-    values = np.concatenate([r.series(f"weights/{o}")[1] for r in runs for o in objectives])
+    values = np.concatenate([r.series(M.weight(o))[1] for r in runs for o in objectives])
     values = values[np.isfinite(values)]
     if positive and values.size and values.max() > 3 * values.min():  # a log axis only when the weights spread
         for ax in axes[0]:
@@ -270,18 +294,13 @@ def covariance_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
                 steps, values = _cov_series(run, measure, signal, objective)
                 if steps.size:
                     _curve(ax, steps, values, color, run.label, smooth)
-                target_key = f"ctwa/target/{objective}"
+                target_key = M.method_key(M.CTWA, "target", objective)
                 if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(target_key):
                     t_steps, targets = run.series(target_key)
                     ax.plot(t_steps, targets, color=color, lw=1.2, ls="--")
-                for event in run.events:
-                    if (
-                        event.get("event") == "interference_alarm"
-                        and event.get("objective") == objective
-                        and event.get("signal") == signal
-                        and measure == "cov"
-                    ):
-                        ax.plot([event["step"]], [0.0], marker="v", ms=9, color=color, ls="none")
+                if measure == "cov":
+                    for step in _alarm_steps(run, objective, signal):
+                        ax.plot([step], [0.0], marker="v", ms=9, color=color, ls="none")
             what = "correlation" if measure == "corr" else "covariance"
             ax.set_title(f"{what}({objective}, {signal.replace('_', ' ')})")
             ax.set_xlabel("step")
@@ -298,7 +317,7 @@ def grad_cosine_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10
         (a, b)
         for i, a in enumerate(objectives)
         for b in objectives[i + 1 :]
-        if any(r.has(f"grad_cos/{a}/{b}") for r in runs)
+        if any(r.has(M.grad_cos(a, b)) for r in runs)
     ]
     if not pairs:
         return None
@@ -311,7 +330,7 @@ def grad_cosine_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10
         ax.set_visible(True)
         ax.axhline(0.0, color="0.6", lw=0.8)
         for run in runs:
-            steps, values = run.series(f"grad_cos/{a}/{b}")
+            steps, values = run.series(M.grad_cos(a, b))
             keep = np.isfinite(values)  # NaN: an objective without variation in the batch has no gradient
             if keep.any():
                 _curve(ax, steps[keep], values[keep], colors[run.label], run.label, max(1, smooth // 2))
@@ -326,21 +345,19 @@ def grad_cosine_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10
 
 def grad_alignment_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
     """cos(∇J_m, Δθ): whether the update each step made points up or down objective m (first order)."""
-    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(f"grad_align/{o}") for r in runs)]
+    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(M.grad_align(o)) for r in runs)]
     if not objectives:
         return None
     fig, axes = _grid(1, len(objectives))
     for ax, objective in zip(axes[0], objectives):
         ax.axhline(0.0, color="0.6", lw=0.8)
         for run in runs:
-            steps, values = run.series(f"grad_align/{objective}")
+            steps, values = run.series(M.grad_align(objective))
             keep = np.isfinite(values)
             if keep.any():
                 _curve(ax, steps[keep], values[keep], colors[run.label], run.label, max(1, smooth // 2))
-            for event in run.events:
-                alarm = event.get("event") == "interference_alarm" and event.get("signal") == "gradient"
-                if alarm and event.get("objective") == objective:
-                    ax.plot([event["step"]], [0.0], marker="v", ms=9, color=colors[run.label], ls="none")
+            for step in _alarm_steps(run, objective, "gradient"):
+                ax.plot([step], [0.0], marker="v", ms=9, color=colors[run.label], ls="none")
         ax.set_title(f"cos(∇{objective}, update)")
         ax.set_xlabel("step")
         ax.set_ylabel("cosine (< 0: the update lowers it)")
@@ -352,9 +369,9 @@ def grad_alignment_figure(runs: list[Run], colors: dict[str, str], smooth: int =
 def clipping_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
     """Clipped tokens during the update, under the updated policy, and the advantage mass clipping removed."""
     panels = [
-        ("clip_ratio/region_mean", "clipped tokens (in update)", "fraction of tokens"),
-        ("clip/token_fraction", "clipped tokens (updated policy)", "fraction of tokens"),
-        ("clip/removed_mass", "advantage mass clipped away", "Σ|Aρ|·1[clipped] / Σ|Aρ|"),
+        (M.CLIP_RATIO_REGION, "clipped tokens (in update)", "fraction of tokens"),
+        (M.CLIP_TOKEN_FRACTION, "clipped tokens (updated policy)", "fraction of tokens"),
+        (M.CLIP_REMOVED_MASS, "advantage mass clipped away", "Σ|Aρ|·1[clipped] / Σ|Aρ|"),
     ]
     panels = [p for p in panels if any(r.has(p[0]) for r in runs)]
     if not panels:
@@ -427,13 +444,35 @@ def _disambiguate(runs: list[Run]) -> None:
 
 
 def _cov_series(run: Run, measure: str, signal: str, objective: str) -> tuple[np.ndarray, np.ndarray]:
-    key = f"{measure}/{signal}/{objective}"
+    key = (M.correlation if measure == "corr" else M.covariance)(signal, objective)
     if run.has(key):
         return run.series(key)
     # runs without the diagnostics still have the controller's own signal
-    if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(f"ctwa/cov/{objective}"):
-        return run.series(f"ctwa/cov/{objective}")
+    own = M.method_key(M.CTWA, "cov", objective)
+    if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(own):
+        return run.series(own)
     return np.array([]), np.array([])
+
+
+def _alarm_steps(run: Run, objective: str, signal: str) -> list[int]:
+    """Steps at which an interference alarm on ``objective``, measured with ``signal``, was raised."""
+    return [
+        event["step"]
+        for event in run.events
+        if event.get("event") == INTERFERENCE_ALARM
+        and event.get("objective") == objective
+        and event.get("signal") == signal
+        and "step" in event
+    ]
+
+
+def _controller_setting(manifest: Manifest, name: str) -> Any:
+    """A setting of the run's controller: from the manifest's method, else from the recipe's controller section."""
+    extra = manifest.method.model_extra or {}
+    if name in extra:
+        return extra[name]
+    section = manifest.recipe.get("controller")
+    return section.get(name) if isinstance(section, dict) else None
 
 
 def _union(lists) -> list[str]:
@@ -441,24 +480,3 @@ def _union(lists) -> list[str]:
     for items in lists:
         out += [x for x in items if x not in out]
     return out
-
-
-def _spec_name(spec: Any) -> str | None:
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, dict):
-        return spec.get("name")
-    return None
-
-
-def _class_to_name(text: Any, family: str = "controller") -> str | None:
-    """``'CTWA(lr=0.05, ...)'`` (a component's repr) -> its registry name ``'ctwa'``."""
-    if not isinstance(text, str):
-        return None
-    from morl.components import registered
-
-    cls_name = text.split("(", 1)[0]
-    for name, cls in registered(family).items():
-        if cls.__name__ == cls_name:
-            return name
-    return cls_name.lower() or None

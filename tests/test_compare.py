@@ -1,4 +1,5 @@
-"""``morl compare``: same recipe, several methods, one table; finished runs are skipped."""
+"""``morl compare``: same recipe, several methods, one table; finished runs are skipped; the report is written
+again from the run directories alone (their manifests and metrics)."""
 
 import json
 
@@ -6,10 +7,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from morl import metrics as M
+from morl.callbacks import StepContext
 from morl.cli import app
-from morl.compare import interference, method_components
+from morl.compare import RunRef, finished, interference, method_components, write_report
+from morl.compare.sweep import SweepProgress
 from morl.components import RecipeError
 from morl.recipe import parse_recipe
+from tests.test_plot import write_manifest, write_rows
+
+OBJECTIVES = ["accuracy", "conciseness", "clarity"]
 
 
 def _recipes(tmp_path):
@@ -50,6 +57,9 @@ def test_compare_two_methods_writes_a_table(tiny_model_dir, tmp_path):
     again = CliRunner().invoke(app, [*args, "--no-plots"])  # resume: both runs finished, nothing retrains
     assert again.exit_code == 0, again.output
     assert metrics.stat().st_mtime_ns == before
+    report = write_report(out, tmp_path / "again", plots=False)  # from the folder alone
+    assert json.loads((tmp_path / "again" / "comparison.json").read_text())["runs"] == runs
+    assert report.methods() == ["linear", "ctwa_fast"]
 
 
 def test_method_resolution(tmp_path):
@@ -71,3 +81,108 @@ def test_interference_score():
     assert interference(rows, ["acc", "clar"], "greedy") == (0.5, "acc")  # the worst point, not the final one
     assert interference(rows, ["acc", "clar", "mean_length"], "greedy") == (0.6, "mean_length")  # +60% length
     assert interference(rows, ["clar"], "greedy") == (0.0, None)
+    assert interference(rows, ["clar"], "greedy", {"clar": "minimize"}) == (0.4, "clar")  # a rise hurts it
+
+
+# ---- the report from hand-written run directories ---------------------------------------------------------------
+
+# held-out greedy evaluations per run: (accuracy, conciseness, clarity, mean length) at steps 0, 10, 20
+EVALS = {
+    ("linear", 0): [(0.5, 1.0, 0.4, 40.0), (0.3, 0.6, 0.6, 50.0), (0.45, 0.5, 0.7, 44.0)],
+    ("linear", 1): [(0.6, 1.0, 0.5, 40.0), (0.6, 0.9, 0.2, 38.0), (0.7, 0.8, 0.3, 36.0)],
+    ("ctwa", 0): [(0.5, 1.0, 0.4, 40.0), (0.55, 0.95, 0.45, 35.0), (0.6, 0.9, 0.5, 30.0)],
+}
+
+
+def _run(path, method, seed, evals):
+    controller, scalarizer = ("fixed", "linear") if method == "linear" else (method, "linear")
+    recipe = {"train": {"seed": seed}}
+    write_manifest(path, OBJECTIVES, controller, scalarizer, moving=("conciseness",), recipe=recipe, steps=20)
+    rows = []
+    for i, values in enumerate(evals):
+        step = 10 * i
+        row = {"kind": "eval", "step": step, M.eval_mean_length("greedy"): values[3]}
+        row.update({M.eval_metric("greedy", o): v for o, v in zip(OBJECTIVES, values)})
+        rows.append(row)
+        rows.append({"kind": "train", "step": step + 1, **{M.reward_mean(o): 0.5 for o in OBJECTIVES}})
+    write_rows(path, rows, torn=True)
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    out = tmp_path / "sweep"
+    for (method, seed), evals in EVALS.items():
+        _run(out / method / f"seed{seed}", method, seed, evals)
+    index = [{"method": m, "seed": s, "run_dir": f"{m}/seed{s}"} for m, s in EVALS]
+    (out / "sweep.json").write_text(json.dumps({"format": 1, "runs": index}))
+    return out
+
+
+def test_report_of_a_sweep_folder(sweep):
+    result = write_report(sweep, plots=False)
+    assert result.methods() == ["linear", "ctwa"]
+    assert result.metrics == ["accuracy", "conciseness", "clarity", "mean_length"]
+    assert [f.name for f in result.files] == ["comparison.md", "comparison.json", "comparison.png"]
+    runs = json.loads((sweep / "comparison.json").read_text())["runs"]
+    first, second, third = runs
+    # linear seed 0: accuracy fell 0.5 -> 0.3 (0.2); length rose 40 -> 50 (+25%, the worst); conciseness not scored
+    assert first["scored"] == ["accuracy", "clarity", "mean_length"]
+    assert first["drops"] == pytest.approx({"accuracy": 0.2, "conciseness": 0.5, "clarity": 0.0, "mean_length": 0.25})
+    assert (first["interference"], first["worst"]) == (pytest.approx(0.25), "mean_length")
+    assert first["final"] == {"accuracy": 0.45, "conciseness": 0.5, "clarity": 0.7, "mean_length": 44.0}
+    assert first["best"] == {"accuracy": 0.45, "conciseness": 0.6, "clarity": 0.7, "mean_length": 44.0}
+    # linear seed 1: clarity fell 0.5 -> 0.2
+    assert (second["interference"], second["worst"]) == (pytest.approx(0.3), "clarity")
+    # ctwa: nothing fell, the length shrank
+    assert (third["interference"], third["worst"], third["seed"]) == (0.0, None, 0)
+    table = (sweep / "comparison.md").read_text()
+    # interference 0.275 ± 0.035 (mean, sample std of 0.25 and 0.3); final accuracy 0.575 ± 0.177; length 40.0 ± 5.7
+    assert (
+        "| linear | 0.275 ± 0.035 | mean_length | 0.575 ± 0.177 | 0.650 ± 0.212 | 0.500 ± 0.283 | 40.0 ± 5.7 |" in table
+    )
+    assert "| ctwa | 0.000 | — | 0.600 | 0.900 | 0.500 | 30.0 |" in table
+    assert "| linear | conciseness (not scored) |" in table and "| ctwa | mean_length (lower is better) |" in table
+
+
+def test_report_of_run_directories(sweep, tmp_path):
+    dirs = [sweep / "ctwa" / "seed0", sweep / "linear" / "seed1"]
+    with pytest.raises(ValueError, match="give `out`"):
+        write_report(dirs)
+    result = write_report(dirs, tmp_path / "report", ignore=["clarity"])
+    assert [(r.method, r.seed) for r in result.runs] == [("ctwa", 0), ("linear", 1)]  # named by their manifests
+    assert result.of("linear")[0].scored == ["accuracy", "mean_length"] and result.of("linear")[0].interference == 0.0
+    assert (tmp_path / "report" / "plots" / "objectives.png").exists()
+    single = write_report(sweep / "ctwa" / "seed0", plots=False)  # one run directory
+    assert single.methods() == ["ctwa"] and (sweep / "ctwa" / "seed0" / "comparison.md").exists()
+    found = write_report(sweep, tmp_path / "found", plots=False)  # the index is not needed to find the runs
+    assert len(found.runs) == 3
+
+
+def test_report_errors_name_the_folder(sweep, tmp_path):
+    (sweep / "linear" / "seed1" / "manifest.json").unlink()  # a run of a morl that recorded no manifest
+    with pytest.raises(FileNotFoundError, match=r"linear/seed1: no manifest\.json"):
+        write_report(sweep, plots=False)
+    with pytest.raises(ValueError, match=r"no sampled evaluation; evaluated modes: \['greedy'\]"):
+        write_report([sweep / "ctwa" / "seed0"], tmp_path / "x", mode="sampled", plots=False)
+    no_evals = write_manifest(tmp_path / "no_evals", OBJECTIVES)
+    write_rows(no_evals, [{"kind": "train", "step": 1, M.reward_mean("accuracy"): 0.5}])
+    with pytest.raises(ValueError, match=r"no_evals/metrics\.jsonl: no evaluation rows"):
+        write_report(no_evals, plots=False)
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2
+
+
+def test_finished_runs_and_sweep_progress(sweep, tmp_path):
+    assert finished(sweep / "ctwa" / "seed0")  # its manifest's last segment finished
+    assert not finished(tmp_path / "never_started")
+    running = write_manifest(tmp_path / "running", OBJECTIVES)
+    manifest = json.loads((running / "manifest.json").read_text())
+    manifest["segments"][0]["status"] = "interrupted"
+    (running / "manifest.json").write_text(json.dumps(manifest))
+    assert not finished(running)
+    with SweepProgress(runs=1, steps=5, enabled=False) as bar:
+        callback = bar.callback()
+        callback.on_step_end(StepContext(fit=None, step=3, record=None, metrics={}))
+        assert bar._progress.tasks[1].completed == 3
+    assert RunRef("ctwa", 0, sweep).method == "ctwa"

@@ -1,6 +1,15 @@
 """Weight controllers: own the weights λ and update them from batch statistics."""
 
-from morl.controllers.base import WeightController, WeightTarget, per_objective
+from morl.controllers.base import (
+    AdvantageLevel,
+    GradientLevel,
+    RewardLevel,
+    UsesValidation,
+    WeightController,
+    WeightTarget,
+    check_scalarizer,
+    per_objective,
+)
 from morl.controllers.cagrad import CAGrad
 from morl.controllers.ctwa import CTWA, group_covariances
 from morl.controllers.dynamic import GradientWeighting, HypervolumeWeighting
@@ -19,17 +28,22 @@ __all__ = [
     "GDPO",
     "MGDA",
     "PAMA",
+    "AdvantageLevel",
     "CAGrad",
     "FixedWeights",
     "GradNorm",
+    "GradientLevel",
     "GradientWeighting",
     "GramWeighting",
     "HypervolumeWeighting",
     "Lagrangian",
     "PCGrad",
+    "RewardLevel",
+    "UsesValidation",
     "WeightController",
     "WeightSchedule",
     "WeightTarget",
+    "check_scalarizer",
     "group_covariances",
     "objective_gram",
     "objective_losses",

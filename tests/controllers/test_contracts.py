@@ -1,32 +1,60 @@
-"""Where each method's weights act and how they are normalised is part of its type."""
+"""Where each method's weights act and how they are normalised is part of its type; combinations are validated."""
 
 import pytest
 
-from morl.components import registered
-from morl.controllers import WeightTarget
+from morl.components import RecipeError, build, registered
+from morl.controllers import AdvantageLevel, GradientLevel, RewardLevel, WeightController, check_scalarizer
+from morl.recipe import build_components, parse_recipe
+from morl.stages import Need
 
 CONTRACTS = {
-    "fixed": (WeightTarget.REWARD, "free"),
-    "schedule": (WeightTarget.REWARD, "free"),
-    "ctwa": (WeightTarget.REWARD, "free"),
-    "lagrangian": (WeightTarget.ADVANTAGE, "free"),
-    "gdpo": (WeightTarget.ADVANTAGE, "free"),
-    "dynamic_hv": (WeightTarget.ADVANTAGE, "free"),
-    "dynamic_gradient": (WeightTarget.GRADIENT, "simplex"),
-    "pama": (WeightTarget.GRADIENT, "simplex"),
-    "mgda": (WeightTarget.GRADIENT, "simplex"),
-    "gradnorm": (WeightTarget.GRADIENT, "sum_to_m"),
-    "pcgrad": (WeightTarget.GRADIENT, "free"),
-    "cagrad": (WeightTarget.GRADIENT, "free"),
+    "fixed": (RewardLevel, "free"),
+    "schedule": (RewardLevel, "free"),
+    "ctwa": (RewardLevel, "free"),
+    "lagrangian": (AdvantageLevel, "free"),
+    "gdpo": (AdvantageLevel, "free"),
+    "dynamic_hv": (AdvantageLevel, "free"),
+    "dynamic_gradient": (GradientLevel, "simplex"),
+    "pama": (GradientLevel, "simplex"),
+    "mgda": (GradientLevel, "simplex"),
+    "gradnorm": (GradientLevel, "sum_to_m"),
+    "pcgrad": (GradientLevel, "free"),
+    "cagrad": (GradientLevel, "free"),
 }
+FAMILIES = (RewardLevel, AdvantageLevel, GradientLevel)
 
 
 @pytest.mark.parametrize("name", sorted(CONTRACTS))
-def test_declared_target_and_normalisation(name):
+def test_declared_family_and_normalisation(name):
     cls = registered("controller")[name]
-    assert (cls.applies_to, cls.normalization) == CONTRACTS[name]
+    family, normalization = CONTRACTS[name]
+    assert issubclass(cls, family) and cls.normalization == normalization
+    assert sum(issubclass(cls, f) for f in FAMILIES) == 1  # exactly one place where the weights act
+    assert cls.level == {RewardLevel: "reward", AdvantageLevel: "advantage", GradientLevel: "gradient"}[family]
 
 
-def test_scalarizers_act_on_rewards():
-    for name in ("tchebycheff", "smooth_tchebycheff"):
-        assert registered("scalarizer")[name].applies_to == WeightTarget.REWARD
+def test_every_registered_controller_belongs_to_a_family():
+    assert set(registered("controller")) == set(CONTRACTS)
+    for cls in registered("controller").values():
+        assert issubclass(cls, WeightController) and any(issubclass(cls, f) for f in FAMILIES)
+
+
+def test_needs_are_typed_and_weighting_below_the_reward_needs_objective_advantages():
+    for name, cls in registered("controller").items():
+        assert all(isinstance(need, Need) for need in cls.needs), name
+        if not issubclass(cls, RewardLevel):
+            assert Need.OBJECTIVE_ADVANTAGES in cls.needs, name
+
+
+@pytest.mark.parametrize("controller", ["mgda", "lagrangian", "pama", "gdpo"])
+def test_a_scalarizer_that_would_be_ignored_is_refused_naming_both(controller):
+    spec = {"name": "lagrangian", "primary": "accuracy"} if controller == "lagrangian" else controller
+    recipe = parse_recipe({"scalarizer": "tchebycheff", "controller": spec})
+    with pytest.raises(RecipeError, match=rf"scalarizer: 'tchebycheff' would be ignored: controller '{controller}'"):
+        build_components(recipe)
+    build_components(parse_recipe({"controller": spec}))  # the default (linear) is fine: it is the weighted sum
+
+
+def test_reward_level_controllers_take_any_scalarizer():
+    for name in ("tchebycheff", "smooth_tchebycheff", "linear"):
+        check_scalarizer(build("controller", "ctwa"), build("scalarizer", name))

@@ -7,7 +7,8 @@ import torch
 
 from morl import Pipeline, TrainConfig
 from morl.components import RecipeError
-from morl.controllers import GradientWeighting, HypervolumeWeighting, WeightTarget
+from morl.controllers import AdvantageLevel, GradientLevel, GradientWeighting, HypervolumeWeighting
+from morl.stages import Need
 from morl.controllers.dynamic import hypervolume, hypervolume_contribution, mirror_ascent_step, pareto_front
 from morl.tinymath.task import make_split
 from tests.batches import reward_batch
@@ -71,7 +72,7 @@ def _batch(rewards, k):
 def test_multiplier_from_hypervolume_contribution():
     c = HypervolumeWeighting(objectives=["acc", "mean_length"], minimize=["mean_length"])
     c.start(["acc", "short"])
-    assert c.applies_to == WeightTarget.ADVANTAGE and "validation" in c.needs and c.multiplier_ == 1.0
+    assert isinstance(c, AdvantageLevel) and Need.VALIDATION in c.needs and c.multiplier_ == 1.0
     c.observe_validation({"acc": 0.2, "short": 0.5, "mean_length": 40.0})  # the reference: (0.2, -40)
     assert c.multiplier_ == 1.0 and len(c.front_) == 0
     c.observe_validation({"acc": 0.5, "short": 0.5, "mean_length": 38.0})  # box 0.3 × 2 = 0.6
@@ -156,7 +157,7 @@ def test_gradient_weights_stay_on_the_simplex(normalized):
     c = GradientWeighting(lr=5.0, weights0={"a": 1.0, "b": 3.0, "c": 1.0})
     c.start(["a", "b", "c"])
     np.testing.assert_allclose(c.weights_, [0.2, 0.6, 0.2])
-    assert c.applies_to == WeightTarget.GRADIENT and c.normalization == "simplex"
+    assert isinstance(c, GradientLevel) and c.normalization == "simplex"
     for _ in range(100):
         a = rng.normal(size=(3, 4))
         c.weights_from_gram(a @ a.T, np.zeros(3), None)

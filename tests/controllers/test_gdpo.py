@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from morl.algos import GroupNorm
-from morl.controllers import GDPO, WeightTarget
+from morl.controllers import GDPO, AdvantageLevel
 from tests.batches import reward_batch
 
 
@@ -86,7 +86,7 @@ def test_constant_objective_contributes_nothing_and_weights_scale_free():
 
 def test_contract_and_trl_name():
     c = GDPO()
-    assert c.applies_to == WeightTarget.ADVANTAGE and c.normalization == "free"
+    assert isinstance(c, AdvantageLevel) and c.normalization == "free"
     assert c.config.multi_objective_aggregation == "normalize_then_sum"
     c.start(["a", "b"])
     assert c.weights().tolist() == [1.0, 1.0]  # TRL's reward_weights default

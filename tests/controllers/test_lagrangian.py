@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from morl.components import RecipeError
-from morl.controllers import Lagrangian, WeightTarget
+from morl.controllers import Lagrangian, AdvantageLevel
 from tests.batches import reward_batch
 
 OBJ = ["accuracy", "conciseness", "clarity"]
@@ -16,7 +16,7 @@ def _batch(rewards):
 def test_paper_defaults_and_hand_worked_dual_ascent():
     c = Lagrangian()
     assert (c.config.primary, c.config.targets, c.config.dual_lr) == ("accuracy", [0.9, 0.9], 0.01)
-    assert c.applies_to == WeightTarget.ADVANTAGE and c.normalization == "free"
+    assert isinstance(c, AdvantageLevel) and c.normalization == "free"
     c.start(OBJ)
     np.testing.assert_array_equal(c.lambdas_, [0.0, 0.0])  # duals start at 0: the primary alone
     # batch means: conciseness 0.5, clarity 1.0 -> λ = max(0, 0 + 0.01 (0.9 - 0.5)), max(0, 0.01 (0.9 - 1))

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from morl.components import RecipeError
-from morl.controllers import WeightTarget
 from morl.scalarize import SmoothTchebycheff, Tchebycheff
 
 
@@ -15,7 +14,6 @@ def test_golden_values_fixed_ideal():
     tch = Tchebycheff(reference="fixed", ideal=[1.0, 1.0])
     # gaps w ⊙ (z - r): (0, 0.25), (0.25, 0.125), (0, 0) -> s = -max
     torch.testing.assert_close(tch(r, w), torch.tensor([-0.25, -0.25, 0.0]))
-    assert tch.applies_to == WeightTarget.REWARD
     smooth = SmoothTchebycheff(reference="fixed", ideal=[1.0, 1.0], mu=0.5)
     expected = [
         -0.5 * math.log(math.exp(0.0) + math.exp(0.5)),
