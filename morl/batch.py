@@ -1,14 +1,14 @@
-"""The one record that flows through a training step.
+"""The rollout record: P prompts × K sampled completions with their token ids, masks and log-probs.
 
-Rollout fills the sequences, rewards fill ``rewards``, the scalarizer ``scores``, the estimator
-``advantages``, the algorithm the log-probs and losses, the controller reads what it needs. Nothing
-reaches back upstream. Completions of one prompt are contiguous: row ``i`` belongs to group
-``i // group_size``, so group statistics are a ``view(P, K)`` away.
+The rollout backend makes it; the trainer adds its own (and the reference's) log-probs, and the weighting stage
+makes the updater's copy with ``rewards`` and ``advantages`` (:class:`morl.stages.Weighted` ``.train``). The other
+stages' results live in their own records (:mod:`morl.stages`). Completions of one prompt are contiguous: row ``i``
+belongs to group ``i // group_size``, so group statistics are a ``view(P, K)`` away.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -33,17 +33,13 @@ class Batch:
     prompt_width: int
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    # the updater's view (set by the weighting stage): rewards [N, M], combined and per-objective advantages
     rewards: torch.Tensor | None = None
-    objectives: list[str] = field(default_factory=list)
-    scores: torch.Tensor | None = None
     objective_advantages: torch.Tensor | None = None  # [N, M], for advantage- and gradient-level weights
     advantages: torch.Tensor | None = None
-    clipped_weights: torch.Tensor | None = None  # [N], completion-level clipped advantage weight (CTWA)
-    new_logprobs: torch.Tensor | None = None  # [N, L] under the updated policy, computed with clipped_weights
     # [N, L] the rollout engine's log-probs of the sampled tokens when the engine is not the trainer (vLLM); the
     # trainer's own are ``old_logprobs``, and the algorithm's importance-sampling correction compares the two
     sampling_logprobs: torch.Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
     # data parallelism (morl.distributed): every process holds the whole batch and trains on ``local_rows``
     # (None: all rows); a mini-batch's ``token_share`` is this process's share of the completion tokens of the
     # mini-batch step across processes (1 in one process), used to reduce per-process statistics exactly
@@ -94,8 +90,6 @@ class Batch:
             old_logprobs=take(self.old_logprobs),
             ref_logprobs=take(self.ref_logprobs),
             rewards=take(self.rewards),
-            objectives=self.objectives,
-            scores=take(self.scores),
             objective_advantages=take(self.objective_advantages),
             advantages=take(self.advantages),
             sampling_logprobs=take(self.sampling_logprobs),
@@ -165,18 +159,14 @@ def concat_batches(parts: list[Batch], pad_token_id: int) -> Batch:
         ),
         completion_mask=torch.cat([tokens(b.completion_mask) for b in parts]),
         prompt_width=width,
-        objectives=first.objectives,
         **{
             name: joined(name)
             for name in (
                 "old_logprobs",
                 "ref_logprobs",
                 "rewards",
-                "scores",
                 "objective_advantages",
                 "advantages",
-                "clipped_weights",
-                "new_logprobs",
                 "sampling_logprobs",
             )
         },

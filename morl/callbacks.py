@@ -26,12 +26,12 @@ if TYPE_CHECKING:
 class FitContext:
     """What a callback may know about the fit it watches."""
 
-    run_dir: Path
+    run_dir: Path | None  # None for steps run outside fit(): nothing is written
     objectives: tuple[str, ...]
     policy: Policy
     algo: PolicyAlgo
     start_step: int  # 0, or the step a resumed fit continues from
-    is_main: bool  # process 0 writes files; the others keep the same state silently
+    is_main: bool  # process 0 of a fit writes files; the others (and steps outside fit) keep state silently
     segment: int = 0  # the manifest segment this fit writes (rows and events are tagged with it)
 
 

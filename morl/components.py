@@ -132,7 +132,9 @@ def spec_of(family: str, component: Any) -> str | dict[str, Any]:
     """
     if isinstance(component, Component):
         cls = type(component)
-        name = component.name if registered(family).get(component.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
+        name = (
+            component.name if registered(family).get(component.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
+        )
         return {"name": name, **component.config.model_dump(mode="json")}
     path = f"{component.__module__}.{getattr(component, '__qualname__', type(component).__qualname__)}"
     return path

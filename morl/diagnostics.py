@@ -284,7 +284,7 @@ class Diagnostics(Callback):
     def on_fit_start(self, ctx: FitContext) -> None:
         self._fit = ctx
         # under data parallelism every process keeps the same state, and process 0 appends the events
-        self._events = JsonlWriter(Path(ctx.run_dir) / "events.jsonl") if ctx.is_main else None
+        self._events = None  # opened on the first event, so a quiet run leaves no empty file
         if self.config.enabled and self.config.grad_cosine_every:
             self._maybe_snapshot(ctx.start_step)
 
@@ -371,6 +371,8 @@ class Diagnostics(Callback):
         from morl.logging import console
 
         self.events_.append(event)
+        if self._events is None and self._fit is not None and self._fit.is_main:
+            self._events = JsonlWriter(Path(self._fit.run_dir) / "events.jsonl")
         if self._events is not None:
             self._events.write({**event, "segment": self._fit.segment if self._fit else 0})
         name, step, since = event["objective"], event["step"], event["since_step"]

@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from morl import distributed
 from morl.algos import AdvantageEstimator, PolicyAlgo
+from morl.algos.dynamic_sampling import informative_groups
 from morl.algos.importance import importance_metrics
-from morl.batch import Batch
+from morl.batch import Batch, concat_batches
 from morl.callbacks import Callback, FitContext, StepContext
 from morl.checkpoint import (
     CheckpointError,
@@ -105,6 +106,16 @@ class TrainConfig(BaseModel):
     loggers: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"], description="where metrics go besides metrics.jsonl, which is always written"
     )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: drop prompt groups whose rewards are all equal (no signal) and sample "
+        "more prompts to refill the step",
+    )
+    dynamic_sampling_rounds: int = Field(
+        3,
+        ge=1,
+        description="with dynamic_sampling: at most this many refill rounds per step, then train on what is kept",
+    )
 
 
 class NonFiniteError(RuntimeError):
@@ -159,6 +170,7 @@ class Trainer:
         self.state = TrainingState()
         self.validation_data: list[dict[str, Any]] | None = None
         self._order: list[int] = []  # this epoch's prompt order, recomputed from the seed after a resume
+        self._train_data: list[dict[str, Any]] | None = None  # what dynamic sampling refills from, during fit
         self._reference_fingerprint: str | None = None
         self._fit: FitContext | None = None
 
@@ -190,6 +202,10 @@ class Trainer:
     def step(self, examples: list[dict[str, Any]]) -> tuple[Updated, dict[str, float]]:
         """One training step on these prompts; returns the step's last record and its metrics."""
         p = self.parts
+        if self._fit is None:  # a step outside fit(): callbacks watch it as a fit without a run directory
+            self._fit = self._fit_context(None, segment=0)
+            for cb in self.callbacks:
+                cb.on_fit_start(self._fit)
         timings: dict[str, float] = {}
         validation = isinstance(p.controller, UsesValidation) and Need.VALIDATION in self.needs
         if validation and self.state.step == 0:
@@ -204,6 +220,9 @@ class Trainer:
         t0 = time.perf_counter()
         scored = self._score(rollout)
         timings["timing/reward"] = time.perf_counter() - t0
+        filtered: dict[str, float] = {}
+        if self.config.dynamic_sampling:
+            scored, filtered = self._filter_groups(scored, timings)
 
         t0 = time.perf_counter()
         p.controller.before_update(scored)
@@ -230,11 +249,11 @@ class Trainer:
 
         self.state.step += 1
         metrics = self._step_metrics(updated)
+        metrics.update(filtered)
         metrics.update(timings)
-        if self._fit is not None:
-            ctx = StepContext(fit=self._fit, step=self.state.step, record=updated, metrics=metrics)
-            for cb in self.callbacks:
-                cb.on_step_end(ctx)
+        ctx = StepContext(fit=self._fit, step=self.state.step, record=updated, metrics=metrics)
+        for cb in self.callbacks:
+            cb.on_step_end(ctx)
         return updated, metrics
 
     def _rollout(self, examples: list[dict[str, Any]], timings: dict[str, float]) -> Batch:
@@ -274,6 +293,41 @@ class Trainer:
             rewards, skipped = distributed.broadcast_object((rewards, skipped))  # a reward is random
         device = rollout.completion_mask.device
         return Scored(rollout=rollout, rewards=rewards.to(device), objectives=p.objectives, skipped=skipped)
+
+    def _filter_groups(self, scored: Scored, timings: dict[str, float]) -> tuple[Scored, dict[str, float]]:
+        """DAPO's batch filter: keep the groups whose rewards vary (:func:`morl.algos.informative_groups`); while
+        fewer than ``prompts_per_step`` are kept, sample more prompts (at most ``dynamic_sampling_rounds`` times);
+        train on the first ``prompts_per_step`` kept, or on what there is. A step without any informative group
+        keeps its batch (its advantages are all zero: the update changes nothing but the moments)."""
+        wanted = self.config.prompts_per_step
+        k = scored.group_size
+        kept: list[Scored] = []
+        dropped, rounds = 0, 0
+        current = scored
+        while True:
+            informative = informative_groups(current.rewards, k).tolist()
+            kept += [_group(current, g) for g, keep in enumerate(informative) if keep]
+            dropped += informative.count(False)
+            if len(kept) >= wanted or rounds >= self.config.dynamic_sampling_rounds or self._train_data is None:
+                break
+            rounds += 1
+            t0 = time.perf_counter()
+            more = self._rollout(self._next_examples(self._train_data, wanted - len(kept)), timings)
+            timings["timing/rollout"] = timings.get("timing/rollout", 0.0) + time.perf_counter() - t0
+            current = self._score(more)
+        metrics = {
+            "dynamic_sampling/kept_groups": float(min(len(kept), wanted)),
+            "dynamic_sampling/dropped_groups": float(dropped),
+            "dynamic_sampling/rounds": float(rounds),
+        }
+        if not kept:
+            return scored, metrics
+        kept = kept[:wanted]
+        pad = self.parts.policy.tokenizer.pad_token_id
+        rollout = concat_batches([part.rollout for part in kept], pad)
+        rewards = torch.cat([part.rewards for part in kept])
+        skipped = {name: sum(part.skipped.get(name, 0) for part in kept) for name in scored.objectives}
+        return Scored(rollout=rollout, rewards=rewards, objectives=scored.objectives, skipped=skipped), metrics
 
     def _weigh(self, scored: Scored) -> Weighted:
         """Apply the weights where the controller's family says; every tensor on the rewards' device."""
@@ -412,11 +466,11 @@ class Trainer:
     ) -> FitResult:
         """See :meth:`morl.pipeline.Pipeline.fit`."""
         cfg = self.config
-        p = self.parts
         main = distributed.is_main()  # process 0 writes the files and speaks for the run
         if not main:
             console.quiet = True
         self._check_inputs(train_data, eval_data)
+        self._train_data = train_data
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         if self.validation_data is None:  # a fixed sample of the training prompts; never the reported eval split
@@ -465,9 +519,7 @@ class Trainer:
                 manifest = Manifest.load(run_dir)
                 if manifest is None:
                     raise CheckpointError(f"{run_dir} has checkpoints but no manifest.json: it was not written by fit")
-                manifest.begin_segment(
-                    run_dir, "resume", self.state.step, recipe, [str(d) for d in accepted]
-                )
+                manifest.begin_segment(run_dir, "resume", self.state.step, recipe, [str(d) for d in accepted])
                 history = [row for row in read_metrics(run_dir) if row.get("step", 0) <= self.state.step]
                 console.print(f"resuming [bold]{run_dir}[/] at step {self.state.step} from {checkpoint.name}")
             if distributed.is_distributed():
@@ -478,15 +530,7 @@ class Trainer:
         self.state.segment = segment
         self.state.identity = identity
         writer = open_loggers(run_dir, cfg.loggers, config=recipe) if main else _NoWriter()
-        self._fit = FitContext(
-            run_dir=run_dir,
-            objectives=tuple(p.objectives),
-            policy=p.policy,
-            algo=p.algo,
-            start_step=self.state.step,
-            is_main=main,
-            segment=segment,
-        )
+        self._fit = self._fit_context(run_dir, segment)
         for cb in self.callbacks:
             cb.on_fit_start(self._fit)
         if p.policy.sharded and main:
@@ -568,6 +612,18 @@ class Trainer:
         distributed.barrier()
         return FitResult(run_dir=run_dir, history=history)
 
+    def _fit_context(self, run_dir: Path | None, segment: int) -> FitContext:
+        p = self.parts
+        return FitContext(
+            run_dir=run_dir,
+            objectives=tuple(p.objectives),
+            policy=p.policy,
+            algo=p.algo,
+            start_step=self.state.step,
+            is_main=distributed.is_main() and run_dir is not None,
+            segment=segment,
+        )
+
     def _check_inputs(self, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:
         p = self.parts
         if not train_data:
@@ -578,6 +634,8 @@ class Trainer:
                 f"train.prompts_per_step={self.config.prompts_per_step} cannot be split evenly across {n} processes; "
                 f"use a multiple of {n}"
             )
+        if self.config.dynamic_sampling and distributed.is_distributed():
+            raise RecipeError("train.dynamic_sampling runs in one process for now; set it to false under --launch")
         for split, rows in (("train", train_data), ("eval", eval_data or [])):  # bad data fails now, not at step 900
             check_columns(p.rewards, rows, split)
             messages = [ex.get("messages") for ex in rows] if any("messages" in ex for ex in rows) else None
@@ -702,16 +760,23 @@ class Trainer:
             "the controller's weights and train.lr, then resume with `morl fit RECIPE --resume RUN_DIR`."
         )
 
-    def _next_examples(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _next_examples(self, data: list[dict[str, Any]], count: int | None = None) -> list[dict[str, Any]]:
         """Prompts for the next step: a seeded shuffle per epoch, position kept for resuming."""
         picked = []
-        for _ in range(self.config.prompts_per_step):
+        for _ in range(count or self.config.prompts_per_step):
             epoch, offset = divmod(self.state.data_position, len(data))
             if offset == 0 or not self._order:
                 self._order = random.Random(self.config.seed * 100_003 + epoch).sample(range(len(data)), len(data))
             picked.append(data[self._order[offset]])
             self.state.data_position += 1
         return picked
+
+
+def _group(scored: Scored, g: int) -> Scored:
+    """Prompt group ``g`` of a scored batch (its ``group_size`` consecutive rows), as a scored batch of its own."""
+    k = scored.group_size
+    rows = slice(g * k, (g + 1) * k)
+    return Scored(rollout=scored.rollout.select(rows), rewards=scored.rewards[rows], objectives=scored.objectives)
 
 
 class _NoWriter:
@@ -745,5 +810,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-

@@ -1,4 +1,4 @@
-"""Batch records without tokens, for the math that reads only rewards, scores and weights."""
+"""Records without tokens, for the math that reads only rewards, scores and weights."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from typing import Any
 import torch
 
 from morl.batch import Batch
+from morl.stages import Scored, Updated, Weighted
 
 
 def reward_batch(rewards: Any, group_size: int | None = None, **fields: Any) -> Batch:
-    """``rewards`` [N, M] as one group (or groups of ``group_size``); tensor ``fields`` such as
-    ``clipped_weights`` or ``scores`` are converted to float32, other fields passed through."""
+    """A token-free training batch: ``rewards`` [N, M] as one group (or groups of ``group_size``); tensor
+    ``fields`` such as ``advantages`` are converted to float32 (what gradient-level weightings read)."""
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     n = rewards.shape[0]
-    extra = {k: torch.as_tensor(v, dtype=torch.float32) if k != "objectives" else list(v) for k, v in fields.items()}
+    extra = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in fields.items()}
     return Batch(
         prompts=[""] * n,
         completions=[""] * n,
@@ -27,3 +28,33 @@ def reward_batch(rewards: Any, group_size: int | None = None, **fields: Any) -> 
         rewards=rewards,
         **extra,
     )
+
+
+def scored_record(rewards: Any, group_size: int | None = None, objectives: Any = None) -> Scored:
+    """What a controller's ``before_update`` and ``combine_advantages`` see."""
+    batch = reward_batch(rewards, group_size)
+    names = tuple(objectives) if objectives is not None else tuple(f"r{m}" for m in range(batch.rewards.shape[1]))
+    return Scored(rollout=batch, rewards=batch.rewards, objectives=names)
+
+
+def updated_record(
+    rewards: Any,
+    group_size: int | None = None,
+    *,
+    scores: Any = None,
+    clipped_weights: Any = None,
+    objectives: Any = None,
+) -> Updated:
+    """What a controller's ``after_update`` and the diagnostics see; ``scores`` default to the reward sum."""
+    scored = scored_record(rewards, group_size, objectives)
+    scores = torch.as_tensor(scores, dtype=torch.float32) if scores is not None else scored.rewards.nansum(1)
+    weighted = Weighted(
+        scored=scored,
+        weights=torch.ones(scored.rewards.shape[1]),
+        scores=scores,
+        advantages=torch.zeros_like(scores),
+        objective_advantages=None,
+        train=scored.rollout,
+    )
+    clipped = torch.as_tensor(clipped_weights, dtype=torch.float32) if clipped_weights is not None else None
+    return Updated(weighted=weighted, stats={}, clipped_weights=clipped)

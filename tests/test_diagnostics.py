@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from morl import Pipeline, TrainConfig
+from morl.callbacks import FitContext, StepContext
 from morl.components import RecipeError, build, registered
 from morl.diagnostics import (
     Diagnostics,
@@ -18,7 +19,7 @@ from morl.diagnostics import (
 )
 from morl.recipe import parse_recipe
 from morl.tinymath.task import make_split
-from tests.batches import reward_batch
+from tests.batches import updated_record
 
 
 def short(prompts, completions, **kwargs):
@@ -29,8 +30,8 @@ def digits(prompts, completions, **kwargs):
     return [float(any(ch.isdigit() for ch in c)) for c in completions]
 
 
-def _batch(rewards, scores, k, objectives=("a", "b")):
-    return reward_batch(rewards, k, scores=scores, objectives=objectives)
+def _record(rewards, scores, k, objectives=("a", "b")):
+    return updated_record(rewards, k, scores=scores, objectives=objectives)
 
 
 def _direct(rewards, signal, k):
@@ -60,7 +61,7 @@ def test_covariance_metrics_match_numpy():
     rewards[[1, 6], 1] = np.nan  # not applicable
     rewards[8:12, 0] = 1.0  # a constant group: covariance 0, correlation 0
     scores = rng.normal(size=12)
-    metrics = covariance_metrics(_batch(rewards, scores, k), torch.as_tensor(scores), "score")
+    metrics = covariance_metrics(torch.as_tensor(rewards), torch.as_tensor(scores), k, "ab", "score")
     cov, corr = _direct(rewards, scores, k)
     for j, name in enumerate("ab"):
         assert metrics[f"cov/score/{name}"] == pytest.approx(cov[j], abs=1e-6)
@@ -68,17 +69,23 @@ def test_covariance_metrics_match_numpy():
 
 
 def test_clipped_mass_matches_direct_computation():
+    from morl.algos.loss import PolicyLoss
+
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
     new = torch.log(torch.tensor([[0.5, 0.7, 0.3], [0.9, 0.2, 0.5]]))  # ratios 1, 1.4, 0.6 / 1.8, 0.4, 1
-    batch = _batch([[1.0], [0.0]], [1.0, -1.0], 2, objectives=("a",))
-    batch.completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    batch.old_logprobs, batch.advantages = old, torch.tensor([1.0, -1.0])
-    out = clipped_mass(new, batch, (0.2, 0.2))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    advantages = torch.tensor([1.0, -1.0])
+    clipped = PolicyLoss(clip=(0.2, 0.2))(new, advantages, mask, old_logp=old)  # the loss's own clip statistics
+    out = clipped_mass(clipped.ratio, clipped.unclipped, advantages, mask)
     # row 0 (A>0): ratio 1.4 clipped high; row 1 (A<0): ratio 0.4 clipped low; the last token is padding
     mass = np.array([1.0, 1.4, 0.6, 1.8, 0.4])
     assert out["clip/removed_mass"] == pytest.approx((1.4 + 0.4) / mass.sum(), rel=1e-5)
     assert out["clip/token_fraction"] == pytest.approx(2 / 5)
-    assert clipped_mass(new, batch, None) == {"clip/removed_mass": 0.0, "clip/token_fraction": 0.0}
+    unclipped = PolicyLoss(clip=None)(new, advantages, mask, old_logp=old)
+    assert clipped_mass(unclipped.ratio, unclipped.unclipped, advantages, mask) == {
+        "clip/removed_mass": 0.0,
+        "clip/token_fraction": 0.0,
+    }
 
 
 def _stream(diag, sign, steps, tmp_path=None):
@@ -86,18 +93,22 @@ def _stream(diag, sign, steps, tmp_path=None):
     k = 4
     rewards = np.array([[1, 1], [0, 1], [1, 0], [0, 0]] * 2, dtype=float)  # uncorrelated within each group
     scores = sign * rewards[:, 0] + rewards[:, 1]  # objective b always covaries positively
+    fit = FitContext(
+        run_dir=tmp_path, objectives=("a", "b"), policy=None, algo=None, start_step=0, is_main=tmp_path is not None
+    )
+    diag.on_fit_start(fit)
     history = []
     for step in range(1, steps + 1):
         metrics = {}
-        diag.on_step_end(step, _batch(rewards, scores, k), metrics)
+        diag.on_step_end(StepContext(fit=fit, step=step, record=_record(rewards, scores, k), metrics=metrics))
         history.append(metrics)
+    diag.on_fit_end(fit, history)
     return history
 
 
 def test_alarm_fires_once_on_sustained_negative_covariance(tmp_path, capsys):
     diag = Diagnostics(alarm_patience=3)
-    diag._events_path = tmp_path / "events.jsonl"
-    history = _stream(diag, -1, 8)
+    history = _stream(diag, -1, 8, tmp_path)
     assert [h["alarm/a"] for h in history] == [0, 0, 1, 1, 1, 1, 1, 1]
     assert all(h["alarm/b"] == 0 for h in history)
     assert history[0]["cov/score/a"] < 0 < history[0]["cov/score/b"]
@@ -112,8 +123,7 @@ def test_alarm_fires_once_on_sustained_negative_covariance(tmp_path, capsys):
 
 def test_alarm_silent_on_positive_covariance(tmp_path):
     diag = Diagnostics(alarm_patience=2)
-    diag._events_path = tmp_path / "events.jsonl"
-    history = _stream(diag, +1, 10)
+    history = _stream(diag, +1, 10, tmp_path)
     assert all(h["alarm/a"] == 0 and h["alarm/b"] == 0 for h in history)
     assert not (tmp_path / "events.jsonl").exists()
 
@@ -146,8 +156,8 @@ def _pipeline(policy, tmp_path, **kwargs):
 def test_pipeline_installs_cheap_diagnostics_by_default(tiny_policy, tmp_path):
     pipe = _pipeline(tiny_policy, tmp_path)
     assert isinstance(pipe.callbacks[0], Diagnostics)
-    batch, metrics = pipe.step(make_split("train", 2, 0))
-    assert batch.clipped_weights is None  # the forward pass is not paid for by default
+    record, metrics = pipe.step(make_split("train", 2, 0))
+    assert record.clipped_weights is None  # the forward pass is not paid for by default
     for key in ("cov/score/short", "corr/score/digits", "alarm/short", "clip_ratio/region_mean"):
         assert key in metrics
     assert not any(k.startswith(("cov/clipped_weight", "grad_cos", "clip/")) for k in metrics)
@@ -185,7 +195,8 @@ def test_gradient_cosine_matches_separate_gradients(tiny_policy, tmp_path):
     before = [p.detach().clone() for p in tiny_policy.model.parameters()]
     examples = make_split("train", 4, 0)
     for _ in range(3):
-        batch, metrics = pipe.step(examples[:2])
+        record, metrics = pipe.step(examples[:2])
+        batch = record.weighted.train
         if batch.objective_advantages.abs().sum(0).min() > 0:  # both objectives vary in this batch
             break
         before = [p.detach().clone() for p in tiny_policy.model.parameters()]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from morl import policy as policy_module
-from morl.pipeline import split_examples
+from morl.evaluation import split_examples
 from morl.rollout import TransformersRollout
 from morl.tinymath.task import make_split
 

@@ -1,6 +1,7 @@
 import torch
 
-from morl.pipeline import Pipeline, TrainConfig, split_examples
+from morl.evaluation import split_examples
+from morl.pipeline import Pipeline, TrainConfig
 from morl.rollout import TransformersRollout, completion_mask
 from morl.tinymath.task import make_split
 

@@ -1,70 +1,94 @@
-"""Policy algorithms: advantages + rollouts -> loss -> parameter update.
+"""Policy algorithms: advantages + rollouts -> loss (:mod:`morl.algos.loss`) -> updates (:mod:`morl.algos.updater`).
 
 ``reinforce``: ``L = -mean_tokens(A · ρ)`` with ``ρ = π_θ/π_old`` (= 1 on-policy, so the gradient is
 ``-A ∇log π``), no clipping (Williams 1992).
 
 ``grpo``: the clipped surrogate ``L = -mean_tokens(min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A)) + β·KL_k3 - α·H``
 (Shao et al. 2024, https://arxiv.org/abs/2402.03300; ε_high as in DAPO), several PPO epochs over
-mini-batches, token-mean loss, k3 KL estimator to a frozen reference (Schulman, http://joschu.net/blog/kl-approx.html).
+mini-batches, k3 KL estimator to a frozen reference (Schulman, http://joschu.net/blog/kl-approx.html).
 
-Both expose :meth:`surrogate` (the loss for any advantages, so gradient-level weightings can build one loss
-per objective) and :meth:`clipped_advantage_weight` (the covariance law's ``w = A·ρ·1[not clipped]``).
+Both take TRL's loss axes as config fields — ``loss_type`` (``grpo``, ``bnpo``/``dapo``, ``dr_grpo``; default
+``bnpo``, the token mean over the mini-batch), ``importance_sampling_level`` (``token``, or GSPO's ``sequence``),
+``kl_estimator`` (``k1``, ``k3``) and ``kl_in`` (``loss``, or ``reward``: the step subtracts ``β·KL`` from the
+scores, see :meth:`PolicyAlgo.kl_reward_penalty`) — so GSPO, Dr. GRPO and DAPO are settings, not classes.
+
+:meth:`PolicyAlgo.loss` is the loss for any advantages on a (mini-)batch with its own statistics
+(:class:`~morl.algos.loss.LossOutput`: ratio, unclipped mask, normaliser), so gradient-level weightings build one
+loss per objective, and :meth:`PolicyAlgo.clipped_advantage_weight` (the covariance law's ``w = A·ρ·1[not
+clipped]``) reads the same ratio and mask. :meth:`PolicyAlgo.update` runs the one
+:class:`~morl.algos.updater.Updater`, which weights micro-batches and processes by their share of the loss's
+normaliser, so micro-batching and data parallelism leave the gradient unchanged for every ``loss_type``.
 
 When the rollout engine is not the trainer (vLLM: the batch has ``sampling_logprobs``), the policy term of each
 token is multiplied by a capped importance ratio ``π_old / π_engine`` (``importance_correction``, see
-:mod:`morl.algos.importance`). ``micro_batch_size`` accumulates each mini-batch's gradient over micro-batches,
-weighting each by its share of the mini-batch's completion tokens, so micro-batching and data parallelism
-(:mod:`morl.distributed`) leave the gradient of the token-mean loss unchanged.
+:mod:`morl.algos.importance`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from pydantic import Field
 
-from morl import distributed
 from morl.algos.importance import ImportanceCorrection, importance_weights
+from morl.algos.loss import (
+    ImportanceSamplingLevel,
+    KLEstimator,
+    KLIn,
+    LossOutput,
+    LossType,
+    PolicyLoss,
+    k3_kl,
+    masked_mean,
+    sequence_kl,
+    unclipped_mask,
+)
+from morl.algos.updater import Updater
 from morl.batch import Batch
 from morl.components import Component, ComponentConfig
 from morl.policy import Policy
 
-# (policy, mini-batch) -> loss to backpropagate; lets gradient-level controllers combine objectives.
+# k3_kl, masked_mean and unclipped_mask live in morl.algos.loss; re-exported for existing importers
+__all__ = [
+    "GRPO",
+    "LossCombiner",
+    "PolicyAlgo",
+    "PolicyAlgoConfig",
+    "Reinforce",
+    "k3_kl",
+    "masked_mean",
+    "unclipped_mask",
+]
+
+# (policy, mini-batch, algorithm) -> (loss to backpropagate, statistics); lets gradient-level controllers combine
+# per-objective losses built with :meth:`PolicyAlgo.loss`
 LossCombiner = Callable[[Policy, Batch, "PolicyAlgo"], tuple[torch.Tensor, dict[str, float]]]
-
-
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(π_θ || π_ref): ``exp(r) - r - 1`` with ``r = log π_ref - log π_θ``.
-
-    Unbiased and always non-negative. Example: equal policies give 0.
-        >>> k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0]))
-        tensor([0.])
-    """
-    r = ref_logp - logp
-    return torch.exp(r) - r - 1.0
-
-
-def unclipped_mask(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
-    """1 where the clipped surrogate still passes gradient: not (A>0 and ρ>1+ε_h) and not (A<0 and ρ<1-ε_l)."""
-    clipped_high = (advantages > 0) & (ratio > 1.0 + clip_high)
-    clipped_low = (advantages < 0) & (ratio < 1.0 - clip_low)
-    return ~(clipped_high | clipped_low)
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp_min(1.0)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
 
 
 class PolicyAlgoConfig(ComponentConfig):
     epochs: int = Field(1, ge=1, description="passes over each rollout batch (PPO epochs); >1 reuses it off-policy")
     minibatches: int = Field(1, ge=1, description="optimiser steps per epoch, each on an equal share of the batch")
-    kl_coef: float = Field(0.0, ge=0, description="β of the k3 KL penalty to a frozen reference model; >0 loads one")
-    entropy_coef: float = Field(0.0, ge=0, description="α of the token-mean entropy bonus; >0 against entropy collapse")
+    loss_type: LossType = Field(
+        "bnpo",
+        description="aggregation of token losses (TRL's loss_type): grpo = mean of sequence means; bnpo = dapo = "
+        "token mean over the mini-batch step; dr_grpo = token sum / (sequences × max_completion_length)",
+    )
+    max_completion_length: int | None = Field(
+        None, ge=1, description="L_max of loss_type dr_grpo (set it to the rollout's max_new_tokens); None: batch width"
+    )
+    importance_sampling_level: ImportanceSamplingLevel = Field(
+        "token",
+        description="token: one ratio per token (GRPO); sequence: GSPO's exp(mean log-ratio) per completion",
+    )
+    kl_coef: float = Field(0.0, ge=0, description="β of the KL penalty to a frozen reference model; >0 loads one")
+    kl_estimator: KLEstimator = Field(
+        "k3", description="per-token KL estimator: k1 = log π/π_ref, k3 = exp(r) - r - 1 with r = log π_ref/π"
+    )
+    kl_in: KLIn = Field(
+        "loss", description="where β·KL acts: loss (a term per token) or reward (subtracted from each score)"
+    )
+    entropy_coef: float = Field(0.0, ge=0, description="α of the entropy bonus; >0 against entropy collapse")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None: no clip")
     temperature: float = Field(
         1.0, gt=0, description="softmax temperature of the trained log-probs; match the rollout's sampling temperature"
@@ -80,6 +104,9 @@ class PolicyAlgoConfig(ComponentConfig):
 
 
 class PolicyAlgo(Component):
+    """A policy loss (TRL's axes, :class:`~morl.algos.loss.PolicyLoss`) and the :class:`~morl.algos.updater.Updater`
+    that minimises it."""
+
     family = "algo"
     Config = PolicyAlgoConfig
 
@@ -92,51 +119,83 @@ class PolicyAlgo(Component):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0
 
+    @property
+    def policy_loss(self) -> PolicyLoss:
+        """The loss function of tensors this algorithm minimises."""
+        cfg = self.config
+        return PolicyLoss(
+            loss_type=cfg.loss_type,
+            importance_sampling_level=cfg.importance_sampling_level,
+            clip=self.clip_range,
+            kl_coef=cfg.kl_coef,
+            kl_estimator=cfg.kl_estimator,
+            kl_in=cfg.kl_in,
+            entropy_coef=cfg.entropy_coef,
+            max_completion_length=cfg.max_completion_length,
+        )
+
+    @property
+    def updater(self) -> Updater:
+        cfg = self.config
+        return Updater(cfg.epochs, cfg.minibatches, cfg.micro_batch_size, cfg.max_grad_norm)
+
+    def loss(
+        self,
+        logp: torch.Tensor,
+        batch: Batch,
+        advantages: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """The loss of these rows for ``advantages`` [n] (default: ``batch.advantages``) and its statistics.
+
+        ``logp`` [n, L] are the log-probs under the policy being trained; the sampling, reference and engine
+        log-probs come from the batch.
+        """
+        advantages = batch.advantages if advantages is None else advantages
+        old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
+        return self.policy_loss(
+            logp,
+            advantages,
+            batch.completion_mask,
+            old_logp=old,
+            ref_logp=batch.ref_logprobs,
+            entropy=entropy,
+            importance=self._importance(old, batch),
+        )
+
     def surrogate(
         self, logp: torch.Tensor, batch: Batch, advantages: torch.Tensor, entropy: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Token-mean loss for ``advantages`` [n] on a (mini-)batch, and its per-token statistics."""
-        mask = batch.completion_mask
-        old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
-        ratio = torch.exp(logp - old)
-        adv = advantages.unsqueeze(1)
-        per_token = ratio * adv
-        stats: dict[str, torch.Tensor] = {}
-        if self.clip_range is not None:
-            low, high = self.clip_range
-            clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * adv
-            per_token = torch.minimum(per_token, clipped)
-            clipped_low = (ratio < 1 - low) & (adv < 0)
-            clipped_high = (ratio > 1 + high) & (adv > 0)
-            stats["clip_ratio/low_mean"] = masked_mean(clipped_low.float(), mask)
-            stats["clip_ratio/high_mean"] = masked_mean(clipped_high.float(), mask)
-            stats["clip_ratio/region_mean"] = masked_mean((clipped_low | clipped_high).float(), mask)
-        per_token = per_token * self._importance(old, batch)
-        loss_tokens = -per_token
-        if self.config.kl_coef > 0:
-            kl = k3_kl(logp, batch.ref_logprobs)
-            loss_tokens = loss_tokens + self.config.kl_coef * kl
-            stats["kl"] = masked_mean(kl.detach(), mask)
-        if entropy is not None:
-            if self.config.entropy_coef > 0:
-                loss_tokens = loss_tokens - self.config.entropy_coef * entropy
-            stats["entropy"] = masked_mean(entropy.detach(), mask)
-        return masked_mean(loss_tokens, mask), stats
+        """``(loss, statistics)`` of :meth:`loss`, for callers of the former two-value form."""
+        out = self.loss(logp, batch, advantages, entropy)
+        return out.loss, out.stats
 
     def clipped_advantage_weight(self, new_logp: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Completion-level ``w = mean_tokens(A · ρ · 1[not clipped])`` under the updated policy."""
-        old = batch.old_logprobs if batch.old_logprobs is not None else new_logp
-        ratio = torch.exp(new_logp - old)
-        adv = batch.advantages.unsqueeze(1).expand_as(ratio)
-        weight = adv * ratio * self._importance(old, batch)
-        if self.clip_range is not None:
-            weight = weight * unclipped_mask(ratio, adv, *self.clip_range)
+        """Completion-level ``w = mean_tokens(A · ρ · c · 1[not clipped])`` under the updated policy ``new_logp``
+        (``c``: the engine/trainer importance correction), from the loss's own ratio and unclipped mask."""
+        out = self.loss(new_logp, batch)
+        adv = batch.advantages.unsqueeze(1).expand_as(out.ratio)
+        weight = adv * out.ratio
+        if out.importance is not None:
+            weight = weight * out.importance
+        weight = weight * out.unclipped
         return masked_mean(weight, batch.completion_mask, dim=1)
 
-    def _importance(self, old_logprobs: torch.Tensor, batch: Batch) -> torch.Tensor | float:
-        """Per-token importance weights for an engine/trainer mismatch; 1 when the trainer sampled."""
+    def kl_reward_penalty(self, batch: Batch) -> torch.Tensor | None:
+        """``β · sequence_kl(old, ref)`` [N] to subtract from the scores when ``kl_in: reward``; None otherwise."""
+        cfg = self.config
+        if cfg.kl_in != "reward" or cfg.kl_coef == 0:
+            return None
+        if batch.old_logprobs is None or batch.ref_logprobs is None:
+            raise ValueError("kl_in: reward needs the batch's old_logprobs and ref_logprobs")
+        return cfg.kl_coef * sequence_kl(
+            batch.old_logprobs, batch.ref_logprobs, batch.completion_mask, cfg.kl_estimator
+        )
+
+    def _importance(self, old_logprobs: torch.Tensor, batch: Batch) -> torch.Tensor | None:
+        """Per-token importance weights for an engine/trainer mismatch; None when the trainer sampled."""
         if batch.sampling_logprobs is None or self.config.importance_correction == "none":
-            return 1.0
+            return None
         cfg = self.config
         return importance_weights(
             old_logprobs, batch.sampling_logprobs, batch.completion_mask, cfg.importance_correction, cfg.importance_cap
@@ -150,69 +209,19 @@ class PolicyAlgo(Component):
         combine: LossCombiner | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
-        """Run the epochs × mini-batches of optimiser steps; returns averaged metrics.
+        """Run the epochs × mini-batches of optimiser steps (:meth:`Updater.update`); returns averaged metrics.
 
-        Under data parallelism this process trains on ``batch.local_rows``; every process splits its rows into
-        the same number of mini-batches, and a mini-batch step is the sum of all processes' contributions.
+        ``combine``, a gradient-level controller's ``combine_losses``, builds each micro-batch's loss instead of
+        :meth:`minibatch_loss`; it must aggregate like :meth:`loss` (it does when built from it).
         """
-        policy.model.train()
-        rows = torch.arange(batch.size)
-        if batch.local_rows is not None:
-            rows = rows[batch.local_rows]
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(self.config.epochs):
-            order = rows[torch.randperm(len(rows), generator=generator)] if self.config.minibatches > 1 else rows
-            for minibatch in order.chunk(self.config.minibatches):
-                for key, value in self._minibatch_step(policy, optimizer, batch, minibatch, combine).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-        policy.model.eval()
-        return {key: value / count for key, value in sums.items()}
-
-    def _minibatch_step(
-        self,
-        policy: Policy,
-        optimizer: torch.optim.Optimizer,
-        batch: Batch,
-        rows: torch.Tensor,
-        combine: LossCombiner | None,
-    ) -> dict[str, float]:
-        """One optimiser step on these rows, accumulated over micro-batches and processes.
-
-        Each micro-batch's loss is its token mean, weighted by its share of the completion tokens of the whole
-        mini-batch (over all processes), so the accumulated gradient is the mini-batch's token-mean gradient.
-        Logged statistics are reduced the same way: token-weighted means over the mini-batch.
-        """
-        size = self.config.micro_batch_size
-        micro = list(rows.split(size)) if size else [rows]
-        local = torch.stack([batch.completion_mask[r].sum() for r in micro]).double().cpu()
-        total = distributed.all_reduce_sum(local)  # tokens of each micro-step over all processes
-        processes = distributed.world_size()
-        mb_total = float(total.sum())
-        optimizer.zero_grad(set_to_none=True)
-        weighted: dict[str, float] = {}
-        for i, part in enumerate(micro):
-            mb = batch.select(part)
-            mb.token_share = float(local[i] / total[i]) if total[i] > 0 else 1.0 / processes
-            loss, stats = combine(policy, mb, self) if combine is not None else self.minibatch_loss(policy, mb)
-            weight = float(local[i]) / mb_total if mb_total > 0 else 1.0 / (processes * len(micro))
-            with policy.no_sync(skip=i < len(micro) - 1):
-                policy.backward(loss * weight)
-            stats["loss"] = loss.detach()
-            for key, value in stats.items():
-                weighted[key] = weighted.get(key, 0.0) + weight * float(value)
-        keys = sorted(weighted)
-        reduced = distributed.all_reduce_sum(torch.tensor([weighted[k] for k in keys], dtype=torch.float64))
-        out = dict(zip(keys, reduced.tolist()))
-        grad_norm = self._clip_gradients(policy)
-        if not math.isfinite(grad_norm) or not math.isfinite(out["loss"]):
-            optimizer.zero_grad(set_to_none=True)
-            out["skipped_nonfinite"] = 1.0
+        if combine is None:
+            loss_fn = self.minibatch_loss
         else:
-            optimizer.step()
-        out["grad_norm"] = grad_norm
-        return out
+
+            def loss_fn(policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+                return combine(policy, mb, self)
+
+        return self.updater.update(policy, optimizer, batch, loss_fn, self.policy_loss.normaliser, generator)
 
     def logprobs(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (and entropies, when the loss or the logs use them) at this algorithm's temperature."""
@@ -227,11 +236,10 @@ class PolicyAlgo(Component):
         )
 
     def minibatch_loss(self, policy: Policy, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass -> this (micro-)batch's loss and statistics."""
         logp, entropy = self.logprobs(policy, mb)
-        return self.surrogate(logp, mb, mb.advantages, entropy)
-
-    def _clip_gradients(self, policy: Policy) -> float:
-        return policy.clip_grad_norm(self.config.max_grad_norm)
+        out = self.loss(logp, mb, mb.advantages, entropy)
+        return out.loss, out.stats
 
 
 class Reinforce(PolicyAlgo):
@@ -241,7 +249,11 @@ class Reinforce(PolicyAlgo):
 
 
 class GRPO(PolicyAlgo):
-    """Clipped surrogate with asymmetric clip range; the paper's GRPO uses ε = 0.2."""
+    """Clipped surrogate with asymmetric clip range; the paper's GRPO uses ε = 0.2.
+
+    DAPO is ``loss_type: dapo, clip_high: 0.28``; GSPO is ``importance_sampling_level: sequence`` with
+    ``clip_low: 3e-4, clip_high: 4e-4``; Dr. GRPO is ``loss_type: dr_grpo`` with an unscaled group-mean advantage.
+    """
 
     name = "grpo"
 

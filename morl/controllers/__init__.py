@@ -6,7 +6,6 @@ from morl.controllers.base import (
     RewardLevel,
     UsesValidation,
     WeightController,
-    WeightTarget,
     check_scalarizer,
     per_objective,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "UsesValidation",
     "WeightController",
     "WeightSchedule",
-    "WeightTarget",
     "check_scalarizer",
     "group_covariances",
     "objective_gram",

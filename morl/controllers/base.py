@@ -22,7 +22,6 @@ record, e.g. clipped advantage weights). What a controller needs computed it lis
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -36,12 +35,6 @@ if TYPE_CHECKING:
     from morl.policy import Policy
 
 Normalization = Literal["simplex", "sum_to_m", "free"]
-
-
-class WeightTarget(str, Enum):  # TEMPORARY: until pama.py and gradients.py subclass GradientLevel
-    REWARD = "reward"
-    ADVANTAGE = "advantage"
-    GRADIENT = "gradient"
 
 
 class WeightController(Component):

@@ -45,11 +45,11 @@ import torch
 from pydantic import Field
 
 from morl.batch import Batch
-from morl.stages import Need, Scored
 from morl.components import ComponentConfig, RecipeError
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.gdpo import Aggregation, aggregate_advantages
 from morl.controllers.gradients import GramConfig, GramWeighting
+from morl.stages import Need, Scored
 
 
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:

@@ -32,10 +32,10 @@ import torch
 from pydantic import Field
 
 from morl.algos.advantages import group_normalize
-from morl.stages import Scored
 from morl.components import ComponentConfig
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.scalarize.base import fill_not_applicable
+from morl.stages import Scored
 
 Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
 

@@ -4,7 +4,7 @@ Gradient-level methods (MGDA, GradNorm, PCGrad, CAGrad, gradient-based dynamic w
 gradients ``g_m`` of the M objectives. All of them need only the M×M Gram matrix ``G_ij = <g_i, g_j>`` (and
 sometimes per-objective losses), never the parameter vectors themselves (the torchjd view). So one mini-batch goes:
 
-    L_m = surrogate(A_m) - regularisers        one forward pass, M losses (objective_losses)
+    L_m = algo.loss(A_m).policy_loss           one forward pass, M losses (objective_losses)
     G, g = objective_gram(L, params)           M backward passes (or one batched), on the chosen parameters
     w = weights_from_gram(G, L)                pure math on an M×M matrix
     loss = Σ_m w_m L_m + regularisers          backpropagated by the algorithm
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,33 +38,41 @@ from pydantic import Field, field_validator
 from morl import distributed
 from morl.batch import Batch
 from morl.components import ComponentConfig
-from morl.controllers.base import WeightController, WeightTarget
+from morl.controllers.base import GradientLevel
+
+if TYPE_CHECKING:
+    from morl.algos import PolicyAlgo
+    from morl.policy import Policy
 
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
 
 
-def objective_terms(policy, minibatch: Batch, algo) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+def objective_terms(
+    policy: Policy, minibatch: Batch, algo: PolicyAlgo
+) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass -> (one policy loss per objective, the shared regulariser, statistics to log).
 
-    ``L_m`` is the algorithm's surrogate for ``minibatch.objective_advantages[:, m]`` with the regularisers
-    (KL to the reference, entropy bonus) removed; the regulariser is returned once, so a combination
-    ``Σ w_m L_m + regulariser`` counts the KL once whatever the weights' normalisation.
+    ``L_m`` is the policy term of the algorithm's loss (:meth:`~morl.algos.PolicyAlgo.loss`) for
+    ``minibatch.objective_advantages[:, m]``, aggregated by its ``loss_type``; the regularisers (KL to the
+    reference, entropy bonus) are returned once, so a combination ``Σ w_m L_m + regulariser`` counts the KL once
+    whatever the weights' normalisation. The statistics (clip fractions, KL, entropy) are those of the loss for the
+    combined advantages ``minibatch.advantages`` (for logging only).
     """
     logp, entropy = algo.logprobs(policy, minibatch)
-    zero = torch.zeros(minibatch.size, dtype=logp.dtype, device=logp.device)
-    regularizer, stats = algo.surrogate(logp, minibatch, zero, entropy)
-    kl_only, _ = algo.surrogate(logp, minibatch, zero)  # what every surrogate call adds besides the policy term
+    combined = minibatch.advantages
+    if combined is None:
+        combined = torch.zeros(minibatch.size, dtype=logp.dtype, device=logp.device)
+    out = algo.loss(logp, minibatch, combined.to(logp.dtype), entropy)
+    stats = dict(out.stats)
+    if minibatch.advantages is None:  # zero advantages clip nothing: no clip fraction to report
+        stats = {k: v for k, v in stats.items() if not k.startswith("clip_ratio")}
     advantages = minibatch.objective_advantages.to(logp.dtype)
-    losses = [algo.surrogate(logp, minibatch, advantages[:, m])[0] - kl_only for m in range(advantages.shape[1])]
-    stats = {k: v for k, v in stats.items() if not k.startswith("clip_ratio")}  # zero advantages clip nothing
-    if minibatch.advantages is not None:  # clip fractions of the combined advantages, for logging only
-        _, clip_stats = algo.surrogate(logp.detach(), minibatch, minibatch.advantages.to(logp.dtype))
-        stats.update({k: v for k, v in clip_stats.items() if k.startswith("clip_ratio")})
-    return losses, regularizer, stats
+    losses = [algo.loss(logp, minibatch, advantages[:, m]).policy_loss for m in range(advantages.shape[1])]
+    return losses, out.regularizer, stats
 
 
-def objective_losses(policy, minibatch: Batch, algo) -> list[torch.Tensor]:
-    """One surrogate loss per objective from ``minibatch.objective_advantages[:, m]``, sharing one forward pass.
+def objective_losses(policy: Policy, minibatch: Batch, algo: PolicyAlgo) -> list[torch.Tensor]:
+    """One policy loss per objective from ``minibatch.objective_advantages[:, m]``, sharing one forward pass.
 
     Regularisers (KL, entropy) are left out: these are the objectives' own losses, whose gradients are the
     per-objective policy gradients ``g_m`` (see :func:`objective_terms` for the regulariser).
@@ -175,7 +184,7 @@ class GramConfig(ComponentConfig):
         return spec
 
 
-class GramWeighting(WeightController):
+class GramWeighting(GradientLevel):
     """Base of gradient-level controllers: losses -> Gram matrix -> ``weights_from_gram`` -> ``Σ w_m L_m``.
 
     Subclasses implement :meth:`weights_from_gram` (state such as ``weights_`` or ``L0_`` lives on the
@@ -183,8 +192,7 @@ class GramWeighting(WeightController):
     parameters the Gram matrix is computed on) and ``batched`` (one vmapped backward instead of M).
     """
 
-    applies_to = WeightTarget.GRADIENT
-    needs = frozenset({"objective_gradients"})
+    # "objective_gradients": M backward passes per mini-batch (the step refuses sharded weights for them)
     Config = GramConfig
 
     def start(self, objectives: list[str]) -> None:
@@ -200,12 +208,14 @@ class GramWeighting(WeightController):
         """Weights for this mini-batch's losses from the Gram matrix [M, M] and the detached losses [M]."""
         raise NotImplementedError
 
-    def combine_losses(self, policy, minibatch: Batch, algo) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine_losses(self, policy: Policy, minibatch: Batch, algo: PolicyAlgo) -> tuple[torch.Tensor, dict]:
         losses, regularizer, stats = objective_terms(policy, minibatch, algo)
         params = select_parameters(policy.model, self.config.params)
         gram, grads = objective_gram(losses, params, self.config.batched)
         detached = torch.stack([loss.detach() for loss in losses]).double().cpu()
-        if distributed.is_distributed():  # the Gram matrix of the gradients of the whole mini-batch step's loss
+        # under data parallelism: the Gram matrix of the gradients of the whole micro-step's loss (token_share is
+        # this process's share of the loss's normaliser, set by the updater)
+        if distributed.is_distributed():
             grads = distributed.all_reduce_sum(grads * minibatch.token_share)
             gram = (grads @ grads.T).double()
             detached = distributed.all_reduce_sum(detached * minibatch.token_share)

@@ -4,7 +4,7 @@ Models", https://arxiv.org/abs/2508.07768), as reimplemented in the paper's refe
 PAMA builds on "Noon PPO" (advantages clipped below at 0, ``A⁺ = max(A, 0)``) and replaces MGDA's O(M²·d)
 min-norm problem over parameter gradients by one over scalars. Per objective m and mini-batch:
 
-    a_m = mean over valid tokens of A_m⁺          valid: completion tokens with ρ = π_θ/π_old ≤ 1 + ε_high
+    a_m = mean over valid tokens of A_m⁺          valid: completion tokens the loss leaves unclipped for A > 0
     α* = argmin_{α ∈ Δ} |Σ_m α_m a_m|             the min-norm convex combination of the scalars,
     a* = Σ_m α*_m a_m = projection of 0 onto [min_m a_m, max_m a_m]
 
@@ -17,8 +17,10 @@ weighting.
 
 Where weights act: ``α`` (on the simplex) combines per-objective advantages, but the result needs the token
 ratios of the policy being trained, so PAMA builds the mini-batch loss itself (gradient-level contract,
-``combine_losses``), with one forward pass and no extra backward pass. ε is the algorithm's ``clip_high``
-(every token is valid for an unclipped algorithm such as REINFORCE). No hyperparameters of its own.
+``combine_losses``), with one forward pass and no extra backward pass. The valid tokens are the loss's own
+``unclipped`` mask for a positive advantage, ``ρ ≤ 1 + ε_high`` with the algorithm's ``clip_high`` and ratio (per
+token, or per sequence under GSPO); every token is valid for an unclipped algorithm such as REINFORCE. No
+hyperparameters of its own.
 
 Example:
     >>> import numpy as np
@@ -28,12 +30,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from morl import distributed
 from morl.batch import Batch
-from morl.controllers.base import WeightController, WeightTarget
+from morl.controllers.base import GradientLevel
+
+if TYPE_CHECKING:
+    from morl.algos import PolicyAlgo
+    from morl.policy import Policy
 
 
 def pama_weights(scalars: np.ndarray) -> tuple[np.ndarray, float]:
@@ -51,11 +59,10 @@ def pama_weights(scalars: np.ndarray) -> tuple[np.ndarray, float]:
     return alpha, float(alpha @ scalars)
 
 
-class PAMA(WeightController):
+class PAMA(GradientLevel):
     """One shared Noon-PPO advantage per mini-batch from a scalar min-norm problem; weights on the simplex."""
 
     name = "pama"
-    applies_to = WeightTarget.GRADIENT
     normalization = "simplex"
 
     def start(self, objectives: list[str]) -> None:
@@ -66,12 +73,11 @@ class PAMA(WeightController):
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(self.weights_, dtype=torch.float32)
 
-    def combine_losses(self, policy, minibatch: Batch, algo) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine_losses(self, policy: Policy, minibatch: Batch, algo: PolicyAlgo) -> tuple[torch.Tensor, dict]:
         logp, entropy = algo.logprobs(policy, minibatch)
-        old = minibatch.old_logprobs if minibatch.old_logprobs is not None else logp.detach()
-        valid = minibatch.completion_mask.bool()
-        if algo.clip_range is not None:
-            valid = valid & (torch.exp(logp.detach() - old) <= 1.0 + algo.clip_range[1])
+        # valid tokens: those the algorithm's loss would not clip for a positive advantage (ρ ≤ 1 + ε_high)
+        probe = algo.loss(logp.detach(), minibatch, torch.ones(minibatch.size, dtype=logp.dtype, device=logp.device))
+        valid = minibatch.completion_mask.bool() & probe.unclipped
         positive = minibatch.objective_advantages.clamp_min(0.0).to(logp.dtype)
         # token means over every process's rows of the mini-batch step (morl.distributed; local in one process)
         sums = (positive * valid.sum(dim=1, keepdim=True).to(logp.dtype)).sum(dim=0).double().cpu()
@@ -79,9 +85,10 @@ class PAMA(WeightController):
         scalars = (totals[:-1] / totals[-1].clamp_min(1.0)).numpy()
         self.weights_, shared = pama_weights(scalars)
         self.scalars_ = scalars
-        loss, stats = algo.surrogate(logp, minibatch, torch.full_like(positive[:, 0], shared), entropy)
+        out = algo.loss(logp, minibatch, torch.full_like(positive[:, 0], shared), entropy)
+        stats: dict[str, torch.Tensor | float] = dict(out.stats)
         stats["pama/shared_advantage"] = shared
-        return loss, stats
+        return out.loss, stats
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()

@@ -45,7 +45,8 @@ def test_grpo_surrogate_hand_worked():
     logp = torch.tensor([[0.5, -0.5]])
     algo = GRPO(clip_low=0.2, clip_high=0.2)
     b1 = _batch(old, torch.tensor([1.0]))
-    loss, stats = algo.surrogate(logp, b1, torch.tensor([1.0]))
+    out = algo.loss(logp, b1, torch.tensor([1.0]))
+    loss, stats = out.loss, out.stats
     # token 1: min(1.6487, 1.2) = 1.2 ; token 2: min(0.6065, 0.8) = 0.6065; loss = -mean
     expected = -(1.2 + math.exp(-0.5)) / 2
     assert abs(float(loss) - expected) < 1e-6
@@ -55,7 +56,7 @@ def test_grpo_surrogate_hand_worked():
 def test_reinforce_gradient_is_advantage_times_score():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     b = _batch(logp.detach().clone(), torch.tensor([3.0]))
-    loss, _ = Reinforce().surrogate(logp, b, torch.tensor([3.0]))
+    loss = Reinforce().loss(logp, b, torch.tensor([3.0])).loss
     loss.backward()
     # d/dlogp of -mean(A·exp(logp - old)) at logp = old: -A / n_tokens
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.5, -1.5]]))
@@ -67,7 +68,8 @@ def test_token_mean_respects_mask_and_kl_term():
     ref = torch.full((2, 3), math.log(0.5))
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     algo = Reinforce(kl_coef=0.1)
-    loss, stats = algo.surrogate(logp, _batch(old, torch.tensor([1.0, 2.0]), mask, ref), torch.tensor([1.0, 2.0]))
+    out = algo.loss(logp, _batch(old, torch.tensor([1.0, 2.0]), mask, ref))
+    loss, stats = out.loss, out.stats
     kl = 0.5 - math.log(0.5) - 1  # k3 with r = log 0.5
     expected = -(1 + 1 + 2) / 3 + 0.1 * kl
     assert abs(float(loss) - expected) < 1e-6

@@ -13,7 +13,7 @@ OBJECTIVES = ["accuracy", "conciseness", "clarity"]
 def policy_batch(tiny_policy):
     """The tiny policy and 3 prompts × 4 completions of its own, with random 0/1 rewards and per-objective
     advantages; old and reference log-probs are perturbed so that ratios and the KL are not trivial."""
-    from morl.pipeline import split_examples
+    from morl.evaluation import split_examples
     from morl.rollout import TransformersRollout
     from morl.tinymath.task import make_split
 

@@ -3,13 +3,13 @@ import pytest
 
 from morl.components import RecipeError
 from morl.controllers import CTWA, group_covariances
-from tests.batches import reward_batch
+from tests.batches import updated_record
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 
 
 def _batch(rewards, weights, k):
-    return reward_batch(rewards, k, clipped_weights=weights)
+    return updated_record(rewards, k, clipped_weights=weights)
 
 
 def _reference_cov(r, w, k):

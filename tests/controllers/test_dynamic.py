@@ -8,10 +8,10 @@ import torch
 from morl import Pipeline, TrainConfig
 from morl.components import RecipeError
 from morl.controllers import AdvantageLevel, GradientLevel, GradientWeighting, HypervolumeWeighting
-from morl.stages import Need
 from morl.controllers.dynamic import hypervolume, hypervolume_contribution, mirror_ascent_step, pareto_front
+from morl.stages import Need
 from morl.tinymath.task import make_split
-from tests.batches import reward_batch
+from tests.batches import scored_record
 
 # ---- exact hypervolume ---------------------------------------------------------------------------
 
@@ -66,7 +66,7 @@ def test_contribution_and_front():
 
 
 def _batch(rewards, k):
-    return reward_batch(rewards, k)
+    return scored_record(rewards, k)
 
 
 def test_multiplier_from_hypervolume_contribution():
@@ -130,7 +130,7 @@ def test_pipeline_validates_before_training_and_after_each_update(tiny_policy, t
         rollout={"name": "transformers", "max_new_tokens": 6},
         config=config,
     )
-    with pytest.raises(ValueError, match="needs validation prompts"):
+    with pytest.raises(ValueError, match="learns from validation prompts"):
         pipe.step(make_split("train", 2, 0))
     pipe.validation_data = make_split("eval", 5, 0)
     _, metrics = pipe.step(make_split("train", 2, 0))
@@ -165,3 +165,27 @@ def test_gradient_weights_stay_on_the_simplex(normalized):
         assert (c.weights_ > 0).all()
     with pytest.raises(RecipeError, match="positive"):
         GradientWeighting(weights0=[1.0, 0.0]).start(["a", "b"])
+
+
+def test_fit_validates_on_training_prompts_not_on_the_eval_split(tiny_policy, tmp_path):
+    seen_prompts: list[str] = []
+    from morl.evaluation import Evaluator
+
+    class Recording(Evaluator):
+        def means(self, policy, examples, mode):
+            seen_prompts.extend(ex["prompt"] for ex in examples)
+            return super().means(policy, examples, mode)
+
+    config = TrainConfig(steps=1, prompts_per_step=2, group_size=2, progress=False, eval_every=0)
+    pipe = Pipeline(
+        policy=tiny_policy,
+        rewards=["accuracy", "clarity"],
+        controller=HypervolumeWeighting(validation_size=3),
+        rollout={"name": "transformers", "max_new_tokens": 4},
+        config=TrainConfig(**{**config.model_dump(), "output_dir": str(tmp_path / "run")}),
+    )
+    pipe.trainer.evaluator.__class__ = Recording
+    train, held_out = make_split("train", 6, 0), make_split("eval", 2, 0)
+    pipe.fit(train, held_out)
+    assert seen_prompts and set(seen_prompts) <= {ex["prompt"] for ex in train}
+    assert not set(seen_prompts) & {ex["prompt"] for ex in held_out}

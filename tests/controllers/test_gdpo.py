@@ -4,11 +4,11 @@ import torch
 
 from morl.algos import GroupNorm
 from morl.controllers import GDPO, AdvantageLevel
-from tests.batches import reward_batch
+from tests.batches import scored_record
 
 
 def _batch(rewards, k):
-    return reward_batch(rewards, k)
+    return scored_record(rewards, k)
 
 
 def _numpy_gdpo(rewards, weights, k):

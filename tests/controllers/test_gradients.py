@@ -4,8 +4,9 @@ import torch
 
 from morl.algos import GRPO
 from morl.components import RecipeError, build
-from morl.controllers import WeightTarget, objective_gram, objective_losses
+from morl.controllers import GradientLevel, objective_gram, objective_losses
 from morl.controllers.gradients import select_parameters
+from morl.stages import Need
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 GRAM_METHODS = ["mgda", "pcgrad", "cagrad", "gradnorm", "dynamic_gradient"]
@@ -17,10 +18,10 @@ def _independent_gradients(policy, batch, algo, params):
     grads = []
     for m in range(batch.objective_advantages.shape[1]):
         logp, _ = policy.token_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_width)
-        loss, _ = plain.surrogate(logp, batch, batch.objective_advantages[:, m])
+        loss = plain.loss(logp, batch, batch.objective_advantages[:, m]).loss
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     logp, entropy = policy.token_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_width, with_entropy=True)
-    reg, _ = algo.surrogate(logp, batch, torch.zeros(batch.size), entropy)
+    reg = algo.loss(logp, batch, torch.zeros(batch.size), entropy).loss  # zero advantages: the regularisers only
     reg_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(reg, params)])
     return torch.stack(grads).double(), reg_grad.double()
 
@@ -33,7 +34,7 @@ def test_combined_loss_gives_weighted_sum_of_objective_gradients(policy_batch, n
     algo = GRPO(kl_coef=0.1, entropy_coef=0.01)
     controller = build("controller", {"name": name, "params": params})
     controller.start(OBJ)
-    assert controller.applies_to == WeightTarget.GRADIENT and "objective_gradients" in controller.needs
+    assert isinstance(controller, GradientLevel) and Need.OBJECTIVE_ADVANTAGES in controller.needs
     seen = {}
     solve = controller.weights_from_gram
 

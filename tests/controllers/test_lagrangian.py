@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from morl.components import RecipeError
-from morl.controllers import Lagrangian, AdvantageLevel
-from tests.batches import reward_batch
+from morl.controllers import AdvantageLevel, Lagrangian
+from tests.batches import scored_record
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 
 
 def _batch(rewards):
-    return reward_batch(rewards)
+    return scored_record(rewards)
 
 
 def test_paper_defaults_and_hand_worked_dual_ascent():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from morl.algos import GRPO, Reinforce
-from morl.controllers import PAMA, WeightTarget
+from morl.controllers import PAMA, GradientLevel
 from morl.controllers.pama import pama_weights
 
 OBJ = ["accuracy", "conciseness", "clarity"]
@@ -43,7 +43,7 @@ def test_shared_advantage_and_gradient(policy_batch, algo, normalized):
     policy, batch = policy_batch
     c = PAMA()
     c.start(OBJ)
-    assert c.applies_to == WeightTarget.GRADIENT and c.normalization == "simplex"
+    assert isinstance(c, GradientLevel) and c.normalization == "simplex"
     expected, scalars = _expected_shared(policy, batch, algo.clip_range[1] if algo.clip_range else None)
     params = list(policy.model.parameters())
     loss, stats = c.combine_losses(policy, batch, algo)
@@ -51,7 +51,7 @@ def test_shared_advantage_and_gradient(policy_batch, algo, normalized):
     np.testing.assert_allclose(c.scalars_, scalars, rtol=1e-5)
     got = torch.autograd.grad(loss, params)
     logp, _ = policy.token_logprobs(batch.input_ids, batch.attention_mask, batch.prompt_width)
-    reference, _ = algo.surrogate(logp, batch, torch.full((batch.size,), expected))
+    reference = algo.loss(logp, batch, torch.full((batch.size,), expected)).loss
     for g, r in zip(got, torch.autograd.grad(reference, params)):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
     normalized(c)
