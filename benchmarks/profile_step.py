@@ -16,8 +16,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from morl.pipeline import seed_everything
 from morl.recipe import load_data, load_recipe, pipeline_from_recipe
+from morl.trainer import seed_everything
 
 PHASES = ("rollout", "reward", "controller", "update", "diagnostics")
 
@@ -40,7 +40,8 @@ def main() -> None:
     decode_steps, tokens = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
-        batch, metrics = pipe.step(pipe._next_examples(train))
+        record, metrics = pipe.step(pipe.trainer._next_examples(train))
+        batch = record.rollout
         if step >= args.warmup:
             times["step"].append(time.perf_counter() - start)
             for phase in PHASES:
@@ -61,7 +62,7 @@ def main() -> None:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.profile):
-            pipe.step(pipe._next_examples(train))
+            pipe.step(pipe.trainer._next_examples(train))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
 

@@ -22,9 +22,11 @@ import time
 
 import torch
 
-from morl.pipeline import Pipeline, seed_everything, split_examples
+from morl.evaluation import split_examples
+from morl.pipeline import Pipeline
 from morl.policy import Policy
 from morl.recipe import build_components, load_data, load_recipe
+from morl.trainer import seed_everything
 
 VARIANTS: dict[str, tuple[dict | str, bool]] = {  # name -> (controller, diagnostics)
     "fixed": ("fixed", True),
@@ -69,7 +71,7 @@ def main() -> None:
     gen = pipes["fixed"]
     generate = gen.rollout.generate  # kept: the pipelines' own ``generate`` is replaced by a replay below
     for step in range(args.warmup + args.steps):
-        examples = gen._next_examples(train)
+        examples = gen.trainer._next_examples(train)
         gen.policy.model.eval()
         start = time.perf_counter()
         batch = generate(gen.policy, *split_examples(examples), gen.config.group_size)

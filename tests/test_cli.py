@@ -30,7 +30,8 @@ def test_fit_three_steps_then_eval(tiny_model_dir, tmp_path):
         assert 0.0 <= train[-1][f"rewards/{name}/mean"] <= 1.0
         assert f"weights/{name}" in train[-1] and f"eval/greedy/{name}" in rows[-1]
     AutoModelForCausalLM.from_pretrained(run / "model")
-    assert (run / "recipe.yaml").exists() and (run / "controller_state.json").exists()
+    assert (run / "recipe.yaml").exists() and (run / "training_state.json").exists()
+    assert (run / "manifest.json").exists()
 
     evaluated = CliRunner().invoke(app, ["eval", str(recipe), "--checkpoint", str(run)])
     assert evaluated.exit_code == 0, evaluated.output
@@ -65,3 +66,23 @@ def test_components_lists_every_family_with_fields():
     for name in ("ctwa", "grpo", "group_norm", "linear", "accuracy", "transformers", "mgda"):
         assert name in result.output
     assert "targets=" in result.output
+
+
+def test_fit_into_a_run_stops_before_the_model_loads(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_model_dir))
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["fit", str(recipe), "--output-dir", str(run)]).exit_code == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    missing_model = ["--set", "policy.model=/no/such/model"]  # had it loaded, this would fail differently
+    again = CliRunner().invoke(app, ["fit", str(recipe), "--output-dir", str(run), *missing_model])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "--resume" in text and "--overwrite" in text and "--output-dir" in text, text
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    changed = CliRunner().invoke(
+        app,
+        ["fit", str(recipe), "--resume", str(run), "--set", "train.lr=0.5", "--set", "train.steps=5", *missing_model],
+    )
+    text = " ".join(changed.output.split())
+    assert changed.exit_code == 2 and "train.lr" in text and "policy.model" in text and "train.steps" not in text, text

@@ -24,6 +24,7 @@ import torch
 
 from morl import distributed
 from morl.batch import Batch, concat_batches
+from morl.run import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -109,7 +110,8 @@ def test_only_process_zero_writes(runs):
         run = runs / f"run-2proc-{method}"
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]  # one writer
-        assert (run / "model").is_dir() and (run / "controller_state.json").is_file()
+        assert (run / "model").is_dir() and (run / "training_state.json").is_file()
+        assert [s.status for s in Manifest.load(run).segments] == ["finished"]
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000002"]
 
 
@@ -203,8 +205,8 @@ def test_trainer_recomputes_old_logprobs_when_the_engine_is_not_the_trainer(tiny
     )
     from morl.tinymath.task import make_split
 
-    batch, metrics = pipe.step(make_split("train", 2, 0))
-    torch.testing.assert_close(batch.old_logprobs, rollout.trainer_logprobs_, rtol=0, atol=1e-5)
+    record, metrics = pipe.step(make_split("train", 2, 0))
+    torch.testing.assert_close(record.rollout.old_logprobs, rollout.trainer_logprobs_, rtol=0, atol=1e-5)
     assert metrics["sampling/logp_difference/mean"] == pytest.approx(0.3, abs=1e-4)
     assert metrics["sampling/importance_ratio/max"] == pytest.approx(1.2)  # exp(0.3) = 1.35, capped
     assert metrics["sampling/importance_capped"] == pytest.approx(1.0)
