@@ -29,7 +29,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.controllers.gradients import GramConfig, GramWeighting
 
 
@@ -94,6 +93,6 @@ class CAGrad(GramWeighting):
         )
         rescale: Literal[0, 1, 2] = Field(1, description="divide the update by 1+c² (1), by 1+c (2) or not at all (0)")
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         self.weights_ = cagrad_weights(gram, self.config.c, self.config.rescale)
         return self.weights_

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.components import ComponentConfig, RecipeError
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.gdpo import Aggregation, aggregate_advantages
@@ -209,6 +208,6 @@ class GradientWeighting(GramWeighting):
             self.weights_ = w0 / w0.sum()
         super().start(objectives)
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         self.weights_ = mirror_ascent_step(self.weights_, gram, self.config.lr)
         return self.weights_

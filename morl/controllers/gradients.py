@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -188,12 +188,16 @@ class GramWeighting(GradientLevel):
     """Base of gradient-level controllers: losses -> Gram matrix -> ``weights_from_gram`` -> ``Σ w_m L_m``.
 
     Subclasses implement :meth:`weights_from_gram` (state such as ``weights_`` or ``L0_`` lives on the
-    controller; the math it calls is a pure function of the Gram matrix). Config: ``params`` (which
+    controller; the math it calls is a pure function of the Gram matrix, as torchjd shapes it). This wrapper owns
+    the data: it computes the Gram matrix, the losses and the reward gaps, and does every collective across
+    processes, so the weighting never sees the model, the batch or the process group. Config: ``params`` (which
     parameters the Gram matrix is computed on) and ``batched`` (one vmapped backward instead of M).
     """
 
-    # "objective_gradients": M backward passes per mini-batch (the step refuses sharded weights for them)
     Config = GramConfig
+    # methods whose weights depend on training progress (MGDA's loss normalisations, GradNorm) read the positive
+    # per-objective losses ``reward_max - mean r_m`` (:func:`reward_gaps`); their config has ``reward_max``
+    uses_reward_gaps: ClassVar[bool] = False
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)
@@ -204,8 +208,9 @@ class GramWeighting(GradientLevel):
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(self.weights_, dtype=torch.float32)
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
-        """Weights for this mini-batch's losses from the Gram matrix [M, M] and the detached losses [M]."""
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
+        """Weights for this mini-batch's losses from the Gram matrix [M, M], the detached losses [M] and, for
+        methods with ``uses_reward_gaps``, the reward gaps [M] (else None)."""
         raise NotImplementedError
 
     def combine_losses(self, policy: Policy, minibatch: Batch, algo: PolicyAlgo) -> tuple[torch.Tensor, dict]:
@@ -220,6 +225,7 @@ class GramWeighting(GradientLevel):
             gram = (grads @ grads.T).double()
             detached = distributed.all_reduce_sum(detached * minibatch.token_share)
         detached = detached.numpy()
-        weights = np.asarray(self.weights_from_gram(gram.cpu().numpy(), detached, minibatch), dtype=float)
+        gaps = reward_gaps(minibatch, self.config.reward_max) if self.uses_reward_gaps else None
+        weights = np.asarray(self.weights_from_gram(gram.cpu().numpy(), detached, gaps), dtype=float)
         loss = sum(float(w) * term for w, term in zip(weights, losses)) + regularizer
         return loss, stats

@@ -33,8 +33,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from morl.batch import Batch
-from morl.controllers.gradients import GramConfig, GramWeighting, reward_gaps
+from morl.controllers.gradients import GramConfig, GramWeighting
 
 
 def gradnorm_step(
@@ -55,6 +54,7 @@ class GradNorm(GramWeighting):
 
     name = "gradnorm"
     normalization = "sum_to_m"
+    uses_reward_gaps = True
 
     class Config(GramConfig):
         params: str = Field(
@@ -66,8 +66,7 @@ class GradNorm(GramWeighting):
             1.0, description="best achievable reward; training progress is the gap reward_max - mean reward"
         )
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
-        gaps = reward_gaps(minibatch, self.config.reward_max)
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         if getattr(self, "L0_", None) is None:
             self.L0_ = gaps
         current = self.weights_.copy()

@@ -35,8 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from morl.batch import Batch
-from morl.controllers.gradients import GramConfig, GramWeighting, reward_gaps
+from morl.controllers.gradients import GramConfig, GramWeighting
 
 
 def _min_norm_segment(aa: float, ab: float, bb: float) -> float:
@@ -87,6 +86,7 @@ class MGDA(GramWeighting):
 
     name = "mgda"
     normalization = "simplex"
+    uses_reward_gaps = True
 
     class Config(GramConfig):
         normalize: Literal["none", "l2", "loss", "loss+"] = Field(
@@ -98,14 +98,14 @@ class MGDA(GramWeighting):
         max_iters: int = Field(3000, ge=1, description="Frank-Wolfe iterations at most (M > 2)")
         tol: float = Field(1e-10, gt=0, description="stopping relative duality gap of the Frank-Wolfe solver")
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         cfg = self.config
         norms = np.sqrt(np.maximum(np.diag(gram), 1e-20))
         scale = {
             "none": lambda: np.ones(len(norms)),
             "l2": lambda: norms,
-            "loss": lambda: reward_gaps(minibatch, cfg.reward_max),
-            "loss+": lambda: reward_gaps(minibatch, cfg.reward_max) * norms,
+            "loss": lambda: gaps,
+            "loss+": lambda: gaps * norms,
         }[cfg.normalize]()
         self.weights_ = min_norm_weights(gram / np.outer(scale, scale), cfg.max_iters, cfg.tol)
         return self.weights_

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from morl.batch import Batch
 from morl.controllers.gradients import GramConfig, GramWeighting
 
 
@@ -55,7 +54,7 @@ class PCGrad(GramWeighting):
     class Config(GramConfig):
         seed: int = Field(0, description="seed of the random projection orders (fresh per mini-batch, reproducible)")
 
-    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, minibatch: Batch) -> np.ndarray:
+    def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         m = gram.shape[0]
         self.calls_ = getattr(self, "calls_", 0) + 1
         rng = np.random.default_rng([self.config.seed, self.calls_])

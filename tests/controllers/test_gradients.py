@@ -38,8 +38,8 @@ def test_combined_loss_gives_weighted_sum_of_objective_gradients(policy_batch, n
     seen = {}
     solve = controller.weights_from_gram
 
-    def spy(gram, losses, minibatch):
-        seen["gram"], seen["weights"] = gram, np.array(solve(gram, losses, minibatch))
+    def spy(gram, losses, gaps):
+        seen["gram"], seen["weights"] = gram, np.array(solve(gram, losses, gaps))
         return seen["weights"]
 
     controller.weights_from_gram = spy

@@ -2,12 +2,9 @@ import numpy as np
 import pytest
 
 from morl.controllers import GradNorm
+from morl.controllers.gradients import reward_gaps
 from morl.controllers.gradnorm import gradnorm_step
 from tests.batches import reward_batch
-
-
-def _rewards_batch(rewards):
-    return reward_batch(rewards)
 
 
 def test_hand_worked_step():
@@ -38,14 +35,14 @@ def test_weights_stay_non_negative_and_sum_to_m():
 def test_controller_uses_reward_gaps_and_current_weights(normalized):
     c = GradNorm(lr=0.1)
     c.start(["a", "b"])
-    first = _rewards_batch([[0.0, 0.0], [1.0, 0.0]])  # gaps (0.5, 1.0) = L(0)
+    first = reward_gaps(reward_batch([[0.0, 0.0], [1.0, 0.0]]), 1.0)  # gaps (0.5, 1.0) = L(0)
     used = c.weights_from_gram(np.diag([1.0, 9.0]), np.zeros(2), first)
     np.testing.assert_allclose(used, [1.0, 1.0])  # this mini-batch's loss uses the weights before the update
     np.testing.assert_allclose(c.L0_, [0.5, 1.0])
     # rates equal (L/L0 = 1): targets Ḡ = 2; G = (1, 3) -> w = (1.1, 0.7) renormalised
     np.testing.assert_allclose(c.weights_, np.array([1.1, 0.7]) * 2 / 1.8)
     normalized(c)
-    saturated = _rewards_batch([[1.0, 1.0], [1.0, 1.0]])  # gaps floored at 1e-3, never 0
+    saturated = reward_gaps(reward_batch([[1.0, 1.0], [1.0, 1.0]]), 1.0)  # gaps floored at 1e-3, never 0
     used = c.weights_from_gram(np.diag([1.0, 9.0]), np.zeros(2), saturated)
     np.testing.assert_allclose(used, np.array([1.1, 0.7]) * 2 / 1.8)
     normalized(c)

@@ -6,6 +6,7 @@ import torch
 
 from morl.algos import GRPO
 from morl.controllers import MGDA
+from morl.controllers.gradients import reward_gaps
 from morl.controllers.mgda import min_norm_weights
 from tests.batches import reward_batch
 
@@ -83,13 +84,10 @@ def test_invariant_to_scale_and_equivariant_to_permutation():
     np.testing.assert_allclose(min_norm_weights(np.zeros((3, 3))), np.full(3, 1 / 3))
 
 
-def _rewards_batch(rewards):
-    return reward_batch(rewards)
-
-
 def test_gradient_normalisations():
     gram = np.diag([4.0, 1.0])  # orthogonal gradients of norms 2 and 1
-    batch = _rewards_batch([[0.0, 1.0], [1.0, 0.5]])  # reward gaps 1 - mean r: 0.5 and 0.25
+    gaps = reward_gaps(reward_batch([[0.0, 1.0], [1.0, 0.5]]), 1.0)  # reward gaps 1 - mean r: 0.5 and 0.25
+    np.testing.assert_allclose(gaps, [0.5, 0.25])
     for normalize, expected in [
         ("none", [0.2, 0.8]),  # orthogonal: w ∝ 1/‖g‖²
         ("l2", [0.5, 0.5]),  # unit gradients
@@ -98,7 +96,7 @@ def test_gradient_normalisations():
     ]:
         c = MGDA(normalize=normalize)
         c.start(["a", "b"])
-        np.testing.assert_allclose(c.weights_from_gram(gram, np.zeros(2), batch), expected, atol=1e-9)
+        np.testing.assert_allclose(c.weights_from_gram(gram, np.zeros(2), gaps), expected, atol=1e-9)
 
 
 def test_controller_on_a_real_batch_cheap_and_exact(policy_batch, normalized):
