@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from morl import metrics as M
 from morl.batch import Batch
 from morl.callbacks import Callback, FitContext, StepContext
 from morl.controllers.ctwa import group_covariances
@@ -106,8 +107,8 @@ def covariance_metrics(
     corr = group_covariances(r, values, group_size, "correlation", outlier_factor=math.inf)
     out: dict[str, float] = {}
     for j, objective in enumerate(objectives):
-        out[f"cov/{name}/{objective}"] = float(cov[j])
-        out[f"corr/{name}/{objective}"] = float(corr[j])
+        out[M.covariance(name, objective)] = float(cov[j])
+        out[M.correlation(name, objective)] = float(corr[j])
     return out
 
 
@@ -122,13 +123,13 @@ def clipped_mass(
     """
     mask = mask.bool()
     if not mask.any():
-        return {"clip/removed_mass": 0.0, "clip/token_fraction": 0.0}
+        return {M.CLIP_REMOVED_MASS: 0.0, M.CLIP_TOKEN_FRACTION: 0.0}
     clipped = ~unclipped.bool() & mask
     mass = (advantages.unsqueeze(1) * ratio.detach()).abs() * mask
     total = float(mass.sum())
     return {
-        "clip/removed_mass": float((mass * clipped).sum()) / total if total > 0 else 0.0,
-        "clip/token_fraction": float(clipped.sum()) / float(mask.sum()),
+        M.CLIP_REMOVED_MASS: float((mass * clipped).sum()) / total if total > 0 else 0.0,
+        M.CLIP_TOKEN_FRACTION: float(clipped.sum()) / float(mask.sum()),
     }
 
 
@@ -315,7 +316,7 @@ class Diagnostics(Callback):
         if cfg.alarm:
             available = "clipped_weight" if have_clipped else "score"
             self._alarm(step, record.scored, metrics, available)
-        metrics["timing/diagnostics"] = time.perf_counter() - start
+        metrics[M.timing("diagnostics")] = time.perf_counter() - start
 
     @staticmethod
     def _covariances(record: Updated):
@@ -334,12 +335,12 @@ class Diagnostics(Callback):
         out = {}
         for a in range(len(names)):
             for b in range(a + 1, len(names)):
-                out[f"grad_cos/{names[a]}/{names[b]}"] = float(cos[a, b])
+                out[M.grad_cos(names[a], names[b])] = float(cos[a, b])
         if self._snapshot is not None:
             delta = torch.cat([(p.detach() - old).reshape(-1) for p, old in zip(params, self._snapshot)])
             align = cosine_matrix(torch.cat([grads, delta.to(grads.dtype).unsqueeze(0)]))[-1, :-1]
             for m, name in enumerate(names):
-                out[f"grad_align/{name}"] = float(align[m])
+                out[M.grad_align(name)] = float(align[m])
             self._snapshot = None
         return out
 
@@ -359,13 +360,13 @@ class Diagnostics(Callback):
         objectives = list(scored.objectives)
         if self.alarm_ is None or self.alarm_.objectives != objectives:
             self.alarm_ = InterferenceAlarm(objectives, cfg.alarm_ema, cfg.alarm_patience, cfg.alarm_threshold)
-        key = "grad_align/{}" if signal == "gradient" else f"cov/{signal}/{{}}"
-        cov = np.array([metrics.get(key.format(o), math.nan) for o in objectives], dtype=float)
+        keys = [M.grad_align(o) if signal == "gradient" else M.covariance(signal, o) for o in objectives]
+        cov = np.array([metrics.get(key, math.nan) for key in keys], dtype=float)
         for event in self.alarm_.observe(step, cov):
             if event is not None:
                 self._record({**event, "signal": signal})
         for j, objective in enumerate(objectives):
-            metrics[f"alarm/{objective}"] = float(self.alarm_.active_[j])
+            metrics[M.alarm(objective)] = float(self.alarm_.active_[j])
 
     def _record(self, event: dict[str, Any]) -> None:
         from morl.logging import console

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from morl import distributed
+from morl import metrics as M
 from morl.policy import Policy
 from morl.rewards.base import RewardCallable, objective_name, score_rewards
 from morl.rollout import RolloutBackend
@@ -85,13 +86,13 @@ class Evaluator:
             summed = distributed.all_reduce_sum(torch.tensor([*totals, *counts, length_sum, n], dtype=torch.float64))
             totals, counts, length_sum, n = summed[:m].numpy(), summed[m : 2 * m].numpy(), float(summed[-2]), summed[-1]
             for name, total, count in zip(self.objectives, totals, counts):
-                out[f"eval/{mode}/{name}"] = float(total / count) if count else math.nan
-            out[f"eval/{mode}/mean_length"] = length_sum / max(float(n), 1.0)
+                out[M.eval_metric(mode, name)] = float(total / count) if count else math.nan
+            out[M.eval_mean_length(mode)] = length_sum / max(float(n), 1.0)
         return out
 
     def means(self, policy: Policy, examples: list[dict[str, Any]], mode: Mode) -> dict[str, float]:
         """Per-objective means and ``mean_length`` by plain name, for controllers that learn from validation."""
         scores = self.evaluate(policy, examples, [mode])
-        means = {name: scores[f"eval/{mode}/{name}"] for name in self.objectives}
-        means["mean_length"] = scores[f"eval/{mode}/mean_length"]
+        means = {name: scores[M.eval_metric(mode, name)] for name in self.objectives}
+        means[M.MEAN_LENGTH] = scores[M.eval_mean_length(mode)]
         return means

@@ -72,6 +72,7 @@ GRADNORM = "gradnorm"
 PAMA = "pama"
 DYNAMIC = "dynamic"
 SCHEDULE = "schedule"
+DYNAMIC_SAMPLING = "dynamic_sampling"  # DAPO's batch filter (a stage of the step, not a method)
 
 #: Families of :class:`MetricKey` besides the namespaces above.
 SCALAR = "scalar"  # a key without a namespace: ``reward``, ``loss``, ``kl``, ...
@@ -159,10 +160,9 @@ def reward_std(objective: str) -> str:
 
 
 def reward_stat(objective: str, stat: str) -> str:
-    """``rewards/{objective}/{stat}`` for any of :data:`REWARD_STATS` (``skipped``, ``timeouts`` count completions)."""
-    if stat not in REWARD_STATS:
-        raise ValueError(f"reward statistic should be one of {REWARD_STATS}. Found `stat = {stat!r}`")
-    return _join(REWARDS, _part(objective, "objective"), stat)
+    """``rewards/{objective}/{stat}``: :data:`REWARD_STATS` are morl's (``skipped``, ``timeouts`` count completions);
+    a reward's own counters (:meth:`morl.rewards.RewardFn.counters`) use the same form."""
+    return _join(REWARDS, _part(objective, "objective"), _part(stat, "statistic"))
 
 
 def weight(objective: str) -> str:

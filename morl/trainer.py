@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from morl import distributed
+from morl import metrics as M
 from morl.algos import AdvantageEstimator, PolicyAlgo
 from morl.algos.dynamic_sampling import informative_groups
 from morl.algos.importance import importance_metrics
@@ -211,15 +212,15 @@ class Trainer:
         if validation and self.state.step == 0:
             t0 = time.perf_counter()
             p.controller.observe_validation(self._validation_means())  # the initial model's point
-            timings["timing/validation"] = time.perf_counter() - t0
+            timings[M.timing("validation")] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         rollout = self._rollout(examples, timings)
-        timings["timing/rollout"] = time.perf_counter() - t0 - timings.get("timing/reference", 0.0)
+        timings[M.timing("rollout")] = time.perf_counter() - t0 - timings.get(M.timing("reference"), 0.0)
 
         t0 = time.perf_counter()
         scored = self._score(rollout)
-        timings["timing/reward"] = time.perf_counter() - t0
+        timings[M.timing("reward")] = time.perf_counter() - t0
         filtered: dict[str, float] = {}
         if self.config.dynamic_sampling:
             scored, filtered = self._filter_groups(scored, timings)
@@ -227,13 +228,13 @@ class Trainer:
         t0 = time.perf_counter()
         p.controller.before_update(scored)
         weighted = self._weigh(scored)
-        timings["timing/controller"] = time.perf_counter() - t0
+        timings[M.timing("controller")] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         combine = p.controller.combine_losses if isinstance(p.controller, GradientLevel) else None
         stats = p.algo.update(p.policy, self.optimizer, weighted.train, combine=combine)
         p.rollout.weights_changed(p.policy)
-        timings["timing/update"] = time.perf_counter() - t0 + timings.pop("timing/reference", 0.0)
+        timings[M.timing("update")] = time.perf_counter() - t0 + timings.pop(M.timing("reference"), 0.0)
         nonfinite = stats.get("skipped_nonfinite", 0.0) > 0  # the updater skipped the optimizer step
         self.state.skipped_steps += int(nonfinite)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
@@ -241,11 +242,11 @@ class Trainer:
         t0 = time.perf_counter()
         updated = self._updated(weighted, stats)
         p.controller.after_update(updated)
-        timings["timing/controller"] += time.perf_counter() - t0
+        timings[M.timing("controller")] += time.perf_counter() - t0
         if validation:
             t0 = time.perf_counter()
             p.controller.observe_validation(self._validation_means())
-            timings["timing/validation"] = timings.get("timing/validation", 0.0) + time.perf_counter() - t0
+            timings[M.timing("validation")] = timings.get(M.timing("validation"), 0.0) + time.perf_counter() - t0
 
         self.state.step += 1
         metrics = self._step_metrics(updated)
@@ -272,7 +273,7 @@ class Trainer:
                 old = self.logprobs(p.policy, batch)
             ref = self.logprobs(self.reference, batch) if self.reference is not None else None
         batch = dataclasses.replace(batch, old_logprobs=old, ref_logprobs=ref)
-        timings["timing/reference"] = time.perf_counter() - t0
+        timings[M.timing("reference")] = time.perf_counter() - t0
         if distributed.is_distributed():  # every process gets the whole batch and trains on its own rows
             batch = distributed.gather_batch(batch, p.policy.tokenizer.pad_token_id)
             batch = dataclasses.replace(batch, local_rows=slice(shard.start * k, shard.stop * k))
@@ -313,12 +314,12 @@ class Trainer:
             rounds += 1
             t0 = time.perf_counter()
             more = self._rollout(self._next_examples(self._train_data, wanted - len(kept)), timings)
-            timings["timing/rollout"] = timings.get("timing/rollout", 0.0) + time.perf_counter() - t0
+            timings[M.timing("rollout")] = timings.get(M.timing("rollout"), 0.0) + time.perf_counter() - t0
             current = self._score(more)
         metrics = {
-            "dynamic_sampling/kept_groups": float(min(len(kept), wanted)),
-            "dynamic_sampling/dropped_groups": float(dropped),
-            "dynamic_sampling/rounds": float(rounds),
+            M.method_key(M.DYNAMIC_SAMPLING, "kept_groups"): float(min(len(kept), wanted)),
+            M.method_key(M.DYNAMIC_SAMPLING, "dropped_groups"): float(dropped),
+            M.method_key(M.DYNAMIC_SAMPLING, "rounds"): float(rounds),
         }
         if not kept:
             return scored, metrics
@@ -407,23 +408,23 @@ class Trainer:
         for m, name in enumerate(p.objectives):
             column = rewards[:, m]
             valid = column[~torch.isnan(column)]
-            metrics[f"rewards/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
-            metrics[f"rewards/{name}/std"] = float(valid.std()) if valid.numel() > 1 else math.nan
+            metrics[M.reward_mean(name)] = float(valid.mean()) if valid.numel() else math.nan
+            metrics[M.reward_std(name)] = float(valid.std()) if valid.numel() > 1 else math.nan
             if updated.scored.skipped.get(name):
-                metrics[f"rewards/{name}/skipped"] = updated.scored.skipped[name]
+                metrics[M.reward_stat(name, "skipped")] = updated.scored.skipped[name]
         scores = updated.scores.detach().cpu()
-        metrics["reward"] = float(scores.mean())
-        metrics["reward_std"] = float(scores.std())
+        metrics[M.SCORE] = float(scores.mean())
+        metrics[M.SCORE_STD] = float(scores.std())
         lengths = updated.rollout.completion_lengths.float().cpu()
-        metrics["completions/mean_length"] = float(lengths.mean())
-        metrics["completions/max_length"] = float(lengths.max())
-        metrics["advantages/zero_fraction"] = float((updated.advantages.abs() < 1e-8).float().mean())
+        metrics[M.COMPLETIONS_MEAN_LENGTH] = float(lengths.mean())
+        metrics[M.COMPLETIONS_MAX_LENGTH] = float(lengths.max())
+        metrics[M.ADVANTAGES_ZERO_FRACTION] = float((updated.advantages.abs() < 1e-8).float().mean())
         metrics.update(updated.stats)
         metrics.update(p.controller.metrics())
         for name, reward in zip(p.objectives, p.rewards):
             if isinstance(reward, RewardFn):
                 for counter, value in reward.counters().items():
-                    metrics[f"rewards/{name}/{counter}"] = float(value)
+                    metrics[M.reward_stat(name, counter)] = float(value)
         rollout = updated.rollout
         if rollout.sampling_logprobs is not None:
             cfg = p.algo.config
@@ -436,7 +437,7 @@ class Trainer:
                     cfg.importance_cap,
                 )
             )
-        metrics["train/skipped_steps"] = self.state.skipped_steps
+        metrics[M.SKIPPED_STEPS] = self.state.skipped_steps
         return metrics
 
     def _validation_means(self) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Every method recipe in the cookbook runs end to end for two steps on the tiny model."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,28 @@ def test_recipe_runs_two_steps(method, tiny_model_dir, tmp_path):
     result = pipeline.fit(train, evals)
     rows = [row for row in result.history if row["kind"] == "train"]
     assert len(rows) == 2 and all(f"weights/{name}" in rows[-1] for name in pipeline.objectives)
+
+
+@pytest.mark.parametrize("recipe_name", ["gspo", "dr_grpo", "dapo"])
+def test_loss_recipes_run_two_steps(recipe_name, tiny_model_dir, tmp_path):
+    """GSPO, Dr. GRPO and DAPO are settings of the one policy loss (and DAPO's batch filter), not code."""
+    overrides = [
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "train.group_size=4",
+        "rollout.max_new_tokens=8",
+        "data.eval_size=2",
+        "data.train_size=16",
+        f"policy.model={tiny_model_dir}",
+        "train.progress=false",
+        f"train.output_dir={tmp_path}",
+    ]
+    recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", overrides)
+    result = pipeline_from_recipe(recipe).fit(*load_data(recipe))
+    rows = [row for row in result.history if row["kind"] == "train"]
+    assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
+    if recipe_name == "dapo":
+        assert recipe.train.dynamic_sampling and "dynamic_sampling/kept_groups" in rows[-1]
 
 
 def test_every_method_is_listed():

@@ -140,3 +140,40 @@ def test_a_python_pipeline_records_a_recipe_the_cli_reruns(tiny_model_dir, tmp_p
         return [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in read_metrics(run)]
 
     assert rows(first) == rows(second) and len(rows(first)) == 4  # eval, 2 train steps, eval: the same run
+
+
+def selective(prompts, completions, **kwargs):
+    """Varies within a group only for prompts of even length; constant (no signal) for the others."""
+    return [float(len(c) % 2) if len(p) % 2 == 0 else 1.0 for p, c in zip(prompts, completions)]
+
+
+def test_dynamic_sampling_keeps_informative_groups_and_refills(tiny_policy, tmp_path, one_thread):
+    pipe = Pipeline(
+        policy=tiny_policy,
+        rewards=[selective],
+        rollout={"name": "transformers", "max_new_tokens": 6},
+        config=TrainConfig(
+            steps=3,
+            prompts_per_step=2,
+            group_size=4,
+            eval_every=0,
+            progress=False,
+            output_dir=str(tmp_path / "r"),
+            dynamic_sampling=True,
+            dynamic_sampling_rounds=6,
+        ),
+        diagnostics=False,
+    )
+    train = make_split("train", 40, 0)
+    assert {len(ex["prompt"]) % 2 for ex in train} == {0, 1}  # both kinds of prompt are there
+    pipe.trainer._train_data = train  # as fit() sets it
+    odd = next(ex for ex in train if len(ex["prompt"]) % 2)
+    even = next(ex for ex in train if len(ex["prompt"]) % 2 == 0)
+    record, metrics = pipe.step([odd, even])  # the odd prompt's group has no signal: dropped, refilled
+    rewards = record.rewards.view(-1, 4)
+    kept = int(metrics["dynamic_sampling/kept_groups"])
+    assert kept == rewards.shape[0] and 1 <= kept <= 2
+    assert all(len(prompt) % 2 == 0 for prompt in record.rollout.prompts)  # constant groups were dropped
+    assert bool((rewards.max(1).values > rewards.min(1).values).all())  # every kept group has a signal
+    assert metrics["dynamic_sampling/dropped_groups"] >= 1 and metrics["dynamic_sampling/rounds"] >= 1
+    assert pipe.data_position >= metrics["dynamic_sampling/rounds"]  # each refill drew new training prompts

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
+from morl import metrics as M
 from morl.batch import Batch
 from morl.components import Component, RecipeError
 from morl.stages import Need, Scored, Updated
@@ -61,7 +62,7 @@ class WeightController(Component):
 
     def metrics(self) -> dict[str, float]:
         """Method state to log, under the method's own namespace; ``weights/{name}`` for every method."""
-        return {f"weights/{name}": float(w) for name, w in zip(self.objectives_, self.weights().tolist())}
+        return {M.weight(name): float(w) for name, w in zip(self.objectives_, self.weights().tolist())}
 
 
 class RewardLevel(WeightController):

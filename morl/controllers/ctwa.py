@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from morl import metrics as M
 from morl.components import ComponentConfig
 from morl.controllers.base import RewardLevel, per_objective
 from morl.stages import Need, Updated
@@ -150,8 +151,8 @@ class CTWA(RewardLevel):
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
         for j, name in enumerate(self.objectives_):
-            out[f"ctwa/u/{name}"] = float(self.u_[j])
-            out[f"ctwa/cov/{name}"] = float(self.last_cov_[j])
-            out[f"ctwa/cov_ema/{name}"] = float(self.cov_ema_[j])
-            out[f"ctwa/target/{name}"] = float(self._targets[j])
+            out[M.method_key(M.CTWA, "u", name)] = float(self.u_[j])
+            out[M.method_key(M.CTWA, "cov", name)] = float(self.last_cov_[j])
+            out[M.method_key(M.CTWA, "cov_ema", name)] = float(self.cov_ema_[j])
+            out[M.method_key(M.CTWA, "target", name)] = float(self._targets[j])
         return out

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from morl import metrics as M
 from morl.components import ComponentConfig, RecipeError
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.gdpo import Aggregation, aggregate_advantages
@@ -176,13 +177,15 @@ class HypervolumeWeighting(AdvantageLevel):
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
-        out["dynamic/multiplier"] = float(self.multiplier_)
-        out["dynamic/front_size"] = float(len(np.asarray(self.front_).reshape(-1, len(self._axes))))
+        out[M.method_key(M.DYNAMIC, "multiplier")] = float(self.multiplier_)
+        out[M.method_key(M.DYNAMIC, "front_size")] = float(len(np.asarray(self.front_).reshape(-1, len(self._axes))))
         if getattr(self, "hv_", None) is not None:
-            out["dynamic/hv_contribution"] = float(self.hv_)
+            out[M.method_key(M.DYNAMIC, "hv_contribution")] = float(self.hv_)
         if getattr(self, "point_", None) is not None:
             for axis, value in zip(self._axes, self.point_):
-                out[f"dynamic/validation/{axis}"] = float(-value if axis in self.config.minimize else value)
+                out[M.method_key(M.DYNAMIC, "validation", axis)] = float(
+                    -value if axis in self.config.minimize else value
+                )
         return out
 
 

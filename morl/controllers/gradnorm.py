@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from morl import metrics as M
 from morl.controllers.gradients import GramConfig, GramWeighting
 
 
@@ -78,5 +79,5 @@ class GradNorm(GramWeighting):
         out = super().metrics()
         if getattr(self, "L0_", None) is not None:
             for name, value in zip(self.objectives_, self.L0_):
-                out[f"gradnorm/L0/{name}"] = float(value)
+                out[M.method_key(M.GRADNORM, "L0", name)] = float(value)
         return out

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from morl import metrics as M
 from morl.components import ComponentConfig, RecipeError
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.stages import Scored
@@ -77,6 +78,6 @@ class Lagrangian(AdvantageLevel):
         out = super().metrics()
         for j, i in enumerate(self._constraints):
             name = self.objectives_[i]
-            out[f"lagrangian/lambda/{name}"] = float(self.lambdas_[j])
-            out[f"lagrangian/target/{name}"] = float(self._targets[j])
+            out[M.method_key(M.LAGRANGIAN, "lambda", name)] = float(self.lambdas_[j])
+            out[M.method_key(M.LAGRANGIAN, "target", name)] = float(self._targets[j])
         return out

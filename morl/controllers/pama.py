@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from morl import distributed
+from morl import metrics as M
 from morl.batch import Batch
 from morl.controllers.base import GradientLevel
 
@@ -87,12 +88,12 @@ class PAMA(GradientLevel):
         self.scalars_ = scalars
         out = algo.loss(logp, minibatch, torch.full_like(positive[:, 0], shared), entropy)
         stats: dict[str, torch.Tensor | float] = dict(out.stats)
-        stats["pama/shared_advantage"] = shared
+        stats[M.method_key(M.PAMA, "shared_advantage")] = shared
         return out.loss, stats
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()
         if getattr(self, "scalars_", None) is not None:
             for name, value in zip(self.objectives_, self.scalars_):
-                out[f"pama/positive_advantage/{name}"] = float(value)
+                out[M.method_key(M.PAMA, "positive_advantage", name)] = float(value)
         return out

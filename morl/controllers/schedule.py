@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from morl import metrics as M
 from morl.components import ComponentConfig
 from morl.controllers.base import RewardLevel, per_objective
 from morl.stages import Updated
@@ -82,4 +83,4 @@ class WeightSchedule(RewardLevel):
         self.step_ += 1
 
     def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "schedule/progress": self.progress()}
+        return {**super().metrics(), M.method_key(M.SCHEDULE, "progress"): self.progress()}
