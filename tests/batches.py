@@ -30,6 +30,24 @@ def reward_batch(rewards: Any, group_size: int | None = None, **fields: Any) -> 
     )
 
 
+def token_batch(old: torch.Tensor, advantages: torch.Tensor, mask=None, ref=None) -> Batch:
+    """A training batch for loss math: old (and reference) log-probs [N, L], advantages [N], a completion mask."""
+    n, length = old.shape
+    return Batch(
+        prompts=["p"] * n,
+        completions=["c"] * n,
+        columns={},
+        group_size=n,
+        input_ids=torch.zeros(n, length + 1, dtype=torch.long),
+        attention_mask=torch.ones(n, length + 1, dtype=torch.long),
+        completion_mask=mask if mask is not None else torch.ones(n, length, dtype=torch.long),
+        prompt_width=1,
+        old_logprobs=old,
+        ref_logprobs=ref,
+        advantages=advantages,
+    )
+
+
 def scored_record(rewards: Any, group_size: int | None = None, objectives: Any = None) -> Scored:
     """What a controller's ``before_update`` and ``combine_advantages`` see."""
     batch = reward_batch(rewards, group_size)

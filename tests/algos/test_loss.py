@@ -7,30 +7,13 @@ import torch
 
 from morl.algos import GRPO, PolicyLoss, Reinforce, sequence_kl
 from morl.algos.loss import aggregate, loss_normaliser
-from morl.batch import Batch
 from morl.components import RecipeError
+from tests.batches import token_batch as _batch
 
 # two completions of lengths 1 and 3 (width L = 3), advantages +2 and -1, on-policy (ρ = 1):
 # token losses -A·ρ are  [-2 | pad pad]  and  [+1 +1 +1]
 MASK = torch.tensor([[1, 0, 0], [1, 1, 1]])
 ADV = torch.tensor([2.0, -1.0])
-
-
-def _batch(old, adv, mask=None, ref=None):
-    n, length = old.shape
-    return Batch(
-        prompts=["p"] * n,
-        completions=["c"] * n,
-        columns={},
-        group_size=n,
-        input_ids=torch.zeros(n, length + 1, dtype=torch.long),
-        attention_mask=torch.ones(n, length + 1, dtype=torch.long),
-        completion_mask=mask if mask is not None else torch.ones(n, length, dtype=torch.long),
-        prompt_width=1,
-        old_logprobs=old,
-        ref_logprobs=ref,
-        advantages=adv,
-    )
 
 
 @pytest.mark.parametrize(

@@ -3,24 +3,7 @@ import math
 import torch
 
 from morl.algos import GRPO, Reinforce, k3_kl, masked_mean, unclipped_mask
-from morl.batch import Batch
-
-
-def _batch(old, adv, mask=None, ref=None):
-    n, length = old.shape
-    return Batch(
-        prompts=["p"] * n,
-        completions=["c"] * n,
-        columns={},
-        group_size=n,
-        input_ids=torch.zeros(n, length + 1, dtype=torch.long),
-        attention_mask=torch.ones(n, length + 1, dtype=torch.long),
-        completion_mask=mask if mask is not None else torch.ones(n, length, dtype=torch.long),
-        prompt_width=1,
-        old_logprobs=old,
-        ref_logprobs=ref,
-        advantages=adv,
-    )
+from tests.batches import token_batch as _batch
 
 
 def test_k3_matches_exact_kl_in_expectation():
