@@ -3,8 +3,9 @@
 Markers in a page's Markdown are replaced before it is rendered:
 
 - ``<!-- morl:components FAMILY -->``: every registered component of the family (``morl.components.registered``):
-  its registry name, where its weights act (controllers, scalarizers), its docstrings (mkdocstrings) and a table of
-  its config fields — type, constraints, default, description — read from its pydantic ``Config``;
+  its registry name, where its weights act (controllers: the weighting family they subclass, ``cls.level``;
+  scalarizers: always the rewards), its docstrings (mkdocstrings) and a table of its config fields — type,
+  constraints, default, description — read from its pydantic ``Config``;
 - ``<!-- morl:config dotted.path.Model -->``: the field table of any pydantic model (``morl.pipeline.TrainConfig``);
 - ``<!-- morl:include GLOB -->``: every file matching GLOB (relative to the repository) in a fenced block;
 - ``<!-- morl:markdown PATH -->``: a Markdown file of the repository (a folder's README), headings one level down;
@@ -32,6 +33,7 @@ log = logging.getLogger("mkdocs.hooks.morl")
 ROOT = Path(__file__).resolve().parents[1]
 COOKBOOK = "cookbook"
 MARKER = re.compile(r"^<!-- morl:(\w+) (\S+) -->$", re.MULTILINE)
+# a controller's ``level`` (set by its family: RewardLevel, AdvantageLevel, GradientLevel) -> what its weights combine
 WHERE = {"reward": "rewards", "advantage": "advantages", "gradient": "gradients"}
 
 
@@ -103,7 +105,10 @@ def components_markdown(family: str) -> str:
     classes = list(table.items())
     if family == "controller":  # grouped by where their weights act
         order = list(WHERE)
-        classes.sort(key=lambda item: order.index(item[1].applies_to.value))
+        for name, cls in classes:
+            if cls.level not in WHERE:
+                raise ValueError(f"controller {name!r} ({cls.__qualname__}) subclasses no weighting family")
+        classes.sort(key=lambda item: order.index(item[1].level))
     out = [summary_table(family, classes), ""]
     seen_modules: set[str] = set()
     for name, cls in classes:
@@ -115,7 +120,7 @@ def components_markdown(family: str) -> str:
 def summary_table(family: str, classes: list[tuple[str, type]]) -> str:
     controller = family == "controller"
     head = (
-        "| name | class | weights act on | normalisation | needs | summary |"
+        "| name | class | family | weights act on | normalisation | needs | summary |"
         if controller
         else "| name | class | summary |"
     )
@@ -123,10 +128,22 @@ def summary_table(family: str, classes: list[tuple[str, type]]) -> str:
     for name, cls in classes:
         cells = [f"[`{name}`](#{anchor(name)})", f"`{cls.__name__}`"]
         if controller:
-            cells += [WHERE[cls.applies_to.value], cls.normalization, ", ".join(sorted(cls.needs)) or "—"]
+            cells += [f"`{family_of(cls)}`", WHERE[cls.level], cls.normalization, needs_text(cls.needs) or "—"]
         cells.append(first_sentence(cls.__doc__))
         rows.append(table_row(cells))
     return "\n".join(rows)
+
+
+def family_of(cls: type) -> str:
+    """The weighting family a controller subclasses (``RewardLevel``, ``AdvantageLevel`` or ``GradientLevel``)."""
+    from morl.controllers import AdvantageLevel, GradientLevel, RewardLevel
+
+    return next(f.__name__ for f in (RewardLevel, AdvantageLevel, GradientLevel) if issubclass(cls, f))
+
+
+def needs_text(needs: frozenset) -> str:
+    """``Need`` members as their Python names, e.g. `Need.CLIPPED_WEIGHTS`."""
+    return ", ".join(f"`Need.{n.name}`" for n in sorted(needs, key=lambda n: n.name))
 
 
 def table_row(cells: list[str]) -> str:
@@ -143,13 +160,13 @@ def table_row(cells: list[str]) -> str:
 def component_section(family: str, name: str, cls: type, first_in_module: bool) -> list[str]:
     path = f"{cls.__module__}.{cls.__qualname__}"
     facts = [f"`{family}: {name}` in a recipe", f"class `{path}`"]
-    applies_to = getattr(cls, "applies_to", None)
-    if applies_to is not None:
-        facts.append(f"weights act on **{WHERE[applies_to.value]}**")
     if family == "controller":
+        facts.append(f"a `{family_of(cls)}`: weights act on **{WHERE[cls.level]}**")
         facts.append(f"normalisation **{cls.normalization}**")
         if cls.needs:
-            facts.append("needs " + ", ".join(f"`{n}`" for n in sorted(cls.needs)))
+            facts.append("needs " + needs_text(cls.needs))
+    elif family == "scalarizer":
+        facts.append("weights act on **rewards**")
     if getattr(cls, "moving_target", False):
         facts.append("held-out value relative to the training history (`moving_target`)")
     out = [f"## {name} {{ #{anchor(name)} }}", "", " · ".join(facts), ""]

@@ -22,7 +22,7 @@ from morl import distributed
 from morl.algos import AdvantageEstimator, PolicyAlgo
 from morl.callbacks import Callback
 from morl.components import Component, RecipeError, build, spec_of
-from morl.controllers.base import GradientLevel, RewardLevel, WeightController, check_scalarizer
+from morl.controllers.base import AdvantageLevel, GradientLevel, RewardLevel, WeightController, check_scalarizer
 from morl.diagnostics import Diagnostics, DiagnosticsConfig, make_diagnostics
 from morl.evaluation import Evaluator
 from morl.policy import Policy
@@ -227,6 +227,11 @@ def check_combination(
     controller: WeightController, scalarizer: Scalarizer, rollout: RolloutBackend, algo: PolicyAlgo
 ) -> None:
     """Components that cannot work together fail here, before any model loads (``morl validate`` too)."""
+    if not isinstance(controller, (RewardLevel, AdvantageLevel, GradientLevel)):
+        raise RecipeError(
+            f"controller: {type(controller).__name__} subclasses none of RewardLevel, AdvantageLevel, GradientLevel "
+            "(morl.controllers): its family says where its weights act, so subclass one of them"
+        )
     check_scalarizer(controller, scalarizer)
     check_temperatures(rollout, algo)
     if algo.config.kl_in == "reward" and algo.config.kl_coef > 0 and not isinstance(controller, RewardLevel):

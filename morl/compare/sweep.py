@@ -2,7 +2,7 @@
 
 Runs go to ``OUT/<method>/seed<k>`` and ``OUT/sweep.json`` indexes them, so the report can be written again from
 the folder alone (:func:`morl.compare.write_report`). A run whose manifest says it finished (or that wrote its
-end-of-fit ``controller_state.json``) is skipped; one with checkpoints resumes from its newest.
+end-of-fit ``training_state.json``) is skipped; one with checkpoints resumes from its newest.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from morl.components import RecipeError, registered
 from morl.recipe import Recipe, load_recipe, parse_recipe
 
 METHOD_KEYS = ("scalarizer", "advantage", "controller")
-FINISHED = "controller_state.json"  # written when a fit ends
+FINISHED = "training_state.json"  # the top-level one is written when a fit ends
 
 
 def method_components(method: str, base: Recipe, recipe_path: Path | None = None) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def _mismatch_message(refused: list[Difference], unknown: list[str], differences
         n = len(refused)
         lines.append(
             f"cannot resume: the recipe differs from the run's in {n} setting{'s' if n > 1 else ''} "
-            "that change what is trained:"
+            f"that {'change' if n > 1 else 'changes'} what is trained:"
         )
         lines += [f"  {d}" for d in refused]
     if unknown:

@@ -1,6 +1,7 @@
 """Where each method's weights act and how they are normalised is part of its type; combinations are validated."""
 
 import pytest
+import torch
 
 from morl.components import RecipeError, build, registered
 from morl.controllers import AdvantageLevel, GradientLevel, RewardLevel, WeightController, check_scalarizer
@@ -58,3 +59,18 @@ def test_a_scalarizer_that_would_be_ignored_is_refused_naming_both(controller):
 def test_reward_level_controllers_take_any_scalarizer():
     for name in ("tchebycheff", "smooth_tchebycheff", "linear"):
         check_scalarizer(build("controller", "ctwa"), build("scalarizer", name))
+
+
+def test_a_controller_of_no_family_is_refused_before_training():
+    from morl.pipeline import check_combination
+
+    class Loose(WeightController):
+        name = ""
+
+        def weights(self):
+            return torch.ones(2)
+
+    with pytest.raises(RecipeError, match="subclasses none of RewardLevel, AdvantageLevel, GradientLevel"):
+        check_combination(
+            Loose(), build("scalarizer", "linear"), build("rollout", "transformers"), build("algo", "grpo")
+        )
