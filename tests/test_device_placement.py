@@ -106,19 +106,33 @@ def make_pipeline(policy: Policy, controller: str, tmp_path: Path, diagnostics: 
     )
 
 
+# "cuda" runs on a real GPU (scripts/gpu_check.sh runs this file there); without one it is skipped
+DEVICES = [
+    "cpu",
+    "pretend",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+
+
 def on_device(device: str) -> contextlib.AbstractContextManager[PretendAccelerator | None]:
     return pretend_accelerator() if device == "pretend" else contextlib.nullcontext()
 
 
-@pytest.mark.parametrize("device", ["cpu", "pretend"])
+def place(policy, device: str, acc: PretendAccelerator | None) -> None:
+    if acc is not None:
+        acc.place(policy.model)
+        assert policy.device == acc.device
+    elif device == "cuda":
+        policy.model.to("cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("controller", list(CONTROLLERS))
 def test_training_steps_keep_tensors_on_the_policy_device(controller, device, tiny_policy, tmp_path):
     policy = tiny_policy
     examples = make_split("train", 2, 0)
     with on_device(device) as acc:
-        if acc is not None:
-            acc.place(policy.model)
-            assert policy.device == acc.device
+        place(policy, device, acc)
         pipe = make_pipeline(policy, controller, tmp_path, diagnostics=True)
         before = [p.detach().clone() for p in policy.model.parameters()]
         for _ in range(2):
@@ -131,16 +145,17 @@ def test_training_steps_keep_tensors_on_the_policy_device(controller, device, ti
         assert any(moved), "no parameter changed: no real update happened"
         if acc is not None:
             check_still_on_the_device(acc, pipe)
+        elif device == "cuda":
+            assert all(p.device.type == "cuda" for p in pipe.policy.model.parameters())
 
 
-@pytest.mark.parametrize("device", ["cpu", "pretend"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_clipped_weight_diagnostics_on_the_policy_device(device, tiny_policy, tmp_path):
     """The diagnostics' own forward pass of the updated policy and its covariances (``clipped_weights: true``,
     with a controller that does not compute them itself), through ``fit``, which is where callbacks run."""
     policy = tiny_policy
     with on_device(device) as acc:
-        if acc is not None:
-            acc.place(policy.model)
+        place(policy, device, acc)
         pipe = make_pipeline(policy, "fixed", tmp_path, diagnostics={"clipped_weights": True})
         before = [p.detach().clone() for p in policy.model.parameters()]
         result = pipe.fit(make_split("train", 4, 0))
@@ -151,6 +166,8 @@ def test_clipped_weight_diagnostics_on_the_policy_device(device, tiny_policy, tm
         assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
         if acc is not None:
             check_still_on_the_device(acc, pipe)
+        elif device == "cuda":
+            assert all(p.device.type == "cuda" for p in pipe.policy.model.parameters())
 
 
 def check_still_on_the_device(acc: PretendAccelerator, pipe: Pipeline) -> None:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# morl's GPU check, for a CUDA machine that has torch, transformers and accelerate but maybe no internet.
+#
+#   scripts/gpu_check.sh [--wheels DIR] [--out DIR] [--dry-run] [--skip-scale]
+#
+# --wheels DIR installs morl's other pure-Python dependencies (pydantic, math-verify, ...) from a folder of wheels
+# into a private target (nothing outside it changes). Fill the folder on a machine with internet, for the GPU
+# machine's Python (here 3.12 on x86-64):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d wheels \
+#       pydantic pydantic-core annotated-types typing-inspection math-verify latex2sympy2_extended \
+#       antlr4-python3-runtime==4.13.2 peft
+# (add typer, rich, pyyaml, safetensors or matplotlib if the machine lacks them). The check writes OUT/summary.json
+# and prints "N passed, N failed"; --dry-run runs the same path on the CPU (the test suite does, in CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheels=""
+args=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --wheels) wheels="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+python=${PYTHON:-python3}
+if [[ -n "$wheels" ]]; then
+  target="${TMPDIR:-/tmp}/morl-gpu-check-site"
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$wheels"/*.whl
+  export PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec "$python" scripts/gpu_check.py "${args[@]}"
