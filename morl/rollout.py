@@ -59,6 +59,16 @@ class RolloutBackend(Component):
         own copy of the weights (vLLM) refresh it before their next generation; the pipeline calls this on every
         process after every update."""
 
+    def set_training_seed(self, seed: int) -> None:
+        """The run's seed (``train.seed``), handed over by the trainer before any generation. Backends with random
+        streams of their own (vLLM's engine) derive them from it unless their config fixes a seed; by default there
+        is nothing to do: ``transformers`` samples from torch's global generator, which the trainer seeds."""
+
+    def close(self) -> None:
+        """Release what the backend holds (an inference engine and its GPU memory), so that another one can start
+        in this process; the trainer calls it when fit ends. The backend stays usable: its next generation starts
+        afresh. Nothing to do by default."""
+
 
 def prompt_texts(policy: Policy, prompts: list[str], messages: list[Any] | None = None) -> list[str]:
     """What the model continues for each prompt: see :meth:`morl.policy.Policy.format_prompt`."""

@@ -162,6 +162,7 @@ class Trainer:
     ) -> None:
         self.parts = parts
         self.config = config
+        parts.rollout.set_training_seed(config.seed)  # an engine's own seed (vLLM) follows train.seed
         self.callbacks = callbacks  # the pipeline's list: a callback appended there is seen here
         self.optimizer = optimizer
         self.reference = reference
@@ -601,6 +602,7 @@ class Trainer:
             write_checkpoint()
             status = "finished"
         finally:
+            p.rollout.close()  # free the rollout engine (vLLM) and its GPU memory, whatever ended the fit
             writer.close()
             if manifest is not None:
                 manifest.end_segment(run_dir, self.state.step, status)
