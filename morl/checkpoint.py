@@ -8,9 +8,11 @@ and reads the parts it is handed.
 
 Layout of ``RUN_DIR/checkpoints/step-000123/``::
 
-    model/                  the policy in Hugging Face format (``morl eval --checkpoint`` and ``AutoModel`` read it)
+    model/                  the policy in Hugging Face format (``morl eval --checkpoint`` and ``AutoModel`` read it);
+                            a LoRA policy's adapter (``adapter_model.safetensors``, ``adapter_config.json``), which
+                            ``Policy.from_pretrained`` loads onto the base it names
     training_state.json     the TrainingState, and the reference policy's source (a pointer, not a copy: the
-                            reference is the initial policy) with a fingerprint of its weights
+                            reference is the initial policy, or a LoRA policy's base) with a fingerprint of its weights
     optimizer.pt            the optimizer's ``state_dict()``
     rng.pt                  python ``random``, numpy, torch CPU (and CUDA) generator states
     complete                written last; a directory without it is torn and is skipped on resume
@@ -47,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from morl.policy import Policy, resolve_model_path
+from morl.policy import ADAPTER_CONFIG, AdapterReference, Policy, base_weights, is_peft_model, resolve_model_path
 from morl.state import TrainingState
 
 CHECKPOINTS = "checkpoints"
@@ -103,7 +105,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{state.step:06d}-", dir=root))
     try:
         with _quiet_transformers():
-            policy.save(tmp / "model")
+            policy.save(tmp / "model", merged=False)  # a LoRA policy: the adapter only (merged at the end on request)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         _write_json(tmp / STATE_FILE, {**state.to_json(), "reference": reference})
@@ -157,10 +159,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def reference_pointer(reference: Policy, fingerprint: str, run_dir: Path) -> dict[str, Any]:
     """Where the reference came from and a fingerprint of its weights; a copy in the run only if it cannot be
-    reloaded from its source (a model built in Python, say)."""
+    reloaded from its source (a model built in Python, say). A LoRA policy's reference is its own frozen base, which
+    a resumed run must be built on anyway (the checkpoints hold only the adapter): never a copy."""
     source = reference.config.model
     pointer: dict[str, Any] = {"model": source, "fingerprint": fingerprint}
-    if not _reloadable(source):
+    if isinstance(reference, AdapterReference):
+        pointer["adapters_disabled"] = True
+    elif not _reloadable(source):
         copy_dir = run_dir / "reference-model"
         if not (copy_dir / MARKER).exists():
             tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}reference-", dir=run_dir))
@@ -175,9 +180,13 @@ def reference_pointer(reference: Policy, fingerprint: str, run_dir: Path) -> dic
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer (names, shapes, dtypes, bytes): equal iff the weights are equal."""
+    """A hash of every parameter and buffer (names, shapes, dtypes, bytes): equal iff the weights are equal.
+
+    A peft model (a LoRA policy, whose reference is its base with adapters disabled) is hashed by its base weights
+    under the base model's names, adapters left out: the fingerprint of the plain base model it was built on."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
+    weights = base_weights(model, merged=False) if is_peft_model(model) else model.state_dict().items()
+    for name, tensor in weights:
         tensor = tensor.detach().contiguous().cpu()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
@@ -284,8 +293,13 @@ def load_rng(checkpoint: Path) -> None:
 
 
 def load_weights(policy: Policy, model_dir: Path) -> None:
-    """Copy saved parameters into the live model (same tensors, so the optimizer keeps pointing at them)."""
+    """Copy saved parameters into the live model (same tensors, so the optimizer keeps pointing at them); a saved
+    adapter directory into the live adapters."""
     from transformers import AutoModelForCausalLM
+
+    if (model_dir / ADAPTER_CONFIG).is_file() or policy.has_adapters:
+        _load_adapter(policy, model_dir)
+        return
 
     dtype = next(policy.model.parameters()).dtype
     try:
@@ -302,14 +316,55 @@ def load_weights(policy: Policy, model_dir: Path) -> None:
         raise CheckpointError(f"{model_dir}: the saved policy does not fit this run's model ({err})") from None
 
 
+def _load_adapter(policy: Policy, model_dir: Path) -> None:
+    """Copy a saved peft adapter into the policy's adapters: every adapter tensor must be there, and nothing else."""
+    if not (model_dir / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(
+            f"{model_dir}: the saved policy is a whole model, but this run's policy trains LoRA adapters "
+            "(policy.lora); resume with the recipe the run was started with"
+        )
+    if not policy.has_adapters:
+        raise CheckpointError(
+            f"{model_dir}: the saved policy is a LoRA adapter, but this run's policy has no adapters; set policy.lora "
+            "as the run did"
+        )
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    try:
+        saved = load_peft_weights(str(model_dir), device=str(policy.device))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{model_dir}: cannot load the saved adapter ({err})") from None
+    expected = set(get_peft_model_state_dict(policy.model))
+    if set(saved) != expected:
+        missing, extra = sorted(expected - set(saved))[:3], sorted(set(saved) - expected)[:3]
+        raise CheckpointError(
+            f"{model_dir}: the saved adapter does not fit this run's adapters (missing {missing}, unexpected "
+            f"{extra}); use the run's policy.lora settings"
+        )
+    try:
+        with torch.no_grad():
+            result = set_peft_model_state_dict(policy.model, saved)
+    except RuntimeError as err:  # shapes: another rank r
+        raise CheckpointError(f"{model_dir}: the saved adapter does not fit this run's adapters ({err})") from None
+    if result.unexpected_keys:
+        raise CheckpointError(f"{model_dir}: adapter tensors with no place in the model: {result.unexpected_keys[:3]}")
+
+
 def check_reference(reference: Policy, fingerprint: str, pointer: dict[str, Any] | None, run_dir: Path) -> None:
-    """The KL anchor must be the run's initial policy: the same weights, or the copy the run saved of them."""
+    """The KL anchor must be the run's initial policy: the same weights, or the copy the run saved of them (a LoRA
+    run's anchor is the base its adapters sit on, which has no copy: build the pipeline on the same base)."""
     if pointer is None or fingerprint == pointer["fingerprint"]:
         return
     copy_dir = run_dir / pointer["copy"] if pointer.get("copy") else None
-    if copy_dir is not None and (copy_dir / MARKER).is_file():
+    if copy_dir is not None and (copy_dir / MARKER).is_file() and not isinstance(reference, AdapterReference):
         load_weights(reference, copy_dir)
         return
+    if isinstance(reference, AdapterReference) or pointer.get("adapters_disabled"):
+        raise CheckpointError(
+            f"the base model under this run's LoRA adapters (its KL anchor) differs from the run's, which was "
+            f"{pointer['model']!r}; build the pipeline on that same base model (and policy.lora) to resume"
+        )
     raise CheckpointError(
         f"the reference policy (KL anchor) differs from the run's, which was the initial policy from "
         f"{pointer['model']!r}; build the pipeline from that same initial model to resume"

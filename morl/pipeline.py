@@ -76,7 +76,8 @@ class Pipeline:
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
         )
-        self.reference: Policy | None = self.policy.frozen_copy() if self.algo.needs_reference else None
+        # a LoRA policy's reference is its base with the adapters disabled (the same module, no copy)
+        self.reference: Policy | None = self.policy.kl_reference() if self.algo.needs_reference else None
         if distributed.launched():  # accelerate launch / torchrun: data parallel, sharded or mixed precision
             optimizer = self._prepare_distributed(optimizer)
         self.recipe = recipe if recipe is not None else self._recipe()
@@ -105,7 +106,7 @@ class Pipeline:
         :mod:`morl.distributed` for what is shared between processes."""
         accelerator = distributed.make_accelerator(cpu=self.policy.device.type == "cpu")
         optimizer = self.policy.prepare(accelerator, optimizer)
-        if self.reference is not None:
+        if self.reference is not None and self.reference.model is not self.policy.model:
             self.reference.model.to(accelerator.device)
         grad_cosines = self.diagnostics is not None and self.diagnostics.config.grad_cosine_every
         if self.policy.sharded and (isinstance(self.controller, GradientLevel) or grad_cosines):

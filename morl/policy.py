@@ -1,11 +1,35 @@
-"""The policy: a causal LM and its tokenizer, loaded from any Hugging Face directory or hub name."""
+"""The policy: a causal LM and its tokenizer, loaded from any Hugging Face directory or hub name.
+
+LoRA and QLoRA (``pip install "morl[lora]"``, through peft). ``policy: {lora: {r: 16, alpha: 32}}`` wraps the model
+with low-rank adapters: only they train (the optimizer takes the ``requires_grad`` parameters), so the optimizer
+state is a few MB instead of twice the model. What changes with adapters:
+
+- **the KL reference is the base with the adapters disabled**, the same module run under peft's
+  ``disable_adapter()`` (:class:`AdapterReference`): no second copy of the model in memory;
+- **checkpoints and the run's final ``model/`` hold the adapter** (``adapter_model.safetensors`` and
+  ``adapter_config.json``, which names the base); ``Policy.from_pretrained`` and ``morl eval --checkpoint`` load such
+  a directory as base + adapter. ``policy.lora.merge_on_save: true`` also writes ``RUN_DIR/model/merged/``, the base
+  with the adapters merged in: a plain Hugging Face model that ``AutoModelForCausalLM`` (or vLLM) loads alone;
+- :meth:`Policy.named_full_parameters` (the weights pushed to a vLLM engine) yields merged weights ``W + s·B·A``
+  under the base model's names, computed beside the training weights, which stay untouched.
+
+``policy.load_in_4bit: true`` (QLoRA) loads the frozen base in 4-bit NF4 through bitsandbytes (``pip install
+bitsandbytes``, CUDA GPU only) and trains bf16/fp32 adapters on top; it needs ``lora``.
+
+Example:
+    >>> policy = Policy.from_pretrained("tinymath", lora={"r": 8, "alpha": 16})  # doctest: +SKIP
+    >>> policy  # doctest: +SKIP
+    Policy(model='tinymath', parameters=..., trainable=... (LoRA r=8))
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
+import importlib.util
 import inspect
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -13,9 +37,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
+MERGED = "merged"  # the merged export, inside the saved model directory
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (Hu et al. 2021, https://arxiv.org/abs/2106.09685): each adapted weight computes
+    ``W x + (alpha / r)·B A x`` with ``A`` [r, in] random and ``B`` [out, r] zero at the start, so the initial policy
+    is the base model and only ``A`` and ``B`` train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, gt=0, description="rank of each adapter's update B·A")
+    alpha: float = Field(32.0, gt=0, description="the update is scaled by alpha / r (rescale lr if you change r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="modules to adapt: all-linear (every linear layer but the output head), a list of module "
+        "names (e.g. [q_proj, v_proj]) or a regex on the full module names",
+    )
+    merge_on_save: bool = Field(
+        False,
+        description="also write the final model with the adapters merged into the base (RUN_DIR/model/merged), a "
+        "plain Hugging Face model; checkpoints and RUN_DIR/model hold the adapter either way",
+    )
+    seed: int = Field(0, description="seed of the adapters' random start (A), so runs of one recipe start alike")
 
 
 class PolicyConfig(BaseModel):
@@ -35,6 +84,20 @@ class PolicyConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, slower steps"
     )
+    lora: LoraConfig | None = Field(
+        None,
+        description='train LoRA adapters (peft, pip install "morl[lora]") instead of every weight; {} for the '
+        "defaults. The KL reference is then the base with adapters disabled, not a copy",
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: the frozen base in 4-bit NF4 (pip install bitsandbytes; CUDA GPU); needs lora"
+    )
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_adapters(self) -> PolicyConfig:
+        if self.load_in_4bit and self.lora is None:
+            raise ValueError("policy.load_in_4bit: a 4-bit base cannot train on its own; add policy.lora (QLoRA)")
+        return self
 
 
 class Policy:
@@ -54,26 +117,49 @@ class Policy:
 
     @classmethod
     def from_pretrained(cls, model: str = "tinymath", **options) -> Policy:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load ``model`` (see :class:`PolicyConfig`; ``lora={...}`` adds fresh adapters). A directory holding a
+        saved adapter (a LoRA run's ``model/`` or a checkpoint's) loads as its base plus that adapter, trainable."""
+        from transformers import AutoTokenizer
 
         config = PolicyConfig(model=model, **options)
         path = resolve_model_path(config.model)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-        net = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
-        ).to(resolve_device(config.device))
-        if config.gradient_checkpointing:
-            # non-reentrant checkpointing works under DDP and FSDP and with inputs that need no gradient
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        adapter = Path(path) if (Path(path) / ADAPTER_CONFIG).is_file() else None
+        base = _adapter_base(adapter) if adapter is not None else path
+        has_tokenizer = adapter is None or (adapter / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(
+            path if has_tokenizer else base, trust_remote_code=config.trust_remote_code
+        )
+        net = _load_base(base, config)
+        if adapter is not None:
+            net = _peft().PeftModel.from_pretrained(net, str(adapter), is_trainable=True)
+            net.active_peft_config.base_model_name_or_path = base  # where it is here (peft reads it when saving)
+        elif config.lora is not None:
+            net = add_adapters(net, config.lora)
+        if not config.load_in_4bit:
+            net = net.to(resolve_device(config.device))
         return cls(net, tokenizer, config)
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
-        return f"Policy(model={self.config.model!r}, parameters={params:,})"
+        if not self.has_adapters:
+            return f"Policy(model={self.config.model!r}, parameters={params:,})"
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        rank = getattr(self.model.active_peft_config, "r", "?")
+        return f"Policy(model={self.config.model!r}, parameters={params:,}, trainable={trainable:,} (LoRA r={rank}))"
+
+    @property
+    def has_adapters(self) -> bool:
+        """The model is a peft model with adapters: only they train, and the base is the KL reference."""
+        return is_peft_model(self.model)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def kl_reference(self) -> Policy:
+        """The reference policy of the KL term: the base with adapters disabled when the policy has adapters (the
+        same module, no copy), else a frozen copy of the initial weights."""
+        return AdapterReference(self) if self.has_adapters else self.frozen_copy()
 
     def frozen_copy(self) -> Policy:
         """A reference policy for the KL term: same weights, no gradients."""
@@ -148,11 +234,16 @@ class Policy:
 
     def named_full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` of every weight, whole even when sharded (a collective then: call on every
-        process), with the Hugging Face names; for pushing weights to a rollout engine."""
+        process), with the Hugging Face names; for pushing weights to a rollout engine.
+
+        With adapters: the base model's names and **merged** weights ``W + (alpha/r)·B·A`` (a 4-bit base
+        dequantized first), computed as new tensors: the engine serves the base architecture, and the training
+        model is left as it is."""
+        if self.has_adapters:
+            yield from base_weights(self.model, merged=True)
+            return
         for name, tensor in self.model.state_dict().items():
-            if hasattr(tensor, "full_tensor"):  # FSDP2 DTensor shard
-                tensor = tensor.full_tensor()
-            yield name, tensor
+            yield name, _whole(tensor)
 
     def token_logprobs(
         self,
@@ -271,18 +362,281 @@ class Policy:
         )
         return torch.cat([prompt.logits.repeat_interleave(k, dim=0), rest.logits], dim=1)
 
-    def save(self, path: str | Path) -> Path:
-        """Hugging Face format. Sharded (FSDP, ZeRO-3): a collective that every process calls; process 0 writes."""
+    def save(self, path: str | Path, merged: bool | None = None) -> Path:
+        """Hugging Face format. Sharded (FSDP, ZeRO-3): a collective that every process calls; process 0 writes.
+
+        With adapters ``path`` holds the adapter (``adapter_model.safetensors``, ``adapter_config.json``, which names
+        the base) and the tokenizer; ``merged`` (default ``policy.lora.merge_on_save``) also writes ``path/merged``,
+        the base with the adapters merged in, a plain model that needs neither peft nor the base to load.
+        """
         path = Path(path)
+        write = not self.sharded or self.accelerator.is_main_process
         if self.sharded:
             state = self.accelerator.get_state_dict(self.wrapped)
-            if self.accelerator.is_main_process:
+            if write:
                 self.model.save_pretrained(path, state_dict=state)
-                self.tokenizer.save_pretrained(path)
-            return path
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        else:
+            self.model.save_pretrained(path)
+        if write:
+            self.tokenizer.save_pretrained(path)
+            if self.has_adapters:
+                _name_base(path, self.config.model)
+        if merged is None:
+            merged = self.config.lora is not None and self.config.lora.merge_on_save
+        if merged and self.has_adapters:
+            self._save_merged(path / MERGED, write=write)
         return path
+
+    def _save_merged(self, path: Path, write: bool) -> None:
+        """The merged weights in a plain model of the base's class, built on the meta device so that only the
+        adapted layers' merged weights take new memory (the others are the live tensors)."""
+        from transformers import AutoModelForCausalLM
+
+        weights = dict(base_weights(self.model, merged=True))  # a collective when sharded: every process
+        if not write:
+            return
+        base = self.model.get_base_model()
+        config = copy.deepcopy(base.config)
+        if hasattr(config, "quantization_config"):  # a QLoRA base: the export holds dequantized weights
+            del config.quantization_config
+        dtype = DTYPES[self.config.dtype] if self.config.load_in_4bit else None
+        if dtype is not None:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+            config.dtype = self.config.dtype
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, trust_remote_code=self.config.trust_remote_code)
+        plain.load_state_dict(weights, strict=True, assign=True)
+        plain.generation_config = copy.deepcopy(base.generation_config)
+        plain.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+class AdapterReference(Policy):
+    """The KL reference of a LoRA policy: the policy's own model with its adapters disabled (peft's
+    ``disable_adapter()``), i.e. the frozen base, with no copy of any weight. It follows the policy's data-parallel
+    wrapper, so it also runs where the weights are sharded."""
+
+    def __init__(self, policy: Policy) -> None:
+        if not policy.has_adapters:
+            raise ValueError("AdapterReference needs a policy with adapters (policy.lora)")
+        self.policy = policy
+        self.tokenizer = policy.tokenizer
+        self.config = policy.config
+
+    def __repr__(self) -> str:
+        return f"AdapterReference(base of {self.policy!r})"
+
+    @property  # type: ignore[override]
+    def model(self) -> torch.nn.Module:
+        return self.policy.model
+
+    @property  # type: ignore[override]
+    def wrapped(self) -> torch.nn.Module | None:
+        return self.policy.wrapped
+
+    @property  # type: ignore[override]
+    def accelerator(self) -> Any:
+        return self.policy.accelerator
+
+    @property
+    def has_adapters(self) -> bool:
+        return False  # it computes, fingerprints and exports the base
+
+    def token_logprobs(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad(), self.policy.model.disable_adapter():
+            return super().token_logprobs(*args, **kwargs)
+
+    def named_full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from base_weights(self.policy.model, merged=False, dequantize=True)
+
+    def frozen_copy(self) -> Policy:
+        raise NotImplementedError("the adapter-disabled reference is a view of the policy; copy the policy instead")
+
+    def save(self, path: str | Path, merged: bool | None = None) -> Path:
+        raise NotImplementedError(
+            "the adapter-disabled reference is the policy's frozen base: reload it from policy.model"
+        )
+
+
+# ---- adapters (peft) ----------------------------------------------------------------------------------------------
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise ImportError('policy.lora needs peft: pip install "morl[lora]" (or pip install "peft>=0.13")') from None
+    return peft
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """A peft model (checked without importing peft, which is optional)."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def add_adapters(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
+    """``model`` wrapped by peft with fresh LoRA adapters (every other weight frozen). The adapters' random start
+    is drawn from ``config.seed`` without touching the global random streams."""
+    peft = _peft()
+    lora = peft.LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return peft.get_peft_model(model, lora)
+
+
+def _name_base(adapter: Path, model: str) -> None:
+    """Record the base as the recipe names it ("tinymath", a hub name) rather than the local path peft wrote, so the
+    adapter still finds its base on another machine; a policy loaded from an adapter keeps what that one recorded."""
+    source = Path(resolve_model_path(model))
+    if (source / ADAPTER_CONFIG).is_file():
+        name = json.loads((source / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    elif model == "tinymath" or not source.is_dir():
+        name = model
+    else:
+        return
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = name
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _adapter_base(adapter: Path) -> str:
+    """The base model a saved adapter was trained on, as peft recorded it."""
+    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
+    return resolve_model_path(base)
+
+
+def _load_base(path: str, config: PolicyConfig) -> torch.nn.Module:
+    """The Hugging Face model at ``path`` on the CPU (in 4-bit on its GPU for QLoRA), ready for adapters."""
+    from transformers import AutoModelForCausalLM
+
+    options: dict[str, Any] = {"dtype": DTYPES[config.dtype], "trust_remote_code": config.trust_remote_code}
+    if config.load_in_4bit:
+        options["quantization_config"] = _four_bit(config)
+        options["device_map"] = {"": resolve_device(config.device)}
+    net = AutoModelForCausalLM.from_pretrained(path, **options)
+    checkpointing = {"use_reentrant": False}  # works under DDP and FSDP and with inputs that need no gradient
+    if config.load_in_4bit:
+        # norms and head in float32, inputs that carry gradients to the adapters through the frozen base
+        net = _peft().prepare_model_for_kbit_training(
+            net,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif config.gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    return net
+
+
+def _four_bit(config: PolicyConfig) -> Any:
+    """bitsandbytes' NF4 settings with double quantization and compute in the policy's dtype (QLoRA's)."""
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is available")
+    elif not config.device.startswith("cuda"):
+        missing.append(f"policy.device is {config.device!r}, not cuda")
+    if missing:
+        raise RuntimeError(
+            "policy.load_in_4bit (QLoRA) needs bitsandbytes and a CUDA GPU: "
+            + "; ".join(missing)
+            + ". Install it with pip install bitsandbytes on a CUDA machine, or set policy.load_in_4bit: false"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[config.dtype],
+    )
+
+
+def base_weights(
+    model: torch.nn.Module, merged: bool, dequantize: bool | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of a peft model's base weights under the base model's names (``...q_proj.weight``, no
+    ``base_model.model.`` prefix, no ``base_layer``), whole even when sharded; adapter tensors left out. With
+    ``merged`` each adapted weight is ``W + Σ_active (alpha/r)·B·A``, a new tensor; without, the base as it is
+    (what the model computes with adapters disabled). ``dequantize`` (default: ``merged``) turns a 4-bit or 8-bit
+    base's packed weights into float ones."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    modules = dict(base.named_modules())
+    adapted = {name for name, module in modules.items() if isinstance(module, LoraLayer)}
+    real = {name for name, _ in base.named_parameters(remove_duplicate=False)}
+    real |= {name for name, _ in base.named_buffers(remove_duplicate=False)}
+    for key, tensor in base.state_dict().items():
+        if key not in real:  # bitsandbytes' quantization state, stored beside its packed weight
+            continue
+        owner, _, leaf = key.rpartition(".")
+        layer = _enclosing(owner, adapted)
+        if layer is not None:
+            rest = owner[len(layer) + 1 :]
+            if not (rest == "base_layer" or rest.startswith("base_layer.")):
+                continue  # the adapter's own A, B (and any other adapter state)
+            name = ".".join(part for part in (layer, rest.removeprefix("base_layer").lstrip("."), leaf) if part)
+        else:
+            name = key
+        with torch.no_grad():
+            if merged if dequantize is None else dequantize:
+                tensor = _dequantized(modules[owner], leaf, tensor)
+            tensor = _whole(tensor)
+            if merged and layer is not None and owner == f"{layer}.base_layer" and leaf == "weight":
+                delta = _adapter_delta(modules[layer])
+                if delta is not None:
+                    tensor = tensor + _whole(delta).to(tensor.dtype)
+        yield name, tensor
+
+
+def _enclosing(name: str, layers: set[str]) -> str | None:
+    """The innermost adapted layer that contains the module ``name`` (itself included)."""
+    while name:
+        if name in layers:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _dequantized(module: torch.nn.Module, leaf: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-bit or 8-bit bitsandbytes weight as a float tensor; any other tensor unchanged."""
+    if leaf != "weight" or type(getattr(module, "weight", None)).__name__ not in ("Params4bit", "Int8Params"):
+        return tensor
+    from peft.utils.integrations import dequantize_module_weight
+
+    return dequantize_module_weight(module)
+
+
+def _adapter_delta(layer: Any) -> torch.Tensor | None:
+    """``Σ (alpha/r)·B·A`` over the layer's active adapters that are not merged already (None: nothing to add)."""
+    if layer.disable_adapters:
+        return None
+    present = set(layer.lora_A.keys()) | set(getattr(layer, "lora_embedding_A", {}).keys())
+    delta = None
+    for name in layer.active_adapters:
+        if name in layer.merged_adapters or name not in present:
+            continue
+        if name in getattr(layer, "lora_variant", {}):
+            raise NotImplementedError(f"merging LoRA variant {type(layer.lora_variant[name]).__name__} (e.g. DoRA)")
+        step = layer.get_delta_weight(name)
+        delta = step if delta is None else delta + step
+    return delta
+
+
+def _whole(tensor: Any) -> Any:
+    """A sharded tensor (FSDP2 DTensor) gathered whole; anything else as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _preallocate(cache: Any, room: int) -> None:
@@ -339,7 +693,10 @@ def _forward_signature(forward_type: type) -> frozenset[str]:
 
 
 def _forward_arguments(model: torch.nn.Module) -> frozenset[str]:
-    """Keyword arguments the model's forward takes (``logits_to_keep``, ``cache`` or ``past_key_values``, ...)."""
+    """Keyword arguments the model's forward takes (``logits_to_keep``, ``cache`` or ``past_key_values``, ...);
+    for a peft model, its base's (peft passes keyword arguments through)."""
+    if is_peft_model(model):
+        model = model.get_base_model()
     return _forward_signature(type(model))
 
 
