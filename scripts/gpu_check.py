@@ -51,12 +51,13 @@ LOSS_AXES = {
     "dapo": ({"name": "grpo", "loss_type": "dapo", "clip_high": 0.28}, {"dynamic_sampling": True}),
     "kl_in_reward": ({"name": "grpo", "kl_coef": 0.01, "kl_in": "reward", "kl_estimator": "k1"}, {}),
 }
-# random-init Llama sizes (hidden, layers, heads, intermediate): about 0.4B, 1.2B, 2.5B and 6.5B parameters
+# random-init Llama sizes (hidden, layers, heads, intermediate), trained in float32 with AdamW (16 bytes a parameter)
 SCALE = {
     "0.4B": (1024, 24, 16, 4096),
     "1.2B": (2048, 24, 16, 5504),
     "2.5B": (2560, 32, 20, 6912),
     "6.5B": (4096, 32, 32, 11008),
+    "13B": (5120, 40, 40, 13824),
 }
 DRY_SCALE = {"tiny": (64, 2, 4, 128)}
 
