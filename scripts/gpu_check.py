@@ -63,12 +63,15 @@ DRY_SCALE = {"tiny": (64, 2, 4, 128)}
 
 
 class Check:
-    def __init__(self, device: str, out: Path, steps: int) -> None:
+    def __init__(self, device: str, out: Path, steps: int, only: list[str] | None = None) -> None:
         self.device, self.out, self.steps = device, out, steps
+        self.only = only or []
         self.cases: list[dict] = []
 
     def record(self, name: str, fn, *args, **kwargs) -> None:
         """Run one case; an exception fails it (with the error) without stopping the others."""
+        if self.only and not any(name.startswith(prefix) for prefix in self.only):
+            return
         start = time.perf_counter()
         try:
             result = {"case": name, **fn(*args, **kwargs)}
@@ -118,7 +121,7 @@ class Check:
         finite = all(math.isfinite(r["loss"]) for r in rows)
         seconds = [sum(v for k, v in r.items() if k.startswith("timing/")) for r in rows[1:]] or [math.nan]
         return {
-            "ok": on_device and moved and finite and len(rows) == self.steps,
+            "ok": on_device and moved and finite and len(rows) == config["steps"],
             "on_device": on_device,
             "parameters_changed": moved,
             "finite_loss": finite,
@@ -270,13 +273,14 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same script path on the CPU, 2 steps a case")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip-scale", action="store_true", help="leave out the random-init model sweep")
+    parser.add_argument("--only", default="", help="comma-separated case names (or prefixes) to run; default: all")
     args = parser.parse_args()
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here: use --dry-run for the CPU")
         return 2
     os.chdir(ROOT)
-    check = Check(device, args.out, 2 if args.dry_run else args.steps)
+    check = Check(device, args.out, 2 if args.dry_run else args.steps, only=[o for o in args.only.split(",") if o])
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)"
     print(f"morl GPU check on {name}, torch {torch.__version__}", flush=True)
     check.record("device_tests", check.device_tests)
