@@ -156,6 +156,12 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def base_model_path(self) -> str:
+        """Where the weights an inference engine serves come from: the model's folder or hub name, or for a policy
+        loaded from a saved adapter the base that adapter was trained on (the engine receives merged weights)."""
+        path = resolve_model_path(self.config.model)
+        return _adapter_base(Path(path)) if (Path(path) / ADAPTER_CONFIG).is_file() else path
+
     def kl_reference(self) -> Policy:
         """The reference policy of the KL term: the base with adapters disabled when the policy has adapters (the
         same module, no copy), else a frozen copy of the initial weights."""

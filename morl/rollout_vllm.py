@@ -61,7 +61,7 @@ from morl import distributed
 from morl.batch import Batch
 from morl.components import RecipeError
 from morl.logging import console
-from morl.policy import Policy, resolve_model_path
+from morl.policy import Policy
 from morl.rollout import RolloutBackend, SamplingConfig, completion_mask, prompt_texts
 
 INSTALL_HINT = "pip install 'morl[vllm]'"
@@ -392,7 +392,7 @@ def engine_kwargs(config: VLLMRollout.Config, policy: Policy, seed: int) -> dict
     if batched is None:
         batched = max(BATCHED_TOKENS_FLOOR, max_len or 0)
     kwargs: dict[str, Any] = {
-        "model": resolve_model_path(policy.config.model),
+        "model": policy.base_model_path(),
         "dtype": policy.config.dtype if config.dtype == "auto" else config.dtype,
         "trust_remote_code": policy.config.trust_remote_code,
         "gpu_memory_utilization": config.gpu_memory_utilization,

@@ -204,6 +204,11 @@ def test_run_directory_holds_the_adapter_and_a_merged_export(lora_run):
     reloaded = Policy.from_pretrained(str(run / "model"))
     assert reloaded.has_adapters
     torch.testing.assert_close(_logprobs(reloaded)[0], logp, rtol=0, atol=0)
+    # a vLLM engine for the reloaded policy serves its base (and receives merged weights), not the adapter folder
+    from morl.rollout_vllm import VLLMRollout, engine_kwargs
+
+    assert reloaded.base_model_path() == pipe.policy.base_model_path() != str(run / "model")
+    assert engine_kwargs(VLLMRollout.Config(), reloaded, seed=0)["model"] == pipe.policy.base_model_path()
 
 
 def test_cli_eval_of_a_lora_run(lora_run, tmp_path):
