@@ -2,9 +2,13 @@
 
 from morl.rewards.accuracy import Accuracy
 from morl.rewards.base import (
+    RESERVED_ARGUMENTS,
+    PlacedOnDevice,
     RewardError,
     RewardFn,
+    StepInfo,
     check_columns,
+    completion_token_ids,
     is_moving_target,
     objective_name,
     score_rewards,
@@ -12,16 +16,22 @@ from morl.rewards.base import (
 from morl.rewards.boxed import boxed_answer, boxed_answers
 from morl.rewards.clarity import Clarity
 from morl.rewards.conciseness import Conciseness
+from morl.rewards.model import RewardModel
 
 __all__ = [
+    "RESERVED_ARGUMENTS",
     "Accuracy",
     "Clarity",
     "Conciseness",
+    "PlacedOnDevice",
     "RewardError",
     "RewardFn",
+    "RewardModel",
+    "StepInfo",
     "boxed_answer",
     "boxed_answers",
     "check_columns",
+    "completion_token_ids",
     "is_moving_target",
     "objective_name",
     "score_rewards",

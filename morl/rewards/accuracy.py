@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import Field
 
 from morl.components import ComponentConfig
-from morl.rewards.base import RewardFn
+from morl.rewards.base import RESERVED_ARGUMENTS, RewardFn
 from morl.rewards.boxed import boxed_answer
 
 #: Longest ``{ ( [`` nesting sent to the checker; real answers nest a few levels, hostile ones hundreds.
@@ -92,7 +92,7 @@ class Accuracy(RewardFn):
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         column = self.config.answer_column
         if column not in columns:
-            present = sorted(k for k in columns if k not in ("completion_lengths", "training"))
+            present = sorted(k for k in columns if k not in RESERVED_ARGUMENTS)
             raise KeyError(f"accuracy: ground-truth column {column!r} not given; columns present: {present}")
         golds = list(columns[column])
         if len(golds) != len(completions):

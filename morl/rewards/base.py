@@ -1,12 +1,23 @@
 """The reward contract: one objective, one float (or ``None``) per completion.
 
-A reward is anything with the TRL signature ``f(prompts, completions, **columns) -> list[float | None]``:
-a plain function works unchanged, and :class:`RewardFn` adds a validated config and saved state for
-rewards that need them. ``None`` means "not applicable" and is left out of that objective's statistics.
+A reward is anything TRL's ``GRPOTrainer`` could call: ``f(**arguments) -> list[float | None]``, every argument
+passed **by keyword**, so a TRL reward function (``def format_reward(completions, **kwargs)``) works unchanged.
+:class:`RewardFn` adds a validated config and saved state for rewards that need them. ``None`` means "not
+applicable" and is left out of that objective's statistics. The arguments, one entry per completion unless said:
 
-Besides the dataset columns (``answer``, ...), the pipeline passes ``completion_lengths`` (tokens per
-completion) and ``training`` (False for evaluation, so stateful rewards do not learn from eval batches).
-Unknown keyword arguments must be swallowed (``**columns``).
+- ``prompts``, ``completions``: text. For conversational data (rows with chat ``messages``) plain functions get
+  them as TRL does: each prompt is its list of ``{"role", "content"}`` messages and each completion is
+  ``[{"role": "assistant", "content": text}]``. :class:`RewardFn` subclasses get text unless they set
+  ``conversational = True``, so morl's built-in rules read the text whatever the data;
+- ``completion_ids``: the completion's token ids, up to and including EOS (the rollout has them);
+- ``trainer_state``: a :class:`StepInfo` (``global_step``, ``max_steps``, ``epoch``), where TRL passes its
+  ``TrainerState``, in training and in the evaluations of a run. Both are left out, never faked, where the
+  caller does not know them (``morl score`` on a file of finished completions);
+- every dataset column (``answer``, ``solution``, ``messages``, ...);
+- morl's own: ``completion_lengths`` (tokens per completion) and ``training`` (False for evaluation, so stateful
+  rewards do not learn from eval batches).
+
+A reward must swallow the arguments it does not read (``**kwargs``), as TRL requires too.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -22,6 +34,35 @@ from morl.components import Component
 
 RewardCallable = Callable[..., Sequence[float | None]]
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Keyword arguments morl itself passes to every reward; a dataset column may not take one of these names.
+RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "completion_lengths", "training")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training stands, passed to rewards as ``trainer_state`` (where TRL passes its ``TrainerState``).
+
+    It carries the fields of ``transformers.TrainerState`` that reward schedules read, so a TRL reward that ramps
+    a penalty with ``trainer_state.global_step / trainer_state.max_steps`` runs unchanged. Frozen: a reward reads
+    the schedule, it never moves it.
+
+    Example:
+        >>> state = StepInfo(global_step=25, max_steps=100)
+        >>> min(1.0, state.global_step / state.max_steps)
+        0.25
+    """
+
+    global_step: int  # policy updates done before this batch (0 while scoring the first)
+    max_steps: int = 0  # updates the run will make (0: unknown)
+    epoch: float = 0.0  # passes over the training prompts so far, fractional
+
+
+@runtime_checkable
+class PlacedOnDevice(Protocol):
+    """A reward that runs a model: the pipeline tells it the policy's device, so both share one accelerator."""
+
+    def place(self, device: torch.device | str) -> None:
+        """Use ``device`` unless the reward's own config names one."""
 
 
 class RewardFn(Component):
@@ -40,6 +81,9 @@ class RewardFn(Component):
     # True when a held-out value is relative to the training history (conciseness: below the running mean length),
     # so start and end values are not comparable; tables and reports show mean length for it instead
     moving_target: ClassVar[bool] = False
+    # True: receives prompts and completions as message lists for chat data, as TRL passes them (a reward model
+    # renders them with its chat template); False: always as text, which rule-based rewards read
+    conversational: ClassVar[bool] = False
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         raise NotImplementedError
@@ -51,6 +95,10 @@ class RewardFn(Component):
     def counters(self) -> dict[str, float]:
         """Running counts to log as ``rewards/{name}/{counter}`` (e.g. answer-checker timeouts); default none."""
         return {}
+
+    def objective_name(self) -> str:
+        """The name the objective is logged under; the registry name unless the config says otherwise."""
+        return self.name or type(self).__name__.lower()
 
 
 class RewardError(RuntimeError):
@@ -65,7 +113,7 @@ def is_moving_target(reward: RewardCallable) -> bool:
 def objective_name(reward: RewardCallable) -> str:
     """The name an objective is logged under: the registry name or the function's name."""
     if isinstance(reward, RewardFn):
-        return reward.name or type(reward).__name__.lower()
+        return reward.objective_name()
     return getattr(reward, "__name__", type(reward).__name__)
 
 
@@ -84,6 +132,16 @@ def check_columns(rewards: Sequence[RewardCallable], rows: list[dict[str, Any]],
                     )
 
 
+def completion_token_ids(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's completion token ids where ``mask`` is set: the ``completion_ids`` TRL rewards read.
+
+    Example:
+        >>> completion_token_ids(torch.tensor([[5, 6, 2, 0], [7, 2, 0, 0]]), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]))
+        [[5, 6, 2], [7, 2]]
+    """
+    return [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu())]
+
+
 def score_rewards(
     rewards: Sequence[RewardCallable],
     prompts: list[str],
@@ -92,19 +150,34 @@ def score_rewards(
     *,
     training: bool,
     completion_lengths: list[int] | None = None,
+    completion_ids: list[list[int]] | None = None,
+    trainer_state: Any | None = None,
     on_error: str = "raise",
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Reward matrix ``[N, M]`` (NaN where not applicable) and per-objective counts of skipped samples.
+
+    Each reward is called with keyword arguments only (the module docstring lists them): ``completion_ids``
+    (see :func:`completion_token_ids`) and ``trainer_state`` are passed when given, left out when ``None``.
 
     ``on_error="raise"`` stops with the objective, prompt and completion in the message;
     ``on_error="skip"`` marks the offending sample not applicable for that objective and counts it.
     Offending: the reward raised on it, or returned a non-finite value or a non-number for it; a reward that
     returns the wrong number of values (or not a list) offends on every sample of the batch.
+
+    Example:
+        >>> def format_reward(completions, **kwargs):  # a TRL reward function, as written for GRPOTrainer
+        ...     return [float(c[0]["content"].startswith("<think>")) for c in completions]
+        >>> chat = [[{"role": "user", "content": "1+1?"}]] * 2
+        >>> matrix, skipped = score_rewards([format_reward], ["1+1?"] * 2, ["<think>2</think>", "2"],
+        ...                                 {"messages": chat}, training=False)
+        >>> matrix[:, 0].tolist(), skipped
+        ([1.0, 0.0], {'format_reward': 0})
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     n = len(completions)
     lengths = completion_lengths if completion_lengths is not None else [len(c) for c in completions]
+    arguments = _Arguments.of(prompts, completions, columns, lengths, completion_ids, trainer_state)
     matrix = torch.full((n, len(rewards)), float("nan"), dtype=torch.float32)
     skipped: dict[str, int] = {}
     for m, reward in enumerate(rewards):
@@ -112,10 +185,10 @@ def score_rewards(
         skipped[name] = 0
         before = _learned_state(reward)
         try:
-            out = reward(prompts, completions, completion_lengths=lengths, training=training, **columns)
+            out = reward(**arguments.select(reward, None, training))
         except Exception as err:
             _restore(reward, before)
-            values = _score_one_by_one(reward, name, prompts, completions, columns, lengths, training, err, on_error)
+            values = _score_one_by_one(reward, name, arguments, prompts, completions, training, err, on_error)
         else:
             values = _as_list(out)
             if values is None or len(values) != n:
@@ -145,13 +218,73 @@ def score_rewards(
     return matrix, skipped
 
 
+@dataclass(frozen=True)
+class _Arguments:
+    """The keyword arguments of one batch: per-completion lists in both shapes, and what every call shares."""
+
+    text: dict[str, list[Any]]  # prompts and completions as text
+    chat: dict[str, list[Any]] | None  # as message lists, when every row has chat ``messages``
+    rows: dict[str, list[Any]]  # dataset columns, completion_lengths, completion_ids
+    shared: dict[str, Any]  # trainer_state
+
+    @classmethod
+    def of(
+        cls,
+        prompts: list[str],
+        completions: list[str],
+        columns: dict[str, list[Any]],
+        lengths: list[int],
+        completion_ids: list[list[int]] | None,
+        trainer_state: Any | None,
+    ) -> _Arguments:
+        taken = sorted(set(columns) & set(RESERVED_ARGUMENTS))
+        if taken:
+            raise ValueError(
+                f"dataset column {taken[0]!r} has the name of an argument morl passes to every reward "
+                f"({', '.join(RESERVED_ARGUMENTS)}); rename the column"
+            )
+        n = len(completions)
+        per_row = {"prompts": prompts, "completion_lengths": lengths, "completion_ids": completion_ids, **columns}
+        for key, values in per_row.items():
+            if values is not None and len(values) != n:
+                raise ValueError(f"{len(values)} values in {key!r} for {n} completions")
+        rows = {**columns, "completion_lengths": list(lengths)}
+        if completion_ids is not None:
+            rows["completion_ids"] = [list(ids) for ids in completion_ids]
+        messages = columns.get("messages")
+        chat = None
+        if n and messages is not None and all(_is_conversation(m) for m in messages):
+            chat = {
+                "prompts": list(messages),
+                "completions": [[{"role": "assistant", "content": c}] for c in completions],
+            }
+        shared = {} if trainer_state is None else {"trainer_state": trainer_state}
+        return cls({"prompts": list(prompts), "completions": list(completions)}, chat, rows, shared)
+
+    def select(self, reward: RewardCallable, rows: list[int] | None, training: bool) -> dict[str, Any]:
+        """The keyword arguments for ``reward`` on ``rows`` (None: all), in the shape it reads."""
+        wants_chat = not isinstance(reward, RewardFn) or reward.conversational
+        per_row = {**(self.chat if self.chat is not None and wants_chat else self.text), **self.rows}
+        if rows is not None:
+            per_row = {key: [values[i] for i in rows] for key, values in per_row.items()}
+        return {**per_row, **self.shared, "training": training}
+
+
+def _is_conversation(value: Any) -> bool:
+    """A non-empty list of ``{"role", "content"}`` messages (how TRL recognises a conversational prompt)."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
 def _score_one_by_one(
     reward: RewardCallable,
     name: str,
+    arguments: _Arguments,
     prompts: list[str],
     completions: list[str],
-    columns: dict[str, list[Any]],
-    lengths: list[int],
     training: bool,
     batch_error: Exception,
     on_error: str,
@@ -160,10 +293,9 @@ def _score_one_by_one(
     values: list[Any] = []
     before = _learned_state(reward)
     for i in range(len(completions)):
-        row = {k: [v[i]] for k, v in columns.items()}
         try:
             # evaluation mode: a stateful reward must not learn from each sample and then from the batch again
-            out = reward([prompts[i]], [completions[i]], completion_lengths=[lengths[i]], training=False, **row)
+            out = reward(**arguments.select(reward, [i], False))
             single = _as_list(out)
             values.append(single[0] if single is not None and len(single) == 1 else math.nan)
         except Exception as err:
@@ -182,15 +314,7 @@ def _score_one_by_one(
     good = [i for i, v in enumerate(values) if not (isinstance(v, float) and math.isnan(v))]
     if training and good:  # the passing samples as one training batch, so the reward learns from them once
         try:
-            out = _as_list(
-                reward(
-                    [prompts[i] for i in good],
-                    [completions[i] for i in good],
-                    completion_lengths=[lengths[i] for i in good],
-                    training=True,
-                    **{k: [v[i] for i in good] for k, v in columns.items()},
-                )
-            )
+            out = _as_list(reward(**arguments.select(reward, good, True)))
         except Exception:
             out = None
         if out is not None and len(out) == len(good):
