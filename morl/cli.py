@@ -206,7 +206,7 @@ def eval_(
     from morl.evaluation import Evaluator
     from morl.policy import Policy
     from morl.recipe import build_components, load_data, load_recipe
-    from morl.rewards import RewardFn, objective_name
+    from morl.rewards import PlacedOnDevice, RewardFn, objective_name
     from morl.state import TrainingState
 
     try:
@@ -221,6 +221,9 @@ def eval_(
     options = parsed.policy.model_dump(exclude={"model"})
     policy = Policy.from_pretrained(str(model_dir), **options)
     rewards = components["rewards"]
+    for reward in rewards:  # a reward model scores on the policy's device
+        if isinstance(reward, PlacedOnDevice):
+            reward.place(policy.device)
     state_file = checkpoint / "training_state.json"
     if state_file.exists():  # stateful rewards (the running mean of conciseness) as the run left them
         saved = TrainingState.from_json(json.loads(state_file.read_text())).parts
@@ -305,7 +308,11 @@ def plot(
 def compare(
     recipe: Annotated[Path, typer.Argument(help="base recipe YAML: everything but the method")],
     methods: Annotated[
-        str, typer.Option(help="comma-separated: linear, a cookbook recipe name, a controller or scalarizer name")
+        str,
+        typer.Option(
+            help="comma-separated methods: one the recipe runs keeps its settings; others come from <method>.yaml "
+            "beside the recipe, a preset shipped with morl (morl/compare/presets), or a component's defaults"
+        ),
     ] = "linear,ctwa",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds, shared by every method")] = "0",
     out: Annotated[Path, typer.Option(help="runs go to OUT/<method>/seed<k>, the report to OUT")] = Path(

@@ -22,7 +22,7 @@ import torch
 from morl import distributed
 from morl import metrics as M
 from morl.policy import Policy
-from morl.rewards.base import RewardCallable, objective_name, score_rewards
+from morl.rewards.base import RewardCallable, StepInfo, completion_token_ids, objective_name, score_rewards
 from morl.rollout import RolloutBackend
 
 Mode = Literal["greedy", "sampled"]
@@ -51,7 +51,13 @@ class Evaluator:
         self.on_reward_error = on_reward_error
 
     @torch.no_grad()
-    def evaluate(self, policy: Policy, examples: list[dict[str, Any]], modes: Sequence[Mode]) -> dict[str, float]:
+    def evaluate(
+        self,
+        policy: Policy,
+        examples: list[dict[str, Any]],
+        modes: Sequence[Mode],
+        trainer_state: StepInfo | None = None,
+    ) -> dict[str, float]:
         """``eval/{mode}/{objective}`` means (NaN when no completion was applicable) and ``eval/{mode}/mean_length``.
 
         Under data parallelism every process evaluates its share of the prompts and the sums are reduced.
@@ -75,6 +81,8 @@ class Evaluator:
                     batch.columns,
                     training=False,
                     completion_lengths=lengths.tolist(),
+                    completion_ids=completion_token_ids(batch.completion_ids, batch.completion_mask),
+                    trainer_state=trainer_state,
                     on_error=self.on_reward_error,
                 )
                 rewards, lengths = rewards[:keep], lengths[:keep]
@@ -90,9 +98,11 @@ class Evaluator:
             out[M.eval_mean_length(mode)] = length_sum / max(float(n), 1.0)
         return out
 
-    def means(self, policy: Policy, examples: list[dict[str, Any]], mode: Mode) -> dict[str, float]:
+    def means(
+        self, policy: Policy, examples: list[dict[str, Any]], mode: Mode, trainer_state: StepInfo | None = None
+    ) -> dict[str, float]:
         """Per-objective means and ``mean_length`` by plain name, for controllers that learn from validation."""
-        scores = self.evaluate(policy, examples, [mode])
+        scores = self.evaluate(policy, examples, [mode], trainer_state)
         means = {name: scores[M.eval_metric(mode, name)] for name in self.objectives}
         means[M.MEAN_LENGTH] = scores[M.eval_mean_length(mode)]
         return means

@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -37,6 +37,13 @@ class TensorBoardLogger:
         for key, value in _scalars(row).items():
             self._writer.add_scalar(key, value, step)
 
+    def write_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """A markdown table under the TEXT tab, one per logged step (TensorBoard's way of showing text)."""
+        columns, data = completion_table(rows)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(v) for v in values) + " |" for values in data]
+        self._writer.add_text(COMPLETIONS_TAG, "\n".join(lines), step)
+
     def close(self) -> None:
         self._writer.close()
 
@@ -56,6 +63,10 @@ class WandbLogger:
 
     def write(self, row: dict[str, Any]) -> None:
         self._run.log(_scalars(row), step=int(row.get("step", 0)))
+
+    def write_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        columns, data = completion_table(rows)
+        self._run.log({COMPLETIONS_TAG: self._wandb.Table(columns=columns, data=data)}, step=step)
 
     def close(self) -> None:
         self._run.finish()
@@ -80,6 +91,26 @@ class TrackioLogger:
 
 
 LOGGERS = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "trackio": TrackioLogger}
+COMPLETIONS_TAG = "completions"
+
+
+@runtime_checkable
+class CompletionsTable(Protocol):
+    """A logger that shows a step's sampled completions as a table (``train.log_completions``)."""
+
+    def write_completions(self, step: int, rows: list[dict[str, Any]]) -> None: ...
+
+
+def completion_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Completion rows (prompt, completion, rewards by objective, score, advantage) as columns and rows; TRL's
+    column names, each objective's raw reward under its own name."""
+    objectives = list(rows[0]["rewards"]) if rows else []
+    columns = ["prompt", "completion", *objectives, "score", "advantage"]
+    data = [
+        [r["prompt"], r["completion"], *(r["rewards"][name] for name in objectives), r["score"], r["advantage"]]
+        for r in rows
+    ]
+    return columns, data
 
 
 class Loggers:
@@ -91,6 +122,12 @@ class Loggers:
     def write(self, row: dict[str, Any]) -> None:
         for writer in self.writers:
             writer.write(row)
+
+    def write_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Show a step's completions in every logger that has tables (the JSONL record is the trainer's)."""
+        for writer in self.writers:
+            if isinstance(writer, CompletionsTable):
+                writer.write_completions(step, rows)
 
     def close(self) -> None:
         for writer in self.writers:
@@ -198,6 +235,16 @@ def print_eval_table(
         style = "green" if sign > 0 else "red" if sign < 0 else ""
         table.add_row(label, f"{a:.3f}", f"{b:.3f}", f"[{style}]{delta:+.3f}[/]" if style else "0")
     console.print(table)
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: numbers to 4 significant digits, NaN as n/a, and no line break or bar that would
+    end the cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
 
 
 def _number(value: Any) -> float:

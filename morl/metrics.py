@@ -87,6 +87,7 @@ MEAN_LENGTH = "mean_length"
 SCORE = "reward"  # mean scalarised score of the batch (TRL's ``reward``)
 SCORE_STD = "reward_std"
 LOSS = "loss"
+LEARNING_RATE = "learning_rate"  # TRL's name; the lr of the step's first optimizer step
 KL = "kl"
 ENTROPY = "entropy"
 GRAD_NORM = "grad_norm"

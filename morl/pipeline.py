@@ -26,7 +26,7 @@ from morl.controllers.base import AdvantageLevel, GradientLevel, RewardLevel, We
 from morl.diagnostics import Diagnostics, DiagnosticsConfig, make_diagnostics
 from morl.evaluation import Evaluator
 from morl.policy import Policy
-from morl.rewards import RewardFn, objective_name
+from morl.rewards import PlacedOnDevice, RewardFn, objective_name
 from morl.rollout import RolloutBackend, SamplingConfig
 from morl.scalarize import Scalarizer
 from morl.stages import Need, Updated
@@ -80,6 +80,9 @@ class Pipeline:
         self.reference: Policy | None = self.policy.kl_reference() if self.algo.needs_reference else None
         if distributed.launched():  # accelerate launch / torchrun: data parallel, sharded or mixed precision
             optimizer = self._prepare_distributed(optimizer)
+        for reward in self.rewards:  # a reward model shares the policy's accelerator unless its config names one
+            if isinstance(reward, PlacedOnDevice):
+                reward.place(self.policy.device)
         self.recipe = recipe if recipe is not None else self._recipe()
         self.trainer = Trainer(
             Parts(

@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from morl import distributed
 from morl import metrics as M
@@ -54,11 +54,20 @@ from morl.checkpoint import (
 from morl.components import RecipeError
 from morl.controllers.base import AdvantageLevel, GradientLevel, RewardLevel, UsesValidation, WeightController
 from morl.evaluation import Evaluator, split_examples
+from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 from morl.policy import Policy
-from morl.rewards import RewardFn, check_columns, is_moving_target, score_rewards
+from morl.rewards import (
+    RewardFn,
+    StepInfo,
+    check_columns,
+    completion_token_ids,
+    is_moving_target,
+    score_rewards,
+)
 from morl.rollout import RolloutBackend
 from morl.run import (
+    JsonlWriter,
     Manifest,
     RunLock,
     check_new_run,
@@ -69,6 +78,8 @@ from morl.run import (
 from morl.scalarize import Scalarizer, fill_not_applicable
 from morl.stages import Need, Scored, Updated, Weighted
 from morl.state import StateMismatch, TrainingState, capture_parts, restore_parts
+
+COMPLETIONS_FILE = "completions.jsonl"
 
 
 class TrainConfig(BaseModel):
@@ -102,7 +113,12 @@ class TrainConfig(BaseModel):
         3, ge=1, description="stop after this many steps in a row whose loss or gradient was not finite"
     )
     save_model: bool = Field(True, description="write the final model (Hugging Face format) to the run directory")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto",
+        description="torch CPU threads. auto: 1 for a policy on the CPU with fewer than 5M parameters (tiny operators: "
+        "more threads only wait on each other, and far longer on a busy machine; benchmarks/RESULTS.md), else "
+        "torch's setting; a number: that many; None: leave torch's setting alone (its default: one per core)",
+    )
     progress: bool = Field(True, description="show a progress bar and summary in the console (process 0)")
     loggers: list[Literal["jsonl", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["jsonl"], description="where metrics go besides metrics.jsonl, which is always written"
@@ -117,6 +133,67 @@ class TrainConfig(BaseModel):
         ge=1,
         description="with dynamic_sampling: at most this many refill rounds per step, then train on what is kept",
     )
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant",
+        description="learning-rate schedule (TRL's name; transformers' get_scheduler) over optimizer steps, as TRL "
+        "counts them: each training step takes algo.epochs × algo.minibatches, so the schedule spans train.steps × "
+        "epochs × minibatches (a resume that extends train.steps stretches what is left of it); constant: train.lr",
+    )
+    warmup_steps: int | float = Field(
+        0,
+        ge=0,
+        description="optimizer steps of linear warmup from 0 to train.lr; a number below 1 is a ratio of all "
+        "optimizer steps (transformers 5); when above 0 it wins over warmup_ratio",
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0, le=1, description="warmup as a share of all optimizer steps (rounded up), if warmup_steps is 0"
+    )
+    log_completions: bool = Field(
+        False,
+        description="log sampled completions with their per-objective rewards, score and advantage to "
+        "RUN_DIR/completions.jsonl (and as a table to TensorBoard or W&B when among loggers)",
+    )
+    num_completions_to_print: int | None = Field(
+        None,
+        ge=1,
+        description="with log_completions: how many of a step's completions, taken in batch order so that a "
+        "prompt's group sits together; None: all",
+    )
+    log_completions_every: int = Field(1, ge=1, description="with log_completions: log them every N training steps")
+    push_to_hub: bool = Field(
+        False,
+        description="at the end of a finished fit, write a model card (RUN_DIR/model/README.md) and upload "
+        "RUN_DIR/model to the Hugging Face Hub (process 0); a failed upload is reported and the run kept",
+    )
+    hub_model_id: str | None = Field(
+        None, description="Hub repository, 'user/name' or 'name' (your namespace); None: the run directory's name"
+    )
+    hub_private_repo: bool | None = Field(
+        None, description="create the Hub repository private; None: the namespace's default (TRL's name)"
+    )
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _whole_steps_or_ratio(cls, value: int | float) -> int | float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"a whole number of steps, or a ratio below 1 of all optimizer steps. Found {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.lr_scheduler_type == "constant" and (self.warmup_steps or self.warmup_ratio):
+            raise ValueError(
+                "lr_scheduler_type: constant has no warmup; use constant_with_warmup (or linear, cosine) to warm up"
+            )
+        if self.push_to_hub and not self.save_model:
+            raise ValueError("push_to_hub uploads the final model: it needs save_model: true")
+        return self
+
+    def warmup_for(self, total: int) -> int:
+        """Warmup optimizer steps out of ``total``, by transformers' rule: whole steps win over a ratio."""
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        return math.ceil(total * (self.warmup_steps or self.warmup_ratio))
 
 
 class NonFiniteError(RuntimeError):
@@ -127,6 +204,7 @@ class NonFiniteError(RuntimeError):
 class FitResult:
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    hub_url: str | None = None  # where train.push_to_hub uploaded the model; None when it did not (or failed)
 
     def evals(self) -> list[dict[str, Any]]:
         return [row for row in self.history if row.get("kind") == "eval"]
@@ -165,6 +243,7 @@ class Trainer:
         parts.rollout.set_training_seed(config.seed)  # an engine's own seed (vLLM) follows train.seed
         self.callbacks = callbacks  # the pipeline's list: a callback appended there is seen here
         self.optimizer = optimizer
+        self.lr_scheduler = _lr_scheduler(optimizer, config, parts.algo)
         self.reference = reference
         self.evaluator = evaluator
         self.recipe = recipe
@@ -186,7 +265,8 @@ class Trainer:
         return frozenset(needs)
 
     def stateful_parts(self) -> dict[str, Any]:
-        """Every part whose learned state a checkpoint carries, by role."""
+        """Every part whose state a checkpoint carries, by role: the learned state of the components, and where the
+        learning-rate schedule stands."""
         p = self.parts
         out: dict[str, Any] = {
             "scalarizer": p.scalarizer,
@@ -194,6 +274,7 @@ class Trainer:
             "algo": p.algo,
             "controller": p.controller,
             "rollout": p.rollout,
+            "lr_scheduler": self.lr_scheduler,
         }
         out.update({f"reward/{name}": reward for name, reward in zip(p.objectives, p.rewards)})
         out.update({f"callback/{i}/{type(cb).__name__}": cb for i, cb in enumerate(self.callbacks)})
@@ -233,6 +314,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         combine = p.controller.combine_losses if isinstance(p.controller, GradientLevel) else None
+        learning_rate = float(self.optimizer.param_groups[0]["lr"])  # what the step's first optimizer step uses
         stats = p.algo.update(p.policy, self.optimizer, weighted.train, combine=combine)
         p.rollout.weights_changed(p.policy)
         timings[M.timing("update")] = time.perf_counter() - t0 + timings.pop(M.timing("reference"), 0.0)
@@ -251,6 +333,7 @@ class Trainer:
 
         self.state.step += 1
         metrics = self._step_metrics(updated)
+        metrics[M.LEARNING_RATE] = learning_rate
         metrics.update(filtered)
         metrics.update(timings)
         ctx = StepContext(fit=self._fit, step=self.state.step, record=updated, metrics=metrics)
@@ -289,6 +372,8 @@ class Trainer:
             rollout.columns,
             training=True,
             completion_lengths=rollout.completion_lengths.tolist(),
+            completion_ids=completion_token_ids(rollout.completion_ids, rollout.completion_mask),
+            trainer_state=self.step_info(),
             on_error=self.config.on_reward_error,
         )
         if distributed.is_distributed():  # every process scored the same batch; process 0's scores rule, in case
@@ -422,6 +507,11 @@ class Trainer:
         metrics[M.ADVANTAGES_ZERO_FRACTION] = float((updated.advantages.abs() < 1e-8).float().mean())
         metrics.update(updated.stats)
         metrics.update(p.controller.metrics())
+        if not isinstance(p.controller, GradientLevel):
+            # after_update has already moved the controller on to the next step's weights: log those this step used.
+            # A gradient-level controller picks its weights per mini-batch inside the update: its own are logged.
+            used = updated.weighted.weights.detach().cpu().tolist()
+            metrics.update({M.weight(name): float(w) for name, w in zip(p.objectives, used)})
         for name, reward in zip(p.objectives, p.rewards):
             if isinstance(reward, RewardFn):
                 for counter, value in reward.counters().items():
@@ -441,6 +531,26 @@ class Trainer:
         metrics[M.SKIPPED_STEPS] = self.state.skipped_steps
         return metrics
 
+    def _completion_rows(self, updated: Updated, count: int | None) -> list[dict[str, Any]]:
+        """The step's first ``count`` completions (None: all) with their prompt, raw per-objective rewards (NaN: not
+        applicable), score and advantage. Batch order keeps a prompt's K completions side by side, so the rows show
+        what the advantage compared; no random draw, so logging them leaves the run's random streams alone."""
+        rollout = updated.rollout
+        n = rollout.size if count is None else min(count, rollout.size)
+        rewards = updated.rewards[:n].detach().cpu().tolist()
+        scores = updated.scores[:n].detach().cpu().tolist()
+        advantages = updated.advantages[:n].detach().cpu().tolist()
+        return [
+            {
+                "prompt": rollout.prompts[i],
+                "completion": rollout.completions[i],
+                "rewards": dict(zip(self.parts.objectives, rewards[i])),
+                "score": scores[i],
+                "advantage": advantages[i],
+            }
+            for i in range(n)
+        ]
+
     def _validation_means(self) -> dict[str, float]:
         controller = self.parts.controller
         assert isinstance(controller, UsesValidation)
@@ -450,11 +560,17 @@ class Trainer:
                 "or set pipeline.validation_data"
             )
         examples = self.validation_data[: controller.validation_size]
-        return self.evaluator.means(self.parts.policy, examples, controller.validation_mode)  # type: ignore[arg-type]
+        mode = controller.validation_mode
+        return self.evaluator.means(self.parts.policy, examples, mode, self.step_info())  # type: ignore[arg-type]
 
     def evaluate(self, examples: list[dict[str, Any]]) -> dict[str, float]:
         modes = [m for m, on in (("greedy", self.config.eval_greedy), ("sampled", self.config.eval_sampled)) if on]
-        return self.evaluator.evaluate(self.parts.policy, examples, modes)  # type: ignore[arg-type]
+        return self.evaluator.evaluate(self.parts.policy, examples, modes, self.step_info())  # type: ignore[arg-type]
+
+    def step_info(self) -> StepInfo:
+        """Where training stands, for rewards that follow a schedule (what TRL passes as ``trainer_state``)."""
+        epoch = self.state.data_position / len(self._train_data) if self._train_data else 0.0
+        return StepInfo(global_step=self.state.step, max_steps=self.config.steps, epoch=epoch)
 
     # ---- the loop -----------------------------------------------------------------------------------------------
 
@@ -467,14 +583,21 @@ class Trainer:
         accept_changes: Sequence[str] = (),
     ) -> FitResult:
         """See :meth:`morl.pipeline.Pipeline.fit`."""
+        from morl.data import as_rows  # a datasets.Dataset, IterableDataset or DataFrame becomes a list of rows
+
+        train_data, eval_data = as_rows(train_data, "train_data"), as_rows(eval_data, "eval_data")
+        self.validation_data = as_rows(self.validation_data, "validation_data")
         cfg = self.config
         main = distributed.is_main()  # process 0 writes the files and speaks for the run
         if not main:
             console.quiet = True
         self._check_inputs(train_data, eval_data)
         self._train_data = train_data
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        from morl.threads import policy_threads
+
+        threads = policy_threads(cfg.threads, self.parts.policy)
+        if threads is not None:
+            torch.set_num_threads(threads)
         if self.validation_data is None:  # a fixed sample of the training prompts; never the reported eval split
             self.validation_data = random.Random(cfg.seed).sample(train_data, len(train_data))
         checkpoint = find_checkpoint(resume_from) if resume_from is not None else None
@@ -532,6 +655,7 @@ class Trainer:
         self.state.segment = segment
         self.state.identity = identity
         writer = open_loggers(run_dir, cfg.loggers, config=recipe) if main else _NoWriter()
+        completions = JsonlWriter(run_dir / COMPLETIONS_FILE) if main and cfg.log_completions else None
         self._fit = self._fit_context(run_dir, segment)
         for cb in self.callbacks:
             cb.on_fit_start(self._fit)
@@ -547,6 +671,14 @@ class Trainer:
             row = {**row, "segment": segment}
             writer.write(row)
             history.append(row)
+
+        def record_completions(updated: Updated) -> None:
+            if completions is None or self.state.step % cfg.log_completions_every:
+                return
+            rows = self._completion_rows(updated, cfg.num_completions_to_print)
+            for row in rows:
+                completions.write({"step": self.state.step, "segment": segment, **row})
+            writer.write_completions(self.state.step, rows)
 
         def write_checkpoint() -> Path | None:
             nonlocal saved, saved_step
@@ -579,8 +711,9 @@ class Trainer:
                     if signum is not None:
                         status = "interrupted"
                         raise Interrupted(signum, self.state.step, write_checkpoint())
-                    _, metrics = self.step(self._next_examples(train_data))
+                    updated, metrics = self.step(self._next_examples(train_data))
                     record({"kind": "train", **metrics})
+                    record_completions(updated)
                     progress.update(metrics)
                     streak = self.state.nonfinite_streak
                     if streak:
@@ -604,6 +737,8 @@ class Trainer:
         finally:
             p.rollout.close()  # free the rollout engine (vLLM) and its GPU memory, whatever ended the fit
             writer.close()
+            if completions is not None:
+                completions.close()
             if manifest is not None:
                 manifest.end_segment(run_dir, self.state.step, status)
         self._save_final(run_dir)
@@ -613,7 +748,10 @@ class Trainer:
             moving = frozenset(n for n, r in zip(p.objectives, p.rewards) if is_moving_target(r))
             print_eval_table(first_eval, last_eval, list(p.objectives), moving)
         distributed.barrier()
-        return FitResult(run_dir=run_dir, history=history)
+        hub_url = None
+        if cfg.push_to_hub and main:  # after the barrier: no other process waits on an upload
+            hub_url = push_run(run_dir, cfg.hub_model_id, cfg.hub_private_repo, first_eval, last_eval)
+        return FitResult(run_dir=run_dir, history=history, hub_url=hub_url)
 
     def _fit_context(self, run_dir: Path | None, segment: int) -> FitContext:
         p = self.parts
@@ -728,12 +866,24 @@ class Trainer:
         except StateMismatch as err:
             raise CheckpointError(f"{checkpoint}: {err}") from None
         load_tensors(checkpoint, self.parts.policy, self.optimizer)
+        self._apply_accepted_optimizer_settings({d.path for d in accepted})
         self.parts.rollout.weights_changed(self.parts.policy)
         saved = loaded.state
         self.state = dataclasses.replace(saved, parts={})
         self._order = []  # recomputed from the seed and the epoch on the next draw
         load_rng(checkpoint)
         return accepted
+
+    def _apply_accepted_optimizer_settings(self, accepted: set[str]) -> None:
+        """The optimizer's saved state carries the old lr and weight decay; an accepted change to them takes effect
+        from the next optimizer step (the schedule keeps its position, scaled to the new base lr)."""
+        scheduler = self.lr_scheduler
+        for i, group in enumerate(self.optimizer.param_groups):
+            if "train.lr" in accepted:
+                scheduler.base_lrs[i] = group["initial_lr"] = self.config.lr
+                group["lr"] = self.config.lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+            if "train.weight_decay" in accepted:
+                group["weight_decay"] = self.config.weight_decay
 
     def _save_final(self, run_dir: Path) -> None:
         """The final model in Hugging Face format and the final training state (process 0 writes)."""
@@ -775,6 +925,30 @@ class Trainer:
         return picked
 
 
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, algo: PolicyAlgo
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``train.lr_scheduler_type`` over the run's optimizer steps, advanced by every optimizer step that is taken.
+
+    The updater owns the epochs × mini-batches of optimizer steps, so the schedule rides on the optimizer itself (a
+    step post-hook) rather than on the loop: the learning rate changes between the mini-batches of one training step,
+    as in TRL, and a step skipped for a non-finite gradient does not advance it (as in transformers). ``constant``
+    multiplies ``train.lr`` by exactly 1, so it trains as a run without a schedule does.
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+    from transformers import get_scheduler
+
+    # accelerate's wrapper subclasses Optimizer without its hooks, and steps the optimizer it wraps
+    stepping = optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+    updater = algo.updater
+    total = max(config.steps * updater.epochs * updater.minibatches, 1)
+    scheduler = get_scheduler(
+        config.lr_scheduler_type, stepping, num_warmup_steps=config.warmup_for(total), num_training_steps=total
+    )
+    stepping.register_step_post_hook(lambda *_: scheduler.step())
+    return scheduler
+
+
 def _group(scored: Scored, g: int) -> Scored:
     """Prompt group ``g`` of a scored batch (its ``group_size`` consecutive rows), as a scored batch of its own."""
     k = scored.group_size
@@ -786,6 +960,8 @@ class _NoWriter:
     """The metrics writer of processes other than 0: they log nothing."""
 
     def write(self, row: dict[str, Any]) -> None: ...
+
+    def write_completions(self, step: int, rows: list[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
 

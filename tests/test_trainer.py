@@ -112,6 +112,8 @@ def test_resume_of_another_experiment_names_every_difference(tiny_policy, tmp_pa
     ]
     assert segments[1].accepted_differences == ["train.lr: 0.0001 -> 0.0005"]
     assert segments[1].recipe["train"]["lr"] == 5e-4 and segments[0].recipe["train"]["lr"] == 1e-4
+    lrs = [row["learning_rate"] for row in read_metrics(run) if row["kind"] == "train"]
+    assert lrs == [1e-4, 5e-4]  # the accepted lr is the one step 2 trained with, not the optimizer's saved one
 
 
 def test_a_python_pipeline_records_a_recipe_the_cli_reruns(tiny_model_dir, tmp_path, one_thread):

@@ -61,7 +61,12 @@ class WeightController(Component):
         """Update from the step after the policy update (e.g. clipped-weight covariances)."""
 
     def metrics(self) -> dict[str, float]:
-        """Method state to log, under the method's own namespace; ``weights/{name}`` for every method."""
+        """Method state to log, under the method's own namespace, and ``weights/{name}``: the current weights.
+
+        After ``after_update`` these are the next step's weights; a step's metrics row replaces them with the
+        weights that step used (:class:`~morl.stages.Weighted`), except at the gradient level, where weights are
+        picked per mini-batch inside the update and the row keeps what this method returns after it.
+        """
         return {M.weight(name): float(w) for name, w in zip(self.objectives_, self.weights().tolist())}
 
 

@@ -42,6 +42,7 @@ RUN_OUTPUTS = (
     "recipe.yaml",
     "metrics.jsonl",
     "events.jsonl",
+    "completions.jsonl",
     "checkpoints",
     "model",
     "controller_state.json",

@@ -48,6 +48,12 @@ TRAJECTORY_NEUTRAL: frozenset[str] = frozenset(
         "train.save_model",
         "train.max_nonfinite_steps",
         "train.threads",
+        "train.log_completions",
+        "train.num_completions_to_print",
+        "train.log_completions_every",
+        "train.push_to_hub",
+        "train.hub_model_id",
+        "train.hub_private_repo",
     }
 )
 

@@ -172,9 +172,9 @@ def test_fit_validates_on_training_prompts_not_on_the_eval_split(tiny_policy, tm
     from morl.evaluation import Evaluator
 
     class Recording(Evaluator):
-        def means(self, policy, examples, mode):
+        def means(self, policy, examples, mode, trainer_state=None):
             seen_prompts.extend(ex["prompt"] for ex in examples)
-            return super().means(policy, examples, mode)
+            return super().means(policy, examples, mode, trainer_state)
 
     config = TrainConfig(steps=1, prompts_per_step=2, group_size=2, progress=False, eval_every=0)
     pipe = Pipeline(

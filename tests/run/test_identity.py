@@ -142,6 +142,12 @@ def test_neutral_paths_are_the_documented_ones():
         "train.save_model",
         "train.max_nonfinite_steps",
         "train.threads",
+        "train.log_completions",
+        "train.num_completions_to_print",
+        "train.log_completions_every",
+        "train.push_to_hub",
+        "train.hub_model_id",
+        "train.hub_private_repo",
     } == TRAJECTORY_NEUTRAL
     assert "train.lr" not in TRAJECTORY_NEUTRAL and "train.seed" not in TRAJECTORY_NEUTRAL
 
