@@ -6,7 +6,9 @@ controller, rollout backend) is a small object whose parameters are validated by
 created on first use — as in scikit-learn, absence of state means "not started".
 
 Components register under a short name per family, so a recipe can say ``controller: ctwa``;
-user components are named by import path (``my_pkg.rewards.Politeness``).
+user components are named by import path (``my_pkg.rewards.Politeness``). An import path resolves as Python
+would, then from the current folder and the folders given (a recipe's own folder), so a module beside the
+recipe works without ``PYTHONPATH`` (see :func:`import_module`).
 
 Example:
     >>> from morl.components import Component, build
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,22 +95,59 @@ def registered(family: str) -> dict[str, type[Component]]:
     return dict(_REGISTRY[family])
 
 
-def resolve(family: str, name: str) -> type[Component] | Any:
-    """Class (or plain callable, for rewards) for a short name or an import path."""
+def resolve(family: str, name: str, search: Sequence[str | Path] = ()) -> type[Component] | Any:
+    """Class (or plain callable, for rewards) for a short name or an import path.
+
+    An import path's module is found as Python finds it, else in the current folder, else in ``search`` (the
+    recipe's folder): see :func:`import_module`.
+    """
     table = registered(family)
     if name in table:
         return table[name]
     if "." in name:
         module_name, _, attr = name.rpartition(".")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            return getattr(import_module(module_name, search), attr)
         except (ImportError, AttributeError) as err:
             raise RecipeError(f"{family}: cannot import {name!r} ({err})") from None
     raise RecipeError(f"{family}: unknown component {name!r}; allowed: {', '.join(sorted(table))}, or an import path")
 
 
-def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
-    """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``."""
+def import_module(module_name: str, search: Sequence[str | Path] = ()) -> ModuleType:
+    """Import ``module_name``; if Python cannot find its top-level package, look in the current folder, then in
+    each folder of ``search``.
+
+    Why not prepend those folders to ``sys.path``: a file beside a recipe (``datasets.py``, ``math.py``) would then
+    shadow an installed package for the whole process. Instead only the first folder that holds the missing
+    top-level package (``my_pkg/`` or ``my_pkg.py``) is *appended* to ``sys.path``, and left there — the package's
+    own later imports (``from my_pkg.util import x`` inside a function) and spawned worker processes need it — so
+    installed packages always win and a folder that holds nothing asked for is never added.
+
+    Example:
+        >>> import_module("morl.components").__name__
+        'morl.components'
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top = module_name.partition(".")[0]
+        if err.name != top:  # the package was found; something it imports (or a submodule) is missing
+            raise
+        folders = [Path.cwd(), *(Path(f) for f in search)]
+        for folder in folders:
+            if (folder / top).is_dir() or (folder / f"{top}.py").is_file():
+                entry = str(folder.resolve())
+                if entry not in sys.path:
+                    sys.path.append(entry)
+                importlib.invalidate_caches()
+                return importlib.import_module(module_name)
+        looked = ", ".join(str(f) for f in dict.fromkeys(folders))
+        raise ModuleNotFoundError(f"No module named {top!r} (looked on sys.path and in {looked})", name=top) from None
+
+
+def build(family: str, spec: str | dict[str, Any] | Component, search: Sequence[str | Path] = ()) -> Any:
+    """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``; import paths also resolve from the
+    folders in ``search`` (see :func:`resolve`)."""
     if isinstance(spec, Component) or (callable(spec) and not isinstance(spec, (str, dict))):
         return spec
     if isinstance(spec, str):
@@ -116,7 +159,7 @@ def build(family: str, spec: str | dict[str, Any] | Component) -> Any:
         name = params.pop("name")
     else:
         raise RecipeError(f"{family}: expected a name or a mapping with 'name', got {type(spec).__name__}")
-    target = resolve(family, name)
+    target = resolve(family, name, search)
     if isinstance(target, type) and issubclass(target, Component):
         return target(**params)
     if params:

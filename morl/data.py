@@ -13,6 +13,9 @@ columns are kept and reach the rewards as keyword arguments. Where the columns c
   rewrites raw problems (hub datasets) into the instruction the model is trained with: ``{prompt}`` is replaced
   by the prompt, in ``prompt`` and in the last user turn of ``messages``. verl files carry it already.
 
+Data already in memory — a list of dicts, a ``datasets.Dataset`` or ``IterableDataset`` (what TRL users hold), a
+pandas ``DataFrame`` — becomes that list of rows at the entrance of a fit (:func:`as_rows`), unchanged otherwise.
+
 Example:
     >>> rows = load_examples("tinymath", "train", limit=2)
     >>> len(rows), sorted(rows[0])
@@ -22,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,51 @@ def load_examples(
         raise DataError(f"{source}{where}: the dataset is empty")
     out = [_normalize(row, i, source, columns or {}) for i, row in enumerate(rows)]
     return [_templated(row, prompt_template) for row in out] if prompt_template else out
+
+
+def as_rows(data: Any, name: str = "data") -> list[dict[str, Any]] | None:
+    """``data`` as the list of row dicts that training, evaluation and validation index, shuffle and shard.
+
+    Why at the entrance: the loop takes rows by position, samples them and splits them across processes, which a
+    ``datasets.Dataset`` (rows by position, but a batch of columns for a slice) or an ``IterableDataset`` (no
+    positions) does not support the same way; converting once keeps every later stage on one type.
+
+    Accepts ``None`` (returned as is), a list of dicts (returned as is, not copied), a ``datasets.Dataset`` or
+    ``IterableDataset`` (read in full, as plain Python values whatever format was set: an endless stream never
+    ends, so ``take(n)`` it first), a pandas ``DataFrame``, or any other iterable of mappings. Columns are kept
+    as they are; no prompt or answer aliasing happens here (that is :func:`load_examples`'s job for files).
+
+    Raises:
+        DataError: a string, a mapping (a ``DatasetDict``: pick a split) or a row that is not a mapping.
+
+    Example:
+        >>> as_rows(({"prompt": "1 + 1", "answer": "2"},))
+        [{'prompt': '1 + 1', 'answer': '2'}]
+    """
+    if data is None:
+        return None
+    if isinstance(data, list) and all(type(row) is dict for row in data):
+        return data
+    if isinstance(data, (str, bytes)):
+        raise DataError(f"{name}: expected rows (dicts with a prompt), got a {type(data).__name__}: {data!r:.60}")
+    if isinstance(data, Mapping):
+        splits = f"; its keys: {sorted(map(str, data))[:8]}" if data else ""
+        raise DataError(
+            f"{name}: expected rows, got a mapping ({type(data).__name__}){splits}. A DatasetDict holds splits: "
+            f"pass one, e.g. dataset['train']; columns of lists: datasets.Dataset.from_dict(...)"
+        )
+    if hasattr(data, "with_format") and type(data).__module__.startswith("datasets"):
+        data = data.with_format(None)  # plain Python values, not tensors or arrays from set_format("torch")
+    elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame iterates over its columns
+        data = data.to_dict(orient="records")
+    if not isinstance(data, Iterable):
+        raise DataError(f"{name}: expected a list of rows or a datasets.Dataset, got {type(data).__name__}")
+    rows = []
+    for index, row in enumerate(data):
+        if not isinstance(row, Mapping):
+            raise DataError(f"{name}: row {index} is a {type(row).__name__}, not a mapping of columns: {row!r:.80}")
+        rows.append(dict(row))
+    return rows
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,16 @@
 A component is a short name (``controller: ctwa``), a mapping with ``name`` and parameters
 (``controller: {name: ctwa, lr: 0.5}``), or an import path for user components
 (``rewards: [accuracy, my_pkg.rewards.Politeness]``).
+
+An import path resolves as Python would, then from the current folder, then from the recipe's own folder, so
+``my_pkg/rewards.py`` beside the recipe works from any folder without ``PYTHONPATH``. The folder that held the
+package is appended to ``sys.path`` (never prepended: a file beside the recipe cannot shadow an installed
+package), and only when an import needed it (:func:`morl.components.import_module`).
+
+**Security:** an import path runs code. Validating or running a recipe (``morl validate`` included) imports the
+modules it names, and a module runs whatever its top level says; a recipe with import paths is a program, so
+run only recipes you trust, and keep untrusted files out of the recipe's folder. YAML itself is parsed safely
+(``yaml.safe_load``: no tags that construct objects).
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from morl.components import RecipeError, build, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
@@ -55,6 +65,13 @@ class Recipe(BaseModel):
     rollout: ComponentSpec = "transformers"
     train: TrainConfig = TrainConfig()
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    # not a field: where the recipe lives is not part of the experiment (resume ignores it)
+    _folder: Path | None = PrivateAttr(None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the recipe's file, where its import paths also resolve; None for one built in Python."""
+        return self._folder
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -70,53 +87,74 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
-    return parse_recipe(raw, source=str(path))
+    return parse_recipe(raw, source=str(path), folder=path.resolve().parent)
 
 
-def parse_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+def parse_recipe(raw: dict[str, Any], source: str = "recipe", folder: str | Path | None = None) -> Recipe:
+    """Validate a recipe mapping; ``folder`` is where its import paths also resolve (its file's folder)."""
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(explain_validation_error(err, source, Recipe)) from None
+    recipe._folder = Path(folder) if folder is not None else None
+    return recipe
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """``train.steps=3`` or ``controller.lr=0.5`` (a short-name component becomes a mapping)."""
+    """``train.steps=3``, ``controller.lr=0.5`` or one reward's parameter, ``rewards.1.timeout_s=2`` (a list item
+    by its index; a short-name component becomes a mapping). The value is read as YAML."""
     if "=" not in item:
         raise RecipeError(f"--set expects key.path=value, got {item!r}")
     key, _, text = item.partition("=")
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"--set {key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
     parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"--set {key}: {where} needs an index below {len(node)} (the list's length)")
+            index: Any = int(part)
+            child = node[index]
+        else:
+            index, child = part, node.get(part)
         if isinstance(child, str):
             child = {"name": child}
         elif child is None:
             child = {}
-        elif not isinstance(child, dict):
-            raise RecipeError(f"--set {key}: {part!r} is not a section")
-        node[part] = child
+        elif not isinstance(child, (dict, list)):
+            raise RecipeError(f"--set {key}: {where} is a value ({child!r}), not a section")
+        node[index] = child
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"--set {key}: the last part needs an index below {len(node)} (the list's length)")
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def build_components(recipe: Recipe) -> dict[str, Any]:
     """Every component but the policy, checked against each other (objective names, weight lengths)."""
     if not recipe.rewards:
         raise RecipeError("rewards: give at least one objective (e.g. rewards: [accuracy, conciseness, clarity])")
-    rewards = [_build_at(f"rewards[{i}]", "reward", spec) for i, spec in enumerate(recipe.rewards)]
+    search = [recipe.folder] if recipe.folder is not None else []
+    rewards = [_build_at(f"rewards[{i}]", "reward", spec, search) for i, spec in enumerate(recipe.rewards)]
     objectives = [objective_name(r) for r in rewards]
     repeated = sorted({o for o in objectives if objectives.count(o) > 1})
     if repeated:
         raise RecipeError(f"rewards: objective names must be unique, {repeated} appear more than once: {objectives}")
     components = {
         "rewards": rewards,
-        "scalarizer": _build_at("scalarizer", "scalarizer", recipe.scalarizer),
-        "advantage": _build_at("advantage", "advantage", recipe.advantage),
-        "algo": _build_at("algo", "algo", recipe.algo),
-        "controller": _build_at("controller", "controller", recipe.controller),
-        "rollout": _build_at("rollout", "rollout", recipe.rollout),
+        "scalarizer": _build_at("scalarizer", "scalarizer", recipe.scalarizer, search),
+        "advantage": _build_at("advantage", "advantage", recipe.advantage, search),
+        "algo": _build_at("algo", "algo", recipe.algo, search),
+        "controller": _build_at("controller", "controller", recipe.controller, search),
+        "rollout": _build_at("rollout", "rollout", recipe.rollout, search),
     }
     try:
         components["controller"].clone().start(objectives)
@@ -126,10 +164,10 @@ def build_components(recipe: Recipe) -> dict[str, Any]:
     return components
 
 
-def _build_at(section: str, family: str, spec: Any) -> Any:
+def _build_at(section: str, family: str, spec: Any, search: list[Path]) -> Any:
     """``build``, with the recipe section in the message (``rewards[1]: Accuracy: ... timeout_s: ...``)."""
     try:
-        return build(family, spec)
+        return build(family, spec, search)
     except RecipeError as err:
         message = str(err)
         raise RecipeError(message if message.startswith(f"{section}:") else f"{section}: {message}") from None

@@ -2,18 +2,30 @@
 again from the run directories alone (their manifests and metrics)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+import morl
 from morl import metrics as M
 from morl.callbacks import StepContext
 from morl.cli import app
-from morl.compare import RunRef, finished, interference, method_components, write_report
+from morl.compare import (
+    RunRef,
+    finished,
+    interference,
+    known_methods,
+    method_components,
+    plan_method,
+    preset_file,
+    preset_names,
+    write_report,
+)
 from morl.compare.sweep import SweepProgress
-from morl.components import RecipeError
-from morl.recipe import parse_recipe
+from morl.components import RecipeError, registered
+from morl.recipe import build_components, parse_recipe
 from tests.test_plot import write_manifest, write_rows
 
 OBJECTIVES = ["accuracy", "conciseness", "clarity"]
@@ -51,6 +63,11 @@ def test_compare_two_methods_writes_a_table(tiny_model_dir, tmp_path):
     saved = yaml.safe_load((out / "ctwa_fast" / "seed0" / "recipe.yaml").read_text())
     assert saved["controller"] == {"name": "ctwa", "lr": 0.5} and saved["train"]["steps"] == 2
     assert saved["train"]["seed"] == 0 and saved["policy"]["model"] == str(tiny_model_dir)
+    # the report says which settings each method ran with, and where they came from
+    assert "| linear | the recipe's own | fixed | linear | group_norm |" in table
+    assert f"| ctwa_fast | method recipe {tmp_path / 'ctwa_fast.yaml'} | ctwa(lr=0.5) | linear | group_norm |" in table
+    assert runs[1]["settings"]["controller"] == {"name": "ctwa", "lr": 0.5}
+    assert runs[1]["origin"] == f"method recipe {tmp_path / 'ctwa_fast.yaml'}"
 
     metrics = out / "linear" / "seed0" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
@@ -66,10 +83,77 @@ def test_method_resolution(tmp_path):
     recipe = _recipes(tmp_path)
     base = parse_recipe(yaml.safe_load(recipe.read_text()))
     assert method_components("linear", base) == {"controller": "fixed", "scalarizer": "linear"}
-    assert method_components("ctwa", base) == {"controller": "ctwa", "scalarizer": "linear"}
+    ctwa = plan_method("ctwa", base)  # the recipe's controller is fixed: CTWA comes from morl's preset
+    assert ctwa.components["controller"] == {"name": "ctwa", "targets": [0.15, 0.08, 0.08], "lr": 0.05, "ema": 0.1}
+    assert ctwa.source == "preset" and "the paper's defaults" in ctwa.origin
     assert method_components("ctwa_fast", base, recipe)["controller"] == {"name": "ctwa", "lr": 0.5}
-    with pytest.raises(RecipeError, match="unknown method 'ctwaa'"):
+    assert plan_method("fixed", parse_recipe({"controller": "ctwa"})).source == "defaults"  # no preset: the defaults
+    with pytest.raises(RecipeError, match=r"unknown method 'ctwaa'.*known: .*ctwa, .*lagrangian"):
         method_components("ctwaa", base, recipe)
+
+
+def test_the_recipes_own_method_keeps_its_settings(tmp_path):
+    """``--methods linear,ctwa`` on a recipe with a tuned CTWA compares that CTWA, not the paper's defaults."""
+    tuned = {"name": "ctwa", "targets": {"accuracy": 0.45, "conciseness": 0.0, "clarity": 0.0}, "lr": 0.5}
+    base = parse_recipe({"controller": tuned, "advantage": "rloo"})
+    own = plan_method("ctwa", base, tmp_path / "r.yaml")
+    assert own.components == {"controller": tuned, "scalarizer": "linear"} and own.origin == "the recipe's own"
+    weights = {"name": "fixed", "weights": [0.5, 0.25, 0.25]}
+    fixed = parse_recipe({"controller": weights, "scalarizer": {"name": "tchebycheff", "reference": "running"}})
+    assert plan_method("linear", fixed).components == {"controller": weights, "scalarizer": "linear"}
+    assert plan_method("tchebycheff", fixed).components["scalarizer"] == {"name": "tchebycheff", "reference": "running"}
+    assert plan_method("tchebycheff", fixed).source == "recipe"
+    # a preset changes the method only: the base's advantage estimator stays
+    assert "advantage" not in plan_method("lagrangian", base).components
+
+
+def test_presets_come_from_the_package_not_the_current_folder(tmp_path, monkeypatch):
+    decoy = {"controller": {"name": "ctwa", "lr": 9.0}}
+    for folder in (tmp_path, tmp_path / "cookbook" / "recipes", tmp_path / "morl" / "compare" / "presets"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ctwa.yaml").write_text(yaml.safe_dump(decoy))
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    (elsewhere / "base.yaml").write_text("controller: fixed\n")
+    monkeypatch.chdir(tmp_path)  # the decoys sit in the current folder and in its cookbook/ and morl/ look-alikes
+    base = parse_recipe({"controller": "fixed"})
+    plan = plan_method("ctwa", base, elsewhere / "base.yaml")
+    assert plan.source == "preset" and plan.components["controller"]["lr"] == 0.05
+    package = Path(morl.__file__).resolve().parent
+    assert Path(str(preset_file("ctwa"))).resolve() == package / "compare" / "presets" / "ctwa.yaml"
+    assert preset_file("../ctwa") is None  # a preset is a name, never a path
+
+
+def test_every_builtin_method_has_a_preset_that_builds():
+    """Every built-in controller and scalarizer but those whose weights are the user's (fixed, schedule) has a
+    preset, and each preset builds on the default recipe (the paper's three objectives)."""
+    builtin = {n for family in ("controller", "scalarizer") for n, cls in registered(family).items()}
+    assert builtin - {"fixed", "schedule"} <= set(preset_names()) <= set(known_methods())
+    for name in preset_names():
+        raw = parse_recipe({}).model_dump(mode="json")
+        raw.update(plan_method(name, parse_recipe({"controller": "fixed", "scalarizer": "linear"})).components)
+        build_components(parse_recipe(raw))
+
+
+def test_the_report_lists_each_methods_settings(sweep, tmp_path):
+    index = json.loads((sweep / "sweep.json").read_text())
+    index["methods"] = {
+        "linear": {"source": "recipe", "origin": "the recipe's own"},
+        "ctwa": {"source": "preset", "origin": "preset morl/compare/presets/ctwa.yaml: the paper's defaults"},
+    }
+    (sweep / "sweep.json").write_text(json.dumps(index))
+    write_report(sweep, plots=False)
+    table = (sweep / "comparison.md").read_text()
+    methods = table.split("## Methods")[1]
+    assert "| linear | the recipe's own | fixed | linear | group_norm |" in methods
+    assert (
+        "| ctwa | preset morl/compare/presets/ctwa.yaml: the paper's defaults | ctwa | linear | group_norm |" in methods
+    )
+    runs = json.loads((sweep / "comparison.json").read_text())["runs"]
+    assert runs[2]["settings"] == {"scalarizer": "linear", "advantage": "group_norm", "controller": "ctwa"}
+    assert runs[2]["origin"].startswith("preset")
+    alone = write_report([sweep / "ctwa" / "seed0"], tmp_path / "alone", plots=False)  # no index: origin unknown
+    assert alone.runs[0].origin is None and "| ctwa | — | ctwa |" in (tmp_path / "alone" / "comparison.md").read_text()
 
 
 def test_interference_score():

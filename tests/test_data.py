@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from morl.data import DataError, load_examples
+from morl.data import DataError, as_rows, load_examples
 
 MATH500 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math500"
 
@@ -194,3 +194,54 @@ def test_tinymath_source() -> None:
     assert len(rows) == 5
     assert all(isinstance(r["prompt"], str) and r["answer"].isdigit() for r in rows)
     assert rows == load_examples("tinymath", "eval", limit=5)
+
+
+# ---- data in memory: lists, datasets.Dataset, IterableDataset ----------------------------------------------------
+
+ROWS = [{"prompt": "1 + 2 - 0", "answer": "3", "level": i} for i in range(4)]
+
+
+def test_as_rows_accepts_lists_and_datasets() -> None:
+    datasets = pytest.importorskip("datasets")
+    assert as_rows(None) is None
+    assert as_rows(ROWS) is ROWS  # a list of dicts is used as it is, not copied
+    assert as_rows(tuple(ROWS)) == ROWS and as_rows(iter(ROWS)) == ROWS
+    table = datasets.Dataset.from_list(ROWS)
+    assert as_rows(table) == ROWS
+    assert as_rows(table.with_format("torch")) == ROWS  # plain values, whatever format the user set
+    assert as_rows(datasets.IterableDataset.from_generator(lambda: iter(ROWS))) == ROWS
+
+
+def test_as_rows_refuses_what_is_not_rows() -> None:
+    datasets = pytest.importorskip("datasets")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)})
+    with pytest.raises(DataError, match=r"train_data: expected rows, got a mapping \(DatasetDict\).*\['train'\]"):
+        as_rows(splits, "train_data")
+    with pytest.raises(DataError, match="expected rows .* got a str"):
+        as_rows("data.jsonl")
+    with pytest.raises(DataError, match="row 1 is a str, not a mapping"):
+        as_rows([{"prompt": "a"}, "b"])
+    with pytest.raises(DataError, match="got int"):
+        as_rows(3)
+
+
+def test_fit_takes_datasets_for_train_eval_and_validation(tiny_policy, tmp_path) -> None:
+    """A TRL user's ``datasets.Dataset`` trains, evaluates and validates as a list of rows would."""
+    datasets = pytest.importorskip("datasets")
+    from morl.pipeline import Pipeline, TrainConfig
+    from morl.tinymath.task import make_split
+
+    def short(prompts, completions, **kwargs):
+        return [float(len(c) < 4) for c in completions]
+
+    config = TrainConfig(
+        steps=2, prompts_per_step=2, group_size=2, eval_every=0, output_dir=str(tmp_path / "run"), progress=False
+    )
+    pipe = Pipeline(
+        policy=tiny_policy, rewards=[short], config=config, rollout={"name": "transformers", "max_new_tokens": 4}
+    )
+    train, evals = make_split("train", 6, 0), make_split("eval", 3, 0)
+    pipe.validation_data = datasets.IterableDataset.from_generator(lambda: iter(evals))
+    result = pipe.fit(datasets.Dataset.from_list(train), datasets.Dataset.from_list(evals))
+    assert [row["step"] for row in result.evals()] == [0, 2] and "eval/greedy/short" in result.evals()[-1]
+    assert pipe.validation_data == evals

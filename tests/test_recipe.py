@@ -1,7 +1,13 @@
-import pytest
+import sys
 
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from morl.cli import app
 from morl.components import RecipeError
 from morl.recipe import apply_override, build_components, load_recipe, parse_recipe
+from morl.rewards import objective_name
 
 
 def _write(tmp_path, text):
@@ -62,3 +68,82 @@ def test_sampling_and_training_temperatures_must_agree():
             {"rollout": {"name": "transformers", "temperature": 0.7}, "algo": {"name": "grpo", "temperature": 0.7}}
         )
     )
+
+
+# ---- import paths: a module beside the recipe ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def isolated_imports(monkeypatch):
+    """Whatever a test appends to ``sys.path`` or imports under these names is undone afterwards."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names: list[str] = []
+    yield names
+    for module in [m for m in sys.modules if m.partition(".")[0] in names]:
+        del sys.modules[module]
+
+
+def _project(tmp_path, package: str):
+    """``project/recipe.yaml`` naming ``{package}.rewards.politeness``, with the package beside it."""
+    project = tmp_path / "project"
+    (project / package).mkdir(parents=True)
+    (project / package / "__init__.py").write_text("")
+    (project / package / "rewards.py").write_text(
+        "def politeness(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n"
+    )
+    recipe = project / "recipe.yaml"
+    recipe.write_text(f"rewards: [accuracy, {package}.rewards.politeness]\ncontroller: fixed\n")
+    return recipe
+
+
+def test_a_module_beside_the_recipe_is_found_from_another_folder(tmp_path, monkeypatch, isolated_imports):
+    isolated_imports.append("beside_pkg")
+    recipe = _project(tmp_path, "beside_pkg")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = list(sys.path)
+    assert CliRunner().invoke(app, ["validate", str(recipe)]).exit_code == 0  # morl validate
+    components = build_components(load_recipe(recipe))
+    assert [objective_name(r) for r in components["rewards"]] == ["accuracy", "politeness"]
+    assert components["rewards"][1](["p"], ["c"]) == [1.0]
+    # the recipe's folder is appended (installed packages still win), once; the current folder held nothing
+    assert sys.path == [*before, str(recipe.parent)]
+    # a recipe built in Python has no folder: the module must be importable some other way
+    assert load_recipe(recipe).folder == recipe.parent and parse_recipe({}).folder is None
+
+
+def test_a_module_in_the_current_folder_is_found(tmp_path, monkeypatch, isolated_imports):
+    isolated_imports.append("cwd_pkg")
+    recipe = _project(tmp_path, "cwd_pkg")
+    monkeypatch.chdir(recipe.parent)
+    build_components(parse_recipe(yaml.safe_load(recipe.read_text())))  # no folder recorded: the current one serves
+
+
+def test_import_errors_name_what_is_missing(tmp_path, monkeypatch, isolated_imports):
+    isolated_imports.extend(["broken_pkg", "nowhere_pkg"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=r"No module named 'nowhere_pkg' \(looked on sys.path and in "):
+        build_components(parse_recipe({"rewards": ["nowhere_pkg.rewards.x"]}, folder=tmp_path))
+    recipe = _project(tmp_path, "broken_pkg")
+    (recipe.parent / "broken_pkg" / "rewards.py").write_text("import not_installed_anywhere\n")
+    with pytest.raises(RecipeError, match=r"No module named 'not_installed_anywhere'"):  # the package's own import
+        build_components(load_recipe(recipe))
+
+
+def test_recipe_docstring_warns_that_import_paths_run_code():
+    import morl.recipe
+
+    assert "an import path runs code" in morl.recipe.__doc__.lower()
+
+
+def test_set_reaches_one_reward_by_its_index():
+    from morl.recipe import apply_override
+
+    raw = {"rewards": ["accuracy", {"name": "conciseness"}, "clarity"], "train": {"steps": 3}}
+    apply_override(raw, "rewards.0.timeout_s=2.5")
+    apply_override(raw, "rewards.2=my_pkg.Politeness")
+    assert raw["rewards"] == [{"name": "accuracy", "timeout_s": 2.5}, {"name": "conciseness"}, "my_pkg.Politeness"]
+    for bad, message in (("rewards.7.x=1", "index below 3"), ("train.steps.x=1", "is a value"), ("a=[", "YAML")):
+        with pytest.raises(RecipeError, match=message):
+            apply_override(raw, bad)

@@ -6,14 +6,21 @@ retraining: ``write_report("runs/compare")``.
 
 Every run uses the base recipe's policy, data, rewards, algorithm, rollout and training settings; only the
 method changes, and each seed is shared by all methods (same data order, same initial model, same first
-samples). A method name resolves to components, first match wins:
+samples). A method name resolves to recipe sections, first match wins (:func:`plan_method`):
 
-- ``linear``: fixed weights (the base recipe's, if its controller is ``fixed``) with linear scalarisation;
-- a recipe file ``<method>.yaml`` beside the base recipe or in ``cookbook/recipes/``: its ``scalarizer``,
-  ``advantage`` and ``controller`` (where the weights apply is part of the method); a path to a ``.yaml``
-  file works too, named by its stem;
-- a registered controller (``ctwa``, ``mgda``, ...) with linear scalarisation;
-- a registered scalarizer (``tchebycheff``, ...) with fixed equal weights.
+- **the recipe's own**: a method the recipe already runs — its controller is named so (``ctwa`` for a recipe with
+  ``controller: {name: ctwa, ...}``), or with fixed weights its scalarizer; ``linear`` with fixed weights keeps the
+  recipe's weights — runs with the recipe's settings, unchanged;
+- **a method recipe**: a path to a ``.yaml`` file (named by its stem), or ``<method>.yaml`` beside the base
+  recipe: its ``scalarizer``, ``advantage`` and ``controller``;
+- **a preset** shipped inside morl (``morl/compare/presets/<method>.yaml``, :func:`preset_names`): its
+  ``scalarizer`` and ``controller`` (the base keeps its advantage estimator). Presets hold the paper's settings
+  for each baseline; the CTWA preset is the paper's defaults, which are not tuned to any task. Files of the
+  current folder are never consulted, so an installed morl compares what a source checkout does;
+- a registered component without a preset (``fixed``, ``schedule``, a plugin's) with its defaults.
+
+An unknown name is an error that lists the known ones. The report says, for each method, the settings it ran
+with (from each run's manifest) and where they came from (``sweep.json`` records it).
 
 Runs go to ``OUT/<method>/seed<k>``, indexed by ``OUT/sweep.json``; a finished run is skipped, and one with
 checkpoints but not finished resumes from its newest checkpoint. The summary, from the held-out evaluations
@@ -37,31 +44,51 @@ Example:
 """
 
 from morl.compare.report import (
+    METHOD_KEYS,
     SWEEP_FILE,
     Comparison,
     RunRef,
     RunSummary,
     find_runs,
+    format_spec,
     interference,
     mean_std,
+    method_settings,
     read_sweep,
     summarize_run,
     write_report,
 )
-from morl.compare.sweep import METHOD_KEYS, compare, finished, method_components, run_sweep
+from morl.compare.sweep import (
+    MethodPlan,
+    compare,
+    finished,
+    known_methods,
+    method_components,
+    plan_method,
+    preset_file,
+    preset_names,
+    run_sweep,
+)
 
 __all__ = [
     "METHOD_KEYS",
     "SWEEP_FILE",
     "Comparison",
+    "MethodPlan",
     "RunRef",
     "RunSummary",
     "compare",
     "find_runs",
     "finished",
+    "format_spec",
     "interference",
+    "known_methods",
     "mean_std",
     "method_components",
+    "method_settings",
+    "plan_method",
+    "preset_file",
+    "preset_names",
     "read_sweep",
     "run_sweep",
     "summarize_run",

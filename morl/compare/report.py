@@ -3,6 +3,9 @@
 Each run is read through its ``manifest.json`` (objectives, which way each is better, moving targets, the method)
 and its ``metrics.jsonl``; every metric is looked up by the name :mod:`morl.metrics` builds. The report is
 ``comparison.md``, ``comparison.json`` and ``comparison.png``, plus, optionally, every run's curves in ``plots/``.
+It says which settings each method ran with (its ``controller``, ``scalarizer`` and ``advantage``, from the run's
+manifest: what ran, not what was asked for) and where they came from (the sweep's ``sweep.json``: the recipe's
+own, a method recipe, a preset), so a method that ran with settings nobody chose cannot pass unnoticed.
 
 Example:
     >>> rows = [{"step": 0, "eval/greedy/acc": 0.9, "eval/greedy/mean_length": 40.0},
@@ -24,6 +27,7 @@ from typing import Any
 from morl import metrics as M
 
 SWEEP_FILE = "sweep.json"  # a sweep's index: which run directory holds which method and seed
+METHOD_KEYS = ("scalarizer", "advantage", "controller")  # the recipe sections that make a method
 MEAN_LENGTH = M.MEAN_LENGTH  # the report's name for the held-out mean response length
 
 
@@ -34,11 +38,13 @@ class RunRef:
     method: str
     seed: int | None
     run_dir: Path
+    origin: str | None = None  # where the method's settings came from ("the recipe's own", "preset ..."), if known
 
 
 @dataclass
 class RunSummary:
-    """One run's held-out start, final and best values, its drops and interference score."""
+    """One run's held-out start, final and best values, its drops and interference score, and the method's
+    settings (its recipe sections, from the manifest) and their origin."""
 
     method: str
     seed: int | None
@@ -50,6 +56,8 @@ class RunSummary:
     interference: float
     worst: str | None
     scored: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    origin: str | None = None
 
 
 @dataclass
@@ -104,7 +112,10 @@ def read_sweep(folder: str | Path) -> list[RunRef]:
     path = folder / SWEEP_FILE
     try:
         index = json.loads(path.read_text())
-        return [RunRef(r["method"], r.get("seed"), folder / r["run_dir"]) for r in index["runs"]]
+        methods = index.get("methods") or {}  # absent in indexes written before origins were recorded
+        origin = {name: (entry or {}).get("origin") for name, entry in methods.items()}
+        runs = index["runs"]
+        return [RunRef(r["method"], r.get("seed"), folder / r["run_dir"], origin.get(r["method"])) for r in runs]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: unreadable sweep index ({err})") from None
 
@@ -147,7 +158,9 @@ def write_report(
         metrics += [m for m in [*objectives, MEAN_LENGTH] if m not in metrics]
         skip = set(ignore) | run.moving_targets()
         scored = [m for m in [*objectives, MEAN_LENGTH] if m not in skip]
-        summaries.append(summarize_run(ref, evals, objectives, scored, mode, run.directions()))
+        summary = summarize_run(ref, evals, objectives, scored, mode, run.directions())
+        summary.settings = method_settings(run.manifest)
+        summaries.append(summary)
     metrics = [m for m in metrics if m != MEAN_LENGTH] + [MEAN_LENGTH]
     result = Comparison(out=out, mode=mode, metrics=metrics, runs=summaries, directions=directions)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +192,35 @@ def summarize_run(
         best[name] = min(later) if _minimizes(name, mode, directions) else max(later)
     score, worst = interference(evals, scored, mode, directions)
     drops = _drops(evals, names, mode, directions)
-    return RunSummary(ref.method, ref.seed, ref.run_dir, start, final, best, drops, score, worst, list(scored))
+    return RunSummary(
+        ref.method, ref.seed, ref.run_dir, start, final, best, drops, score, worst, list(scored), origin=ref.origin
+    )
+
+
+def method_settings(manifest: Any) -> dict[str, Any]:
+    """The sections that made a run's method, as its manifest's recipe wrote them (``scalarizer: None`` when the
+    weights do not act on rewards, so no scalarizer was used); the manifest's method names fill a gap."""
+    recipe = manifest.recipe or {}
+    method = manifest.method
+    out = {key: recipe.get(key) or getattr(method, key, None) for key in METHOD_KEYS}
+    if method.scalarizer is None:
+        out["scalarizer"] = None
+    return out
+
+
+def format_spec(spec: Any) -> str:
+    """A recipe node in one line: ``ctwa(targets=[0.15, 0.08, 0.08], lr=0.05)``, ``linear``, ``—`` for none.
+
+    Example:
+        >>> format_spec({"name": "ctwa", "targets": {"accuracy": 0.45}, "lr": 0.5})
+        'ctwa(targets={accuracy: 0.45}, lr=0.5)'
+    """
+    if spec is None:
+        return "—"
+    if not isinstance(spec, dict):
+        return str(spec)
+    params = {k: v for k, v in spec.items() if k != "name"}
+    return f"{spec.get('name', '?')}(" + ", ".join(f"{k}={_plain(v)}" for k, v in params.items()) + ")"
 
 
 def interference(
@@ -206,6 +247,14 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
 
 
 # ---- internals -------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
 
 
 def _ref(run_dir: Path) -> RunRef:
@@ -299,10 +348,29 @@ def _write_markdown(result: Comparison) -> Path:
             if m not in runs[0].scored:
                 label += " (not scored)"
             lines.append(f"| {method} | {label} | " + " | ".join(cells) + f" | {drop} |")
+    lines += [
+        "",
+        "## Methods: the settings each ran with",
+        "",
+        "| method | settings from | controller | scalarizer | advantage |",
+        "|---|---|---|---|---|",
+    ]
+    for method in result.methods():
+        first = result.of(method)[0]
+        cells = [first.origin or "—"]
+        cells += [format_spec(first.settings.get(key)) for key in ("controller", "scalarizer", "advantage")]
+        if first.settings and first.settings.get("scalarizer") is None:
+            cells[2] = "— (weights do not act on rewards)"
+        lines.append(f"| {method} | " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Runs: " + ", ".join(f"`{r.run_dir}`" for r in result.runs), ""]
     path = result.out / "comparison.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell text: a ``|`` (in a regular expression of ``params``) would split the cell."""
+    return text.replace("|", "\\|")
 
 
 def _write_json(result: Comparison) -> Path:
@@ -318,6 +386,8 @@ def _write_json(result: Comparison) -> Path:
             "interference": r.interference,
             "worst": r.worst,
             "scored": r.scored,
+            "settings": r.settings,
+            "origin": r.origin,
         }
         for r in result.runs
     ]

@@ -9,33 +9,90 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from morl.callbacks import Callback, StepContext
-from morl.compare.report import SWEEP_FILE, Comparison, RunRef, write_report
+from morl.compare.report import METHOD_KEYS, SWEEP_FILE, Comparison, RunRef, write_report
 from morl.components import RecipeError, registered
 from morl.recipe import Recipe, load_recipe, parse_recipe
 
-METHOD_KEYS = ("scalarizer", "advantage", "controller")
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; only a type here
+
 FINISHED = "training_state.json"  # the top-level one is written when a fit ends
+PRESETS = "presets"  # morl/compare/presets/<method>.yaml, shipped in the wheel (package data)
+PRESET_KEYS = ("scalarizer", "controller")  # a preset never changes the base's advantage: that is the algorithm's
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """Which recipe sections a method runs with, and where they came from (the report says both)."""
+
+    name: str
+    components: dict[str, Any]
+    source: str  # "recipe" (the base recipe's own), "file" (a method recipe), "preset" or "defaults"
+    origin: str  # for people: "the recipe's own", "preset .../ctwa.yaml: the paper's defaults", ...
 
 
 def method_components(method: str, base: Recipe, recipe_path: Path | None = None) -> dict[str, Any]:
     """The recipe sections that define ``method`` (see :mod:`morl.compare` for the lookup order)."""
-    if method == "linear":
-        controller = base.controller if _name(base.controller) == "fixed" else "fixed"
-        return {"controller": controller, "scalarizer": "linear"}
+    return plan_method(method, base, recipe_path).components
+
+
+def plan_method(method: str, base: Recipe, recipe_path: Path | None = None) -> MethodPlan:
+    """The sections and the provenance of ``method`` run on ``base``; first match wins.
+
+    1. the recipe's own method (its controller, or with fixed weights its scalarizer, is named ``method``;
+       ``linear`` with fixed weights keeps the recipe's weights): its settings unchanged, so a tuned CTWA in the
+       recipe is what ``--methods ctwa`` compares;
+    2. a method recipe: a path to a ``.yaml`` file, or ``<method>.yaml`` beside the base recipe;
+    3. a preset shipped inside morl (:func:`preset_names`), never a file of the current folder, so an installed
+       morl compares the same methods as a source checkout;
+    4. a registered component without a preset (``fixed``, ``schedule``, a plugin's) with its defaults.
+    """
+    label = _method_label(method)
+    controller, scalarizer = _name(base.controller), _name(base.scalarizer)
+    if method == "linear" and controller == "fixed":
+        kept = base.scalarizer if scalarizer == "linear" else "linear"
+        own = "the recipe's own" if scalarizer == "linear" else "the recipe's own weights, linear scalarisation"
+        return MethodPlan(label, {"controller": base.controller, "scalarizer": kept}, "recipe", own)
+    if method == controller or (method == scalarizer and controller == "fixed"):
+        parts = {"controller": base.controller, "scalarizer": base.scalarizer}
+        return MethodPlan(label, parts, "recipe", "the recipe's own")
     file = _method_file(method, recipe_path)
     if file is not None:
         raw = load_recipe(file).model_dump(mode="json")
-        return {key: raw[key] for key in METHOD_KEYS}
+        return MethodPlan(label, {key: raw[key] for key in METHOD_KEYS}, "file", f"method recipe {file}")
+    preset = preset_file(method)
+    if preset is not None:
+        raw = yaml.safe_load(preset.read_text()) or {}
+        parts = {key: raw[key] for key in PRESET_KEYS if key in raw}
+        about = f": {raw['about']}" if raw.get("about") else ""
+        return MethodPlan(label, parts, "preset", f"preset morl/compare/{PRESETS}/{method}.yaml{about}")
     if method in registered("controller"):
-        return {"controller": method, "scalarizer": "linear"}
+        return MethodPlan(label, {"controller": method, "scalarizer": "linear"}, "defaults", "component defaults")
     if method in registered("scalarizer"):
-        return {"controller": "fixed", "scalarizer": method}
-    known = sorted({"linear", *registered("controller"), *registered("scalarizer")})
-    raise RecipeError(f"unknown method {method!r}: no {method}.yaml recipe and no such component; known: {known}")
+        return MethodPlan(label, {"controller": "fixed", "scalarizer": method}, "defaults", "component defaults")
+    raise RecipeError(
+        f"unknown method {method!r}: no such preset or component, and no {method}.yaml beside the recipe; "
+        f"known: {', '.join(known_methods())} (or a path to a method recipe .yaml)"
+    )
+
+
+def preset_names() -> list[str]:
+    """The methods morl ships settings for (``morl/compare/presets/<method>.yaml``)."""
+    folder = resources.files("morl.compare") / PRESETS
+    return sorted(item.name[: -len(".yaml")] for item in folder.iterdir() if item.name.endswith(".yaml"))
+
+
+def known_methods() -> list[str]:
+    """Every method name ``compare`` resolves without a file: the presets and the registered components."""
+    return sorted({*preset_names(), *registered("controller"), *registered("scalarizer")})
 
 
 def run_sweep(
@@ -64,16 +121,25 @@ def run_sweep(
         raise RecipeError(f"--eval must be greedy or sampled, got {mode!r}")
     if not getattr(base.train, f"eval_{mode}"):
         raise RecipeError(f"compare --eval {mode}: the recipe turns train.eval_{mode} off")
-    names = [_method_label(m) for m in methods]
+    folder = recipe_path.resolve().parent  # import paths in the recipe resolve from its folder too
+    method_plans = [plan_method(m, base, recipe_path) for m in methods]
+    names = [plan.name for plan in method_plans]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RecipeError(f"--methods names {repeated} more than once (a method's label is its name or file stem)")
     plans = {}
-    for method, name in zip(methods, names):
+    for plan in method_plans:
         raw = base.model_dump(mode="json")
-        raw.update(method_components(method, base, recipe_path))
-        plans[name] = raw
-        build_components(parse_recipe(raw, source=f"method {name}"))
+        raw.update(plan.components)
+        plans[plan.name] = raw
+        try:
+            build_components(parse_recipe(raw, source=f"method {plan.name}", folder=folder))
+        except RecipeError as err:
+            raise RecipeError(f"method {plan.name} ({plan.origin}) does not fit this recipe: {err}") from None
     out = Path(out)
-    refs = [RunRef(name, seed, out / name / f"seed{seed}") for name in names for seed in seeds]
-    _write_index(out, recipe_path, mode, refs)
+    origins = {plan.name: plan.origin for plan in method_plans}
+    refs = [RunRef(n, seed, out / n / f"seed{seed}", origins[n]) for n in names for seed in seeds]
+    _write_index(out, recipe_path, mode, refs, {plan.name: plan for plan in method_plans})
     train, evals = load_data(base)
     # no per-shard load/save bars of transformers under the live sweep bar (in Jupyter they recurse through rich)
     with _quiet_transformers(), SweepProgress(len(refs), base.train.steps, enabled=progress) as bar:
@@ -85,7 +151,7 @@ def run_sweep(
             raw = json.loads(json.dumps(plans[ref.method]))
             raw["name"] = f"{base.name or recipe_path.stem}/{ref.method}"
             raw["train"].update(seed=ref.seed, output_dir=str(ref.run_dir), progress=False)
-            recipe = parse_recipe(raw, source=f"method {ref.method}")
+            recipe = parse_recipe(raw, source=f"method {ref.method}", folder=folder)
             pipeline = pipeline_from_recipe(recipe, callbacks=[bar.callback()])
             bar.start(label)
             pipeline.fit(train, evals, resume_from=ref.run_dir if _has_checkpoint(ref.run_dir) else None)
@@ -180,11 +246,13 @@ class _StepBar(Callback):
 # ---- internals -------------------------------------------------------------------------------------------
 
 
-def _write_index(out: Path, recipe_path: Path, mode: str, refs: Sequence[RunRef]) -> None:
-    """``OUT/sweep.json``: which run directory holds which method and seed, in the sweep's order."""
+def _write_index(out: Path, recipe_path: Path, mode: str, refs: Sequence[RunRef], plans: dict[str, MethodPlan]) -> None:
+    """``OUT/sweep.json``: which run directory holds which method and seed, in the sweep's order, and where each
+    method's settings came from."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [{"method": r.method, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))} for r in refs]
-    index = {"format": 1, "recipe": str(recipe_path), "mode": mode, "runs": runs}
+    methods = {n: {"source": p.source, "origin": p.origin, "settings": p.components} for n, p in plans.items()}
+    index = {"format": 1, "recipe": str(recipe_path), "mode": mode, "methods": methods, "runs": runs}
     (out / SWEEP_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
@@ -194,14 +262,21 @@ def _method_file(method: str, recipe_path: Path | None) -> Path | None:
         if not path.exists():
             raise RecipeError(f"method recipe not found: {method}")
         return path
-    here = Path(__file__).resolve().parents[2] / "cookbook" / "recipes"
-    folders = [recipe_path.parent] if recipe_path is not None else []
-    folders += [Path("cookbook/recipes"), here]
-    for folder in folders:
-        candidate = folder / f"{method}.yaml"
-        if candidate.exists() and (recipe_path is None or candidate.resolve() != recipe_path.resolve()):
-            return candidate
+    if recipe_path is None:
+        return None
+    candidate = recipe_path.parent / f"{method}.yaml"
+    if candidate.exists() and candidate.resolve() != recipe_path.resolve():
+        return candidate
     return None
+
+
+def preset_file(method: str) -> Traversable | None:
+    """The preset shipped with morl for ``method``, looked up in the installed package, never in the current
+    folder (``morl/compare/presets/<method>.yaml``); None if morl has none."""
+    if not method.isidentifier():  # a preset is a bare method name, never a path
+        return None
+    candidate = resources.files("morl.compare") / PRESETS / f"{method}.yaml"
+    return candidate if candidate.is_file() else None
 
 
 def _method_label(method: str) -> str:
