@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import importlib
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,19 @@ WHERE = {"reward": "rewards", "advantage": "advantages", "gradient": "gradients"
 # ---- notebooks --------------------------------------------------------------------------------------------------
 
 
+def _executed_copy(name: str) -> Path | None:
+    """The notebook as the test suite ran it (``make test`` sets ``MORL_EXECUTED_NOTEBOOKS``), outputs included."""
+    folder = os.environ.get("MORL_EXECUTED_NOTEBOOKS")
+    copy = Path(folder) / COOKBOOK / name if folder else None
+    return copy if copy is not None and copy.is_file() else None
+
+
 @event_priority(100)  # before mkdocs-jupyter wraps the notebooks
 def on_files(files: Files, config: Any) -> Files:
     for path in sorted((ROOT / COOKBOOK).glob("*.ipynb")):
-        files.append(File(f"{COOKBOOK}/{path.name}", str(ROOT), config["site_dir"], config["use_directory_urls"]))
+        executed = _executed_copy(path.name)
+        src_dir = str(Path(os.environ["MORL_EXECUTED_NOTEBOOKS"]).resolve()) if executed else str(ROOT)
+        files.append(File(f"{COOKBOOK}/{path.name}", src_dir, config["site_dir"], config["use_directory_urls"]))
     return files
 
 
@@ -55,6 +65,11 @@ def on_nav(nav: Any, config: Any, files: Files) -> Any:
     return nav
 
 
+_EXECUTED_NOTE = (
+    '<div class="admonition note"><p class="admonition-title">Outputs</p><p>The outputs on this page come from the '
+    "test suite's run of this notebook at small size (<code>MORL_SMALL=1</code>: fewer steps and prompts), so numbers "
+    "and curves are shorter and noisier than the text's full-size figures.</p></div>"
+)
 _NOTEBOOK_LINK = re.compile(r'href="(?:\./)?([\w-]+)\.ipynb(#[^"]*)?"')
 _SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj):(<code>)")
 
@@ -65,6 +80,8 @@ def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
         prefix = "../" if config["use_directory_urls"] else ""
         suffix = "/" if config["use_directory_urls"] else ".html"
         html = _NOTEBOOK_LINK.sub(lambda m: f'href="{prefix}{m.group(1)}{suffix}{m.group(2) or ""}"', html)
+        if _executed_copy(Path(page.file.src_uri).name):
+            html = _EXECUTED_NOTE + html
     return _SPHINX_ROLE.sub(r"\1", html)  # docstrings' :class:`X` roles, shown as plain code
 
 
