@@ -222,7 +222,7 @@ def config_table(model: type) -> str:
         else:
             value = info.default_factory() if info.default_factory is not None else info.default
             default = f"`{value!r}`"
-        cells = [f"`{field}`", kind, default] + ([info.description or ""] if described else [])
+        cells = [f"`{field}`", kind, default] + ([(info.description or "").replace("<", "&lt;")] if described else [])
         rows.append(table_row(cells))
     return "\n".join(rows)
 
