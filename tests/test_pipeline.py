@@ -118,3 +118,10 @@ def test_reward_wrong_count_and_nan(tiny_policy, tmp_path):
 def test_duplicate_objective_names_rejected(tiny_policy):
     with pytest.raises(ValueError, match="unique"):
         Pipeline(policy=tiny_policy, rewards=[short, short])
+
+
+def test_print_pipeline_shows_its_components(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.2]})
+    text = repr(pipe)
+    assert text.startswith("Pipeline(\n") and "controller=CTWA(targets=[0.1, 0.2]" in text
+    assert "algo=GRPO(" in text and "rewards=[<function short" in text and "config=TrainConfig(steps=2" in text
