@@ -4,6 +4,7 @@ experiment or names every difference, and a pipeline built in Python records a r
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,7 @@ def test_a_second_fit_into_a_run_is_refused_and_touches_nothing(tiny_policy, tmp
     (run / "notes.txt").write_text("mine")
     _pipeline(tiny_policy, run, steps=1).fit(make_split("train", 8, 0), overwrite=True)
     assert (run / "notes.txt").read_text() == "mine"  # overwrite discards morl's files only
+    assert json.loads((run / "training_state.json").read_text())["step"] == 1  # the new run's, not the old one's
     assert [r["step"] for r in read_metrics(run)] == [1]
 
 

@@ -46,6 +46,7 @@ RUN_OUTPUTS = (
     "checkpoints",
     "model",
     "controller_state.json",
+    "training_state.json",
     "reference-model",
     "tensorboard",
     "data",
