@@ -42,13 +42,16 @@ import signal
 import tempfile
 import threading
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from morl.integrity import safetensors_problem, short_reason
 from morl.policy import ADAPTER_CONFIG, AdapterReference, Policy, base_weights, is_peft_model, resolve_model_path
 from morl.state import TrainingState
 
@@ -62,6 +65,16 @@ _TMP_PREFIX = ".tmp-"
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not fit the run it is loaded into."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint marked complete whose files are missing or unreadable (a disk fault, a copy cut short).
+
+    Kept apart from :class:`CheckpointError` because it is the one failure an older checkpoint of the same run can
+    get around: :func:`find_checkpoint` and :func:`resume_intact` fall back on it, never on a recipe mismatch."""
+
+
+_T = TypeVar("_T")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -232,9 +245,18 @@ def find_checkpoint(path: str | Path, report: bool = True) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"cannot resume: {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"cannot resume: {path} is a file; give a run directory or one of its checkpoints")
     if _STEP_DIR.fullmatch(path.name) and path.parent.name == CHECKPOINTS:
         if not (path / MARKER).is_file():
             raise CheckpointError(f"cannot resume from {path}: it has no {MARKER!r} marker (torn while writing)")
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpoint as err:
+            raise CorruptCheckpoint(
+                f"cannot resume from {err}; give the run directory ({run_dir_of(path)}) to resume from its newest "
+                "intact checkpoint"
+            ) from None
         return path
     complete, torn = list_checkpoints(path)
     if report:
@@ -249,7 +271,139 @@ def find_checkpoint(path: str | Path, report: bool = True) -> Path:
             f"cannot resume: no complete checkpoint under {path / CHECKPOINTS}{torn_note}; "
             "start the run again without --resume"
         )
-    return complete[-1]
+    return _newest_intact(complete, report)
+
+
+def _newest_intact(complete: list[Path], report: bool) -> Path:
+    """The newest of ``complete`` whose files pass :func:`verify_checkpoint`; damaged ones are named and skipped
+    (left in place: resuming moves them aside with the rest of the abandoned timeline, never deletes them)."""
+    damaged: list[str] = []
+    for candidate in reversed(complete):
+        try:
+            verify_checkpoint(candidate)
+        except CorruptCheckpoint as err:
+            damaged.append(str(err))
+            if report:
+                from morl.logging import console
+
+                console.print(f"[yellow]skipping damaged checkpoint[/] {err}", soft_wrap=True)
+            continue
+        if damaged and report:
+            from morl.logging import console
+
+            console.print(f"[yellow]resuming from the previous intact checkpoint[/] {candidate}", soft_wrap=True)
+        return candidate
+    raise CorruptCheckpoint(
+        "cannot resume: every complete checkpoint is damaged:\n  " + "\n  ".join(damaged) + "\n"
+        "start the run again without --resume (in another output directory, to keep this one)"
+    )
+
+
+def verify_checkpoint(checkpoint: str | Path) -> None:
+    """``CorruptCheckpoint`` naming the first missing or unreadable file of a complete checkpoint.
+
+    Cheap enough to run on every resume: it reads the small files whole (training state, random-number states,
+    configs) and only the headers of the large ones (safetensors' JSON header against the file size, the zip
+    directory at the end of ``optimizer.pt``), which a truncated copy fails. It cannot see flipped bytes inside a
+    tensor; :func:`resume_intact` falls back when loading itself fails.
+    """
+    checkpoint = Path(checkpoint)
+    state = checkpoint / STATE_FILE
+    try:
+        data = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{state}: unreadable ({short_reason(err)})") from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpoint(f"{state}: expected a JSON object, got {type(data).__name__}")
+    _verify_model_dir(checkpoint / "model")
+    _verify_zip(checkpoint / "optimizer.pt")
+    rng = checkpoint / "rng.pt"
+    try:
+        torch.load(rng, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+        raise CorruptCheckpoint(f"{rng}: unreadable ({short_reason(err)})") from None
+
+
+def resume_intact(checkpoint: Path, load: Callable[[Path], _T]) -> tuple[Path, _T]:
+    """``load(checkpoint)``; if it fails with :class:`CorruptCheckpoint` (damage the cheap check missed), name the
+    checkpoint and load the next older complete one of the same run instead, saying so.
+
+    Returns the checkpoint actually loaded and what ``load`` returned. ``load`` must restore everything it touches
+    on each call (the trainer's resume does: parts, tensors and random-number streams are all overwritten), so a
+    failed attempt leaves nothing behind. The damaged checkpoints stay on disk; resuming from an older one moves
+    them to ``checkpoints/abandoned/``.
+    """
+    from morl.logging import console
+
+    complete, _ = list_checkpoints(run_dir_of(checkpoint))
+    older = [c for c in reversed(complete) if checkpoint_step(c) < checkpoint_step(checkpoint)]
+    damaged: list[str] = []
+    for candidate in [checkpoint, *older]:
+        if candidate != checkpoint:
+            try:
+                verify_checkpoint(candidate)
+            except CorruptCheckpoint as err:
+                damaged.append(str(err))
+                console.print(f"[yellow]skipping damaged checkpoint[/] {err}", soft_wrap=True)
+                continue
+            console.print(f"[yellow]resuming from the previous intact checkpoint[/] {candidate}", soft_wrap=True)
+        try:
+            return candidate, load(candidate)
+        except CorruptCheckpoint as err:
+            damaged.append(str(err))
+            console.print(f"[yellow]damaged checkpoint[/] {err}", soft_wrap=True)
+    raise CorruptCheckpoint(
+        "cannot resume: no intact checkpoint left to load:\n  " + "\n  ".join(damaged) + "\n"
+        "start the run again without --resume (in another output directory, to keep this one)"
+    )
+
+
+def _verify_model_dir(model_dir: Path) -> None:
+    """The saved policy: a whole model (``config.json`` and weights) or an adapter, every weight file whole."""
+    if not model_dir.is_dir():
+        raise CorruptCheckpoint(f"{model_dir}: missing (the saved policy)")
+    adapter = (model_dir / ADAPTER_CONFIG).is_file()
+    config = model_dir / (ADAPTER_CONFIG if adapter else "config.json")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{config}: unreadable ({short_reason(err)})") from None
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    if not weights:
+        raise CorruptCheckpoint(f"{model_dir}: no weights (no *.safetensors or *.bin file)")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise CorruptCheckpoint(f"{index}: unreadable ({short_reason(err)})") from None
+        for shard in sorted(shards - {w.name for w in weights}):
+            raise CorruptCheckpoint(f"{model_dir / shard}: missing (listed in {index.name})")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            verify_safetensors(file)
+        else:
+            _verify_zip(file)
+
+
+def verify_safetensors(path: Path) -> None:
+    """The header parses and the tensors it lists fit in the file (a truncated file does not hold them)."""
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise CorruptCheckpoint(f"{path}: {problem}")
+
+
+def _verify_zip(path: Path) -> None:
+    """A ``torch.save`` file is a zip archive whose directory sits at its end: a truncated one has none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            if any(info.header_offset + info.compress_size > size for info in archive.infolist()):
+                raise zipfile.BadZipFile("an entry runs past the end of the file")
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: missing") from None
+    except (OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CorruptCheckpoint(f"{path}: unreadable ({short_reason(err)})") from None
 
 
 def latest_run(parent: str | Path = "runs") -> Path:
@@ -275,21 +429,38 @@ def read_checkpoint(checkpoint: str | Path) -> Loaded:
     checkpoint = Path(checkpoint)
     try:
         data = json.loads((checkpoint / STATE_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint}: unreadable {STATE_FILE} ({err})") from None
-    reference = data.pop("reference", None)
-    return Loaded(path=checkpoint, state=TrainingState.from_json(data), reference=reference)
+        reference = data.pop("reference", None)
+        state = TrainingState.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptCheckpoint(f"{checkpoint / STATE_FILE}: unreadable ({short_reason(err)})") from None
+    return Loaded(path=checkpoint, state=state, reference=reference)
 
 
 def load_tensors(checkpoint: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> None:
     """Copy the saved parameters into the live model and restore the optimizer's moments."""
     load_weights(policy, checkpoint / "model")
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    saved = _torch_load(checkpoint / "optimizer.pt")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{checkpoint / 'optimizer.pt'}: does not fit this run's optimizer ({err})") from None
 
 
 def load_rng(checkpoint: Path) -> None:
     """Restore the random-number streams; call it last, so nothing done while loading draws from them."""
-    set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+    saved = _torch_load(checkpoint / "rng.pt")
+    try:
+        set_rng_state(saved)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CorruptCheckpoint(f"{checkpoint / 'rng.pt'}: not random-number states ({short_reason(err)})") from None
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` of a checkpoint file, a damaged one reported as :class:`CorruptCheckpoint` naming it."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # RuntimeError, EOFError, UnpicklingError, OSError, ... depending on the damage
+        raise CorruptCheckpoint(f"{path}: unreadable ({short_reason(err)})") from None
 
 
 def load_weights(policy: Policy, model_dir: Path) -> None:
@@ -307,8 +478,12 @@ def load_weights(policy: Policy, model_dir: Path) -> None:
             saved = AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=dtype, trust_remote_code=policy.config.trust_remote_code
             )
-    except OSError as err:
-        raise CheckpointError(f"{model_dir}: cannot load the saved policy ({err})") from None
+    except (OSError, ValueError, RuntimeError, EOFError) as err:  # missing or damaged files
+        raise CorruptCheckpoint(f"{model_dir}: cannot load the saved policy ({short_reason(err)})") from None
+    except Exception as err:  # safetensors' own error type, whose module is private
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise CorruptCheckpoint(f"{model_dir}: cannot load the saved policy ({short_reason(err)})") from None
     try:
         with torch.no_grad():
             policy.model.load_state_dict(saved.state_dict(), strict=True)
@@ -333,8 +508,8 @@ def _load_adapter(policy: Policy, model_dir: Path) -> None:
 
     try:
         saved = load_peft_weights(str(model_dir), device=str(policy.device))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{model_dir}: cannot load the saved adapter ({err})") from None
+    except Exception as err:  # OSError, ValueError, safetensors' own error: missing or damaged files
+        raise CorruptCheckpoint(f"{model_dir}: cannot load the saved adapter ({short_reason(err)})") from None
     expected = set(get_peft_model_state_dict(policy.model))
     if set(saved) != expected:
         missing, extra = sorted(expected - set(saved))[:3], sorted(set(saved) - expected)[:3]
@@ -396,16 +571,26 @@ def prepare_resume(checkpoint: Path) -> None:
 
 
 class GracefulStop:
-    """While active (main thread only): SIGINT/SIGTERM ask the loop to stop after the current step.
+    """While active (main thread only): SIGINT/SIGTERM stop the loop, after the current step or at once.
 
-    The first signal sets :attr:`signum`; the loop then writes a checkpoint and raises :class:`Interrupted`.
-    A second Ctrl-C stops at once (``KeyboardInterrupt``), without a new checkpoint.
+    The first signal sets :attr:`signum`; the loop finishes the step, writes a checkpoint and raises
+    :class:`Interrupted`. A second signal, or the first one's grace period (``grace_s``) running out while the step
+    still runs (a generation or a reward that takes that long), stops **at once**: ``KeyboardInterrupt`` is raised
+    wherever the main thread is, so the loop can keep the last complete step's checkpoint and say where to resume.
+    Why a grace period: a scheduler's SIGTERM is followed by SIGKILL after some seconds, and the step must not be
+    what loses the run. One exception: between :meth:`hold` and :meth:`release` (the policy update and what follows
+    it in a step) the stop is held until :meth:`release`, because a half-done update cannot be checkpointed.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float | None = None) -> None:
         self.signum: int | None = None
+        self.grace_s = grace_s
+        self.stopped_at_once = False  # the second signal (or the grace period) came
+        self._holding = False
+        self._pending = False
+        self._timer: threading.Timer | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> GracefulStop:
@@ -415,20 +600,50 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def hold(self) -> None:
+        """From here an immediate stop waits for :meth:`release` (the update must finish or not start)."""
+        self._holding = True
+
+    def release(self) -> None:
+        """End of :meth:`hold`; raises ``KeyboardInterrupt`` if an immediate stop came meanwhile."""
+        self._holding = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
     def _handle(self, signum: int, frame: Any) -> None:
         from morl.logging import console
 
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        console.print(
-            f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step and writing a checkpoint "
-            "(Ctrl-C again to stop at once)"
-        )
+        if self.signum is None:
+            self.signum = signum
+            grace = f", or after {self.grace_s:g} s" if self.grace_s else ""
+            console.print(
+                f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step and writing a checkpoint "
+                f"(a second SIGINT/SIGTERM{grace}: stop at once, keeping the last complete step's checkpoint)"
+            )
+            if self.grace_s:
+                self._timer = threading.Timer(self.grace_s, self._grace_over)
+                self._timer.daemon = True
+                self._timer.start()
+            return
+        self.stopped_at_once = True
+        if self._holding:
+            self._pending = True
+            console.print("[yellow]stopping at once[/], as soon as the policy update under way is finished")
+            return
+        console.print(f"[yellow]{signal.Signals(signum).name}[/]: stopping at once")
+        raise KeyboardInterrupt
+
+    def _grace_over(self) -> None:
+        """The step outlived the grace period: deliver the first signal again, in the main thread, as a second one."""
+        if self._previous and self.signum is not None:  # a real signal, so a sleep or a wait in the main thread ends
+            signal.pthread_kill(threading.main_thread().ident, self.signum)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -29,7 +30,8 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a r
 
 def _fail(message: str, code: int = 2) -> None:
     """Exit with a message: code 2 for a wrong recipe, dataset or checkpoint, 1 for a run that failed."""
-    err_console.print(f"[red]error:[/] {escape(message)}")  # a message's [brackets] are text, not markup
+    # a message's [brackets] are text, not markup; soft_wrap: paths in it are never cut by a line break
+    err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=code)
 
 
@@ -89,9 +91,10 @@ def fit(
     from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run, read_checkpoint
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
-    from morl.recipe import build_components, load_data, load_recipe, pipeline_from_recipe
+    from morl.recipe import build_components, check_runnable, load_data, load_recipe, pipeline_from_recipe
     from morl.rewards import RewardError
     from morl.run import ResumeMismatch, RunDirError, check_new_run, check_resume
+    from morl.run.directory import check_writable
 
     overrides = list(set_ or [])
     if output_dir:
@@ -99,7 +102,7 @@ def fit(
     checkpoint = None
     try:
         parsed = load_recipe(recipe, overrides)
-        build_components(parsed)
+        check_runnable(parsed, build_components(parsed))  # loggers installed, a local model fits, before it loads
         if resume is not None:  # before the data and the model: a wrong path or recipe fails fast
             if resume == "latest":
                 out = parsed.train.output_dir
@@ -107,17 +110,20 @@ def fit(
             else:
                 run = Path(resume)
             checkpoint = find_checkpoint(run)
+            check_writable(checkpoint.parent.parent)  # the resumed run writes its checkpoints and metrics there
             saved = read_checkpoint(checkpoint).state.identity
             mine = parsed.model_dump(mode="json")
             check_resume({k: v for k, v in saved.items() if k in mine}, mine, accept_change or [])
         elif parsed.train.output_dir:
             check_new_run(Path(parsed.train.output_dir), overwrite=overwrite)
+        else:
+            check_writable(Path("runs"))  # where the fresh runs/<time> folder will be made
         train, evals = load_data(parsed)
     except (RecipeError, CheckpointError, RunDirError, ResumeMismatch, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     try:
         pipeline = pipeline_from_recipe(parsed)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         _fail(f"cannot load policy.model={parsed.policy.model!r}: {err}")
     try:
         result = pipeline.fit(
@@ -127,6 +133,8 @@ def fit(
         _fail(str(err))
     except (RewardError, NonFiniteError) as err:
         _fail(str(err), code=1)
+    except OSError as err:  # a full disk, a folder made read-only mid-run: the checkpoints written so far stay
+        _fail(f"the run stopped: {err}", code=1)
     except Interrupted as stop:
         err_console.print(
             f"[yellow]{stop}[/]\nresume with: morl fit {recipe} --resume {stop.checkpoint.parent.parent}"
@@ -183,17 +191,21 @@ def _free_port() -> int:
 
 @app.command()
 def validate(recipe: Path, set_: SetOption = None) -> None:
-    """Check a recipe (fields, components, objective names) without loading a model."""
-    from morl.recipe import build_components, load_recipe
+    """Check a recipe without loading a model: its fields (finite numbers), that each component is of its family and
+    they fit together, that its loggers are installed, and for a local model its kind and context length."""
+    from morl.recipe import load_recipe, validate_recipe
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))
-        components = build_components(parsed)
+        components, checks = validate_recipe(parsed)
     except (RecipeError, ValueError) as err:
         _fail(str(err))
-    console.print(f"[green]ok[/]: {recipe}")
+    console.print(f"[green]ok[/]: {escape(str(recipe))}")
     for key, value in components.items():
-        console.print(f"  {key}: {value!r}")
+        console.print(f"  {key}: {escape(repr(value))}")
+    console.print("checked:")
+    for line in checks:
+        console.print(f"  {escape(line)}")
 
 
 @app.command("eval")
@@ -203,36 +215,55 @@ def eval_(
     set_: SetOption = None,
 ) -> None:
     """Score a checkpoint on the recipe's eval split (greedy and sampled)."""
+    from morl.checkpoint import CheckpointError
     from morl.evaluation import Evaluator
     from morl.policy import Policy
     from morl.recipe import build_components, load_data, load_recipe
-    from morl.rewards import PlacedOnDevice, RewardFn, objective_name
+    from morl.rewards import PlacedOnDevice, RewardError, RewardFn, objective_name
     from morl.state import TrainingState
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))
         components = build_components(parsed)
         _, evals = load_data(parsed)
-    except (RecipeError, ValueError, FileNotFoundError) as err:
+        source = _eval_source(checkpoint)  # before the model loads: a missing, empty or torn one fails fast
+    except (RecipeError, CheckpointError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     if not evals:
         _fail("the recipe has no eval data (data.eval)")
-    model_dir = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint
+    model_dir = source / "model" if (source / "model").is_dir() else source
     options = parsed.policy.model_dump(exclude={"model"})
-    policy = Policy.from_pretrained(str(model_dir), **options)
+    try:
+        policy = Policy.from_pretrained(str(model_dir), **options)
+    except (OSError, ValueError) as err:
+        _fail(f"--checkpoint {checkpoint}: cannot load the policy from {model_dir}: {err}")
     rewards = components["rewards"]
     for reward in rewards:  # a reward model scores on the policy's device
         if isinstance(reward, PlacedOnDevice):
             reward.place(policy.device)
-    state_file = checkpoint / "training_state.json"
+    state_file = source / "training_state.json"
     if state_file.exists():  # stateful rewards (the running mean of conciseness) as the run left them
-        saved = TrainingState.from_json(json.loads(state_file.read_text())).parts
+        try:
+            saved = TrainingState.from_json(json.loads(state_file.read_text())).parts
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            _fail(f"{state_file}: unreadable ({type(err).__name__}: {err}); it holds the rewards' running state")
         for name, reward in zip([objective_name(r) for r in rewards], rewards):
             if isinstance(reward, RewardFn) and f"reward/{name}" in saved:
                 reward.load_state_dict(saved[f"reward/{name}"]["state"])
-    evaluator = Evaluator(components["rollout"], rewards, parsed.train.eval_batch_size, parsed.train.on_reward_error)
+    train = parsed.train
+    evaluator = Evaluator(
+        components["rollout"],
+        rewards,
+        train.eval_batch_size,
+        train.on_reward_error,
+        train.reward_timeout_s,
+        train.reward_isolation,
+    )
     modes = [m for m, on in (("greedy", parsed.train.eval_greedy), ("sampled", parsed.train.eval_sampled)) if on]
-    scores = evaluator.evaluate(policy, evals, modes)
+    try:
+        scores = evaluator.evaluate(policy, evals, modes)
+    except RewardError as err:
+        _fail(str(err), code=1)
     table = Table(title=f"eval: {checkpoint}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -248,41 +279,199 @@ def score(
         "accuracy,conciseness,clarity"
     ),
     out: Annotated[Path | None, typer.Option(help="write the rows with their rewards")] = None,
+    mean_length: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="conciseness: the length (characters) a completion must be under; default: the file's own mean",
+        ),
+    ] = None,
+    reward_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="seconds one reward call may take (a reward's own call_timeout_s wins); rows of a call past it are "
+            "not scored and count as timed out. 0: no limit",
+        ),
+    ] = 60.0,
 ) -> None:
-    """Score completions that already exist and print per-objective means."""
+    """Score completions that already exist and print, per objective, the mean and how many rows were scored, not
+    applicable, failed or timed out. A failed row gets ``null`` and the reason in ``--out`` (never a silent 0);
+    any failure makes the exit code 1, after everything is written."""
     from morl.components import build
-    from morl.rewards import objective_name, score_rewards
+    from morl.rewards import Conciseness, objective_name
 
+    names_given = [name.strip() for name in rewards.split(",") if name.strip()]
     try:
-        fns = [build("reward", name.strip()) for name in rewards.split(",") if name.strip()]
-        rows = _read_jsonl(file)
+        _check_unique("--rewards", names_given)
+        fns = [build("reward", name) for name in names_given]
+        _check_unique("--rewards objective", [objective_name(f) for f in fns])
+        lines, rows = _read_jsonl(file)
+        _check_score_rows(file, lines, rows)
+        _check_out(out)
     except (RecipeError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    for field in ("prompt", "completion"):
-        missing = [i for i, row in enumerate(rows) if field not in row]
-        if missing:
-            _fail(f"{file}: row {missing[0]} has no {field!r} field (fields: {sorted(rows[missing[0]])})")
-    columns = {k: [row.get(k) for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
-    matrix, _ = score_rewards(
-        fns, [r["prompt"] for r in rows], [r["completion"] for r in rows], columns, training=False
-    )
+    if not fns:
+        _fail(f"--rewards {rewards!r}: no reward names")
     names = [objective_name(f) for f in fns]
+    keys = dict.fromkeys(k for row in rows for k in row if k not in ("prompt", "completion"))  # every row's
+    columns = {k: [row.get(k) for row in rows] for k in keys}
+    lengths = [len(row["completion"]) for row in rows]
+    for fn in fns:  # against this file's completions (or the length given), not a run's that this file never saw
+        if isinstance(fn, Conciseness):
+            fn.count_, fn.total_ = (1, float(mean_length)) if mean_length is not None else (len(rows), sum(lengths))
+            console.print(f"{objective_name(fn)}: shorter than {fn.mean_length:.1f} characters scores 1")
+    values: dict[str, list[float | None]] = {}
+    errors: dict[str, dict[int, str]] = {}
     table = Table(title=f"{file} ({len(rows)} completions)")
-    table.add_column("objective")
-    table.add_column("mean", justify="right")
-    table.add_column("scored", justify="right")
-    for m, name in enumerate(names):
-        col = matrix[:, m]
-        valid = col[~col.isnan()]
-        table.add_row(name, f"{float(valid.mean()):.4f}" if valid.numel() else "n/a", str(valid.numel()))
+    for heading in ("objective", "mean", "scored", "not applicable", "failed", "timed out"):
+        table.add_column(heading, justify="left" if heading == "objective" else "right")
+    limit = reward_timeout_s or None
+    for fn, name in zip(fns, names):
+        before = fn.counters().get("timeouts", 0.0) if hasattr(fn, "counters") else 0.0
+        late: dict[str, int] = {}  # rows whose reward call ran past its time limit: not scored, counted as timed out
+        try:
+            column, errors[name] = _score_one_reward(fn, rows, columns, limit, late)
+        except ValueError as err:  # the rows cannot be handed to rewards at all (a column named like an argument)
+            _fail(f"{file}: {err}")
+        timed_out = int((fn.counters().get("timeouts", 0.0) if hasattr(fn, "counters") else 0.0) - before)
+        timed_out += late.get(name, 0)
+        values[name] = column
+        scored = [v for v in column if v is not None]
+        n_failed = len(errors[name])
+        table.add_row(
+            name,
+            f"{sum(scored) / len(scored):.4f}" if scored else "n/a",
+            str(len(scored)),
+            str(len(rows) - len(scored) - n_failed - late.get(name, 0)),
+            str(n_failed),
+            str(timed_out),
+        )
     console.print(table)
     if out:
-        with out.open("w") as fh:
-            for i, row in enumerate(rows):
-                values = matrix[i].tolist()
-                scored = {n: (None if v != v else v) for n, v in zip(names, values)}
-                fh.write(json.dumps({**row, "rewards": scored}) + "\n")
+        records = []
+        for i, row in enumerate(rows):
+            record = {**row, "rewards": {name: values[name][i] for name in names}}
+            reasons = {name: errors[name][i] for name in names if i in errors[name]}
+            if reasons:
+                record["reward_errors"] = reasons
+            records.append(json.dumps(record))
+        try:
+            _write_atomically(out, records)
+        except OSError as err:
+            _fail(f"--out {out}: cannot write ({err})", code=1)
         console.print(f"wrote {out}")
+    failed = {name: e for name, e in errors.items() if e}
+    if failed:
+        notes = [
+            f"reward {name!r} failed on {len(e)} row(s); first: {file}:{lines[min(e)]}: {e[min(e)]}"
+            for name, e in failed.items()
+        ]
+        _fail("\n".join(notes), code=1)
+
+
+def _score_one_reward(
+    fn: Any,
+    rows: list[dict[str, Any]],
+    columns: dict[str, list[Any]],
+    timeout_s: float | None = None,
+    timeouts: dict[str, int] | None = None,
+) -> tuple[list[float | None], dict[int, str]]:
+    """One reward over every row: its values (None: not applicable or failed) and, by row, why it failed.
+
+    The whole file is scored in one call; only when that call fails is each row scored alone, to tell the rows that
+    make the reward fail (with the reason) from the others, which keep their scores."""
+    from morl.rewards import RewardError
+
+    try:
+        matrix = _score_matrix([fn], rows, columns, timeout_s, timeouts)
+    except RewardError:
+        pass
+    else:
+        return [None if v != v else v for v in matrix[:, 0].tolist()], {}
+    column: list[float | None] = []
+    errors: dict[int, str] = {}
+    for i, row in enumerate(rows):
+        try:
+            one = {k: [v[i]] for k, v in columns.items()}
+            value = _score_matrix([fn], [row], one, timeout_s, timeouts)[0, 0].item()
+        except RewardError as err:
+            errors[i] = " ".join(str(err).split("\n")[0].split())
+            value = None
+        column.append(None if value is None or value != value else value)
+    return column, errors
+
+
+def _score_matrix(
+    fns: list[Any],
+    rows: list[dict[str, Any]],
+    columns: dict[str, list[Any]],
+    timeout_s: float | None = None,
+    timeouts: dict[str, int] | None = None,
+) -> Any:
+    """The reward matrix of ``rows`` (NaN: not applicable or past the time limit, added up in ``timeouts``);
+    ``RewardError`` when a reward fails on one. ``timeout_s``: each call's limit unless the reward sets its own."""
+    from morl.rewards import score_rewards
+
+    counted: dict[str, int] = {}
+    matrix, _ = score_rewards(
+        fns,
+        [r["prompt"] for r in rows],
+        [r["completion"] for r in rows],
+        columns,
+        training=False,
+        timeout_s=timeout_s,
+        timeouts=counted,
+    )
+    if timeouts is not None:
+        for name, count in counted.items():
+            timeouts[name] = timeouts.get(name, 0) + count
+    return matrix
+
+
+def _check_unique(what: str, names: list[str]) -> None:
+    """``ValueError`` naming a repeated name: two objectives of one name would overwrite each other's column."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is given twice; each objective needs its own name")
+        seen.add(name)
+
+
+def _check_score_rows(path: Path, lines: list[int], rows: list[Any]) -> None:
+    """``ValueError`` naming the line of the first row ``morl score`` cannot hand to a reward."""
+    for line, row in zip(lines, rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+        for field in ("prompt", "completion"):
+            if field not in row:
+                raise ValueError(f"{path}:{line}: no {field!r} field (fields: {sorted(row)})")
+            if not isinstance(row[field], str):
+                raise ValueError(
+                    f"{path}:{line}: {field} must be text, got {type(row[field]).__name__}: {row[field]!r:.60}"
+                )
+
+
+def _check_out(out: Path | None) -> None:
+    """``ValueError`` before any scoring when ``--out`` cannot be written, so no work is lost at the end."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name, e.g. {out / 'scored.jsonl'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: cannot write in {out.parent} (permission denied)")
+
+
+def _write_atomically(path: Path, lines: list[str]) -> None:
+    """Write beside ``path`` and rename over it: a failure midway leaves the old file (maybe the input) whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command()
@@ -393,6 +582,45 @@ def tinymath_build(
     console.print(f"saved {path}")
 
 
+def _eval_source(checkpoint: Path) -> Path:
+    """The folder ``morl eval --checkpoint`` reads: a run's final model, else its newest intact checkpoint; a
+    checkpoint folder, checked whole; or a model directory as given (``Policy.from_pretrained`` checks that one).
+
+    ``CheckpointError`` or ``FileNotFoundError`` naming the path when there is nothing to evaluate there, so the
+    recipe's model never loads for nothing.
+    """
+    from morl.checkpoint import CHECKPOINTS, MARKER, CheckpointError, find_checkpoint, verify_checkpoint
+
+    if not checkpoint.exists():
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint}: no such file or directory; give a run directory, one of its "
+            "checkpoints/step-N folders, or a Hugging Face model directory"
+        )
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: a file, not a directory (a run, checkpoint or model)")
+    if checkpoint.name.startswith("step-") or (checkpoint / MARKER).exists() or (checkpoint / "optimizer.pt").exists():
+        if not (checkpoint / MARKER).is_file():
+            raise CheckpointError(
+                f"--checkpoint {checkpoint}: torn checkpoint (no {MARKER!r} marker: killed while "
+                f"writing); give the run directory ({checkpoint.parent.parent}) for its newest "
+                "intact one"
+            )
+        verify_checkpoint(checkpoint)
+        return checkpoint
+    if (checkpoint / "model").is_dir():
+        return checkpoint
+    if (checkpoint / CHECKPOINTS).is_dir():  # a run stopped before writing its final model
+        found = find_checkpoint(checkpoint)
+        err_console.print(f"{checkpoint} has no final model yet; evaluating its newest intact checkpoint {found}")
+        return found
+    if not any(checkpoint.iterdir()):
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint}: empty directory; give a run directory, one of its checkpoints/step-N "
+            "folders, or a Hugging Face model directory (config.json and weights)"
+        )
+    return checkpoint
+
+
 def _default(info: Any) -> str:
     if info.is_required():
         return "<required>"
@@ -401,20 +629,32 @@ def _default(info: Any) -> str:
     return repr(info.default)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> tuple[list[int], list[Any]]:
+    """The rows of a JSONL file and the line each came from (for messages), each line decoded as UTF-8 alone so an
+    undecodable byte is reported with its line."""
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a JSONL file")
+    lines, rows = [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                "save the file as UTF-8"
+            ) from None
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        lines.append(number)
     if not rows:
         raise ValueError(f"{path}: no rows")
-    return rows
+    return lines, rows
 
 
 def main() -> None:

@@ -35,9 +35,15 @@ _REGISTRY: dict[str, dict[str, type[Component]]] = {family: {} for family in FAM
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component config: unknown keys are errors, not silently ignored."""
+    """Base of every component config: unknown keys are errors, not silently ignored, and every float is finite.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Why finite: a NaN or infinite parameter (``lr: .nan``, ``weights: [.inf, 1]``) is accepted by Python's
+    arithmetic and only shows up steps later as NaN weights or losses, so it is refused here, where the message can
+    still name the field. A field whose meaning needs infinity says so on its type
+    (``Annotated[float, AllowInfNan(True)]``) and documents what it means.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RecipeError(ValueError):
@@ -147,24 +153,83 @@ def import_module(module_name: str, search: Sequence[str | Path] = ()) -> Module
 
 def build(family: str, spec: str | dict[str, Any] | Component, search: Sequence[str | Path] = ()) -> Any:
     """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``; import paths also resolve from the
-    folders in ``search`` (see :func:`resolve`)."""
+    folders in ``search`` (see :func:`resolve`).
+
+    What a spec names must belong to ``family`` (:func:`check_family`): a function given as a scalarizer, or a
+    reward given as the controller, is refused here rather than failing mid-training with a cryptic error.
+    """
+    if isinstance(spec, type):  # a class given in Python: its defaults, as its registry name would give
+        return check_family(family, spec, spec.__qualname__)()
     if isinstance(spec, Component) or (callable(spec) and not isinstance(spec, (str, dict))):
-        return spec
+        return check_family(family, spec, getattr(spec, "__qualname__", type(spec).__name__))
     if isinstance(spec, str):
         name, params = spec, {}
     elif isinstance(spec, dict):
         if "name" not in spec:
-            raise RecipeError(f"{family}: a component needs a 'name' field; got keys {sorted(spec)}")
+            raise RecipeError(f"{family}: a component needs a 'name' field; got keys {sorted(map(str, spec))}")
         params = dict(spec)
         name = params.pop("name")
     else:
         raise RecipeError(f"{family}: expected a name or a mapping with 'name', got {type(spec).__name__}")
-    target = resolve(family, name, search)
-    if isinstance(target, type) and issubclass(target, Component):
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{family}: 'name' must be a component name or an import path, got {name!r}")
+    unnamed = [key for key in params if not isinstance(key, str)]
+    if unnamed:
+        raise RecipeError(f"{family}: {name!r}: parameter names must be text, got {unnamed!r}")
+    target = check_family(family, resolve(family, name, search), name)
+    if isinstance(target, type):
         return target(**params)
     if params:
         raise RecipeError(f"{family}: {name!r} is a plain function and takes no parameters, got {sorted(params)}")
     return target
+
+
+def check_family(family: str, target: Any, name: str) -> Any:
+    """``target`` unchanged if it can serve as a ``family`` component, else a :class:`RecipeError` saying what it is
+    and what is expected.
+
+    A class must be a :class:`Component` of that family; an object, an instance of one. A reward may also be a
+    plain callable (a function, or an object with ``__call__``), which is how TRL users write rewards — but not a
+    class outside the reward family: calling it would construct an object, not return scores.
+    """
+    if isinstance(target, type):
+        if issubclass(target, Component) and target.family == family:
+            return target
+    elif isinstance(target, Component):
+        if target.family == family:
+            return target
+    elif family == "reward" and callable(target):
+        return target
+    raise RecipeError(f"{family}: {name!r} is {_describe(target)}; expected {_expected(family)}")
+
+
+def _describe(target: Any) -> str:
+    """What a resolved name turned out to be, in the words of an error message."""
+    if isinstance(target, type):
+        if issubclass(target, Component):
+            return f"a {target.family or 'component'} class ({target.__module__}.{target.__qualname__})"
+        return f"a class that is not a morl component ({target.__module__}.{target.__qualname__})"
+    if isinstance(target, Component):
+        return f"a {target.family or 'component'} ({type(target).__name__})"
+    if callable(target):
+        return f"a function ({getattr(target, '__qualname__', type(target).__name__)})"
+    return f"not callable (a value of type {type(target).__name__}: {target!r:.60})"
+
+
+# the base class a user component of each family subclasses, for error messages
+_BASES = {
+    "reward": "morl.rewards.RewardFn",
+    "scalarizer": "morl.scalarize.base.Scalarizer",
+    "advantage": "morl.algos.advantages.AdvantageEstimator",
+    "algo": "morl.algos.policy_gradient.PolicyAlgo",
+    "controller": "morl.controllers.base.WeightController",
+    "rollout": "morl.rollout.RolloutBackend",
+}
+
+
+def _expected(family: str) -> str:
+    what = f"a {family} component (a subclass of {_BASES.get(family, 'morl.components.Component')})"
+    return what + (" or a plain function (prompts, completions, **columns) -> scores" if family == "reward" else "")
 
 
 def spec_of(family: str, component: Any) -> str | dict[str, Any]:

@@ -189,8 +189,9 @@ def _read_parquet(path: Path, limit: int | None) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # decoded line by line, so an undecodable byte is reported with its line
+        for number, raw in enumerate(f, start=1):
+            line = _decode(path, raw, number)
             if not line.strip():
                 continue
             try:
@@ -206,8 +207,9 @@ def _read_jsonl(path: Path, limit: int | None) -> list[dict[str, Any]]:
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path, raw, None))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if not isinstance(data, list):
@@ -216,6 +218,20 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict):
             raise DataError(f"{path}: item {i} is {type(row).__name__}, expected a JSON object")
     return data
+
+
+def _decode(path: Path, raw: bytes, line: int | None) -> str:
+    """``raw`` as UTF-8 text; a ``DataError`` naming the file, line and byte otherwise (``line`` None: ``raw`` is
+    the whole file, and the line is counted up to the bad byte)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        number = line if line is not None else raw.count(b"\n", 0, err.start) + 1
+        start = raw.rfind(b"\n", 0, err.start) + 1 if line is None else 0
+        raise DataError(
+            f"{path}, line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start - start + 1}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _looks_like_hub_name(source: str) -> bool:
@@ -276,6 +292,8 @@ def _normalize(row: dict[str, Any], index: int, source: str, columns: dict[str, 
             value = str(value)
         if not isinstance(value, str):
             raise DataError(f"{source}: row {index}: {name} must be text, got {type(value).__name__}: {value!r:.80}")
+        if name == "prompt" and not value.strip():  # the model would be asked to continue nothing
+            raise DataError(f"{source}: row {index}: empty prompt {value!r}; every row needs a question to answer")
         out[name] = value
     return out
 

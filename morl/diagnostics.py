@@ -58,7 +58,8 @@ from morl.stages import Need, Scored, Updated
 class DiagnosticsConfig(BaseModel):
     """Recipe section ``diagnostics:``. Cheap diagnostics are on; costly ones are opt-in."""
 
-    model_config = ConfigDict(extra="forbid")
+    # every float finite: a NaN threshold or EMA rate would make the alarm silently never (or always) fire
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(True, description="run the diagnostics callback at all")
     clipped_weights: bool | Literal["auto"] = Field(

@@ -43,12 +43,16 @@ class Evaluator:
         rewards: Sequence[RewardCallable],
         batch_size: int = 64,
         on_reward_error: str = "raise",
+        reward_timeout_s: float | None = 60.0,
+        reward_isolation: str = "thread",
     ) -> None:
         self.rollout = rollout
         self.rewards = list(rewards)
         self.objectives = [objective_name(r) for r in self.rewards]
         self.batch_size = batch_size
         self.on_reward_error = on_reward_error
+        self.reward_timeout_s = reward_timeout_s  # the training run's limit per reward call (train.reward_timeout_s)
+        self.reward_isolation = reward_isolation
 
     @torch.no_grad()
     def evaluate(
@@ -83,6 +87,8 @@ class Evaluator:
                     completion_lengths=lengths.tolist(),
                     completion_ids=completion_token_ids(batch.completion_ids, batch.completion_mask),
                     trainer_state=trainer_state,
+                    timeout_s=self.reward_timeout_s,
+                    isolation=self.reward_isolation,  # type: ignore[arg-type]
                     on_error=self.on_reward_error,
                 )
                 rewards, lengths = rewards[:keep], lengths[:keep]

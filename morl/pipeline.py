@@ -99,7 +99,14 @@ class Pipeline:
             callbacks=self.callbacks,
             optimizer=optimizer,
             reference=self.reference,
-            evaluator=Evaluator(self.rollout, self.rewards, self.config.eval_batch_size, self.config.on_reward_error),
+            evaluator=Evaluator(
+                self.rollout,
+                self.rewards,
+                self.config.eval_batch_size,
+                self.config.on_reward_error,
+                self.config.reward_timeout_s,
+                self.config.reward_isolation,
+            ),
             recipe=self.recipe,
             manifest_method=self.method(),
         )

@@ -32,12 +32,15 @@ import inspect
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from morl.integrity import safetensors_problem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
@@ -49,7 +52,8 @@ class LoraConfig(BaseModel):
     ``W x + (alpha / r)·B A x`` with ``A`` [r, in] random and ``B`` [out, r] zero at the start, so the initial policy
     is the base model and only ``A`` and ``B`` train."""
 
-    model_config = ConfigDict(extra="forbid")
+    # every float finite: an infinite alpha passes `gt=0` and scales the adapters' update to inf
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(16, gt=0, description="rank of each adapter's update B·A")
     alpha: float = Field(32.0, gt=0, description="the update is scaled by alpha / r (rescale lr if you change r)")
@@ -123,12 +127,17 @@ class Policy:
 
         config = PolicyConfig(model=model, **options)
         path = resolve_model_path(config.model)
+        _check_model_source(config.model, path, config.trust_remote_code)
         adapter = Path(path) if (Path(path) / ADAPTER_CONFIG).is_file() else None
         base = _adapter_base(adapter) if adapter is not None else path
+        if adapter is not None:
+            _check_model_source(base, base, config.trust_remote_code)
         has_tokenizer = adapter is None or (adapter / "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(
-            path if has_tokenizer else base, trust_remote_code=config.trust_remote_code
-        )
+        tokenizer_path = path if has_tokenizer else base
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=config.trust_remote_code)
+        except (ValueError, TypeError, KeyError) as err:  # no tokenizer files: transformers' error names none
+            raise ModelLoadError(f"{tokenizer_path}: no usable tokenizer ({type(err).__name__}: {err})") from None
         net = _load_base(base, config)
         if adapter is not None:
             net = _peft().PeftModel.from_pretrained(net, str(adapter), is_trainable=True)
@@ -519,6 +528,74 @@ def _adapter_base(adapter: Path) -> str:
     if not base:
         raise ValueError(f"{adapter / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
     return resolve_model_path(base)
+
+
+class ModelLoadError(OSError):
+    """``policy.model`` names no causal language model that can be loaded: no such folder, an empty or
+    tokenizer-only one, no weights, or a model of another kind (BERT loads, then fails inside generation).
+
+    An ``OSError`` because that is what transformers raises for a model it cannot find, so callers that already
+    report those report these too."""
+
+
+#: Weight files a Hugging Face model directory may hold (one of them, or their shards, must be there).
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def _check_model_source(model: str, path: str, trust_remote_code: bool) -> None:
+    """Before any weight loads: the folder exists and holds a model, and its config is a causal language model.
+
+    A hub name (``org/name``, ``gpt2``) that is not a local folder is left to transformers, which downloads or
+    reports it; a path that is not a hub name must exist (transformers would call it a malformed repo id).
+    """
+    local = Path(path)
+    if not local.exists():
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", model) or model.endswith(".."):
+            raise ModelLoadError(
+                f"policy.model={model!r}: no such directory {local}; give a model directory (config.json and "
+                "weights, as save_pretrained writes) or a Hugging Face hub name such as 'Qwen/Qwen2.5-0.5B-Instruct'"
+            )
+    elif not local.is_dir():
+        raise ModelLoadError(f"policy.model={model!r}: {local} is a file; give the model's directory")
+    elif (local / ADAPTER_CONFIG).is_file():
+        return  # an adapter: its base is checked in turn
+    else:
+        present = sorted(p.name for p in local.iterdir())
+        shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "") if present else "it is empty"
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(
+                f"policy.model={model!r}: {local} holds no model: no config.json ({shown}); expected a Hugging Face "
+                "causal LM directory (config.json, weights, tokenizer), as save_pretrained or a run's model/ writes"
+            )
+        if not any(any(local.glob(pattern)) for pattern in _WEIGHT_GLOBS):
+            raise ModelLoadError(
+                f"policy.model={model!r}: {local} has a config.json but no weights ({shown}); expected "
+                "model.safetensors (or its shards, or pytorch_model.bin)"
+            )
+        for weights in sorted(local.glob("*.safetensors")):  # a header read each: a truncated copy fails here
+            problem = safetensors_problem(weights)
+            if problem is not None:
+                raise ModelLoadError(f"policy.model={model!r}: {weights}: {problem}")
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # an unknown model_type, a config.json that is not a model config
+        raise ModelLoadError(f"policy.model={model!r}: unreadable config.json ({err})") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ([v] if isinstance(v, str) else v)}
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if (
+        architectures
+        and not remote
+        and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    ):
+        raise ModelLoadError(
+            f"policy.model={model!r} is a {', '.join(architectures)} (model_type {config.model_type!r}), not a causal "
+            "language model, so it cannot generate completions; use a decoder model (an architecture ending in "
+            "ForCausalLM, such as Qwen2ForCausalLM or LlamaForCausalLM)"
+        )
 
 
 def _load_base(path: str, config: PolicyConfig) -> torch.nn.Module:

@@ -17,6 +17,9 @@ run only recipes you trust, and keep untrusted files out of the recipe's folder.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from morl.components import RecipeError, build, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
 from morl.pipeline import Pipeline, TrainConfig, check_combination
-from morl.policy import Policy, PolicyConfig
+from morl.policy import Policy, PolicyConfig, resolve_model_path
 from morl.rewards import objective_name
 
 ComponentSpec = str | dict[str, Any]
@@ -164,12 +167,127 @@ def build_components(recipe: Recipe) -> dict[str, Any]:
     return components
 
 
+# the package (and top-level module) each optional logger needs; jsonl needs none
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def validate_recipe(recipe: Recipe) -> tuple[dict[str, Any], list[str]]:
+    """What ``morl validate`` runs: the components (:func:`build_components`), then what ``fit`` needs beyond them
+    (:func:`check_runnable`). Returns the components and one line per check, saying what was checked and what was
+    not, so that "ok" never claims more than was looked at."""
+    components = build_components(recipe)
+    return components, check_runnable(recipe, components)
+
+
+def check_runnable(recipe: Recipe, components: dict[str, Any]) -> list[str]:
+    """Checks a recipe's fields cannot express alone: the loggers' packages are installed, and a local model is a
+    causal LM whose context holds a prompt and its completion. Raises :class:`RecipeError`; returns what it did.
+
+    Kept out of :func:`build_components` on purpose: ``morl eval`` and ``compare`` build the same recipe's
+    components without logging to W&B, and a recipe written on another machine must still be scorable here.
+    """
+    checks = [
+        f"components: {len(components['rewards'])} objectives "
+        f"({', '.join(objective_name(r) for r in components['rewards'])}), each resolved to its family"
+    ]
+    checks.append(check_loggers(recipe.train.loggers))
+    checks.append(check_model(recipe.policy, components["rollout"]))
+    return checks
+
+
+def check_loggers(loggers: Sequence[str]) -> str:
+    """Each logger named in ``train.loggers`` has its package installed, found without importing it (W&B takes
+    seconds to import), so a typo'd environment fails in ``morl validate`` and not after the model has loaded."""
+    missing = [
+        f"{name} (pip install {LOGGER_PACKAGES[name]})"
+        for name in dict.fromkeys(loggers)
+        if name in LOGGER_PACKAGES and not _installed(LOGGER_PACKAGES[name])
+    ]
+    if missing:
+        raise RecipeError(f"train.loggers: not installed: {', '.join(missing)}; install it or remove it from the list")
+    named = [name for name in dict.fromkeys(loggers) if name in LOGGER_PACKAGES]
+    return f"train.loggers: {', '.join(named)} installed" if named else "train.loggers: jsonl only (nothing to install)"
+
+
+def check_model(policy: PolicyConfig, rollout: Any) -> str:
+    """A local model (``tinymath``, or a folder with ``config.json``) is read without loading its weights: it must
+    be a causal LM, and its context (``max_position_embeddings``) must hold ``rollout.max_prompt_tokens`` plus
+    ``rollout.max_new_tokens``. A hub name or an adapter folder is not read here (that may download or load a
+    base model); the returned line says so."""
+    from morl.rollout import SamplingConfig
+
+    path = Path(resolve_model_path(policy.model))
+    if not (path / "config.json").is_file():
+        return f"policy.model {policy.model!r}: not checked (not a local folder with config.json; fit loads it)"
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=policy.trust_remote_code)
+    except Exception as err:  # a bad config.json raises ValueError, OSError, KeyError, TypeError...: all refused
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RecipeError(f"policy.model: {path / 'config.json'} cannot be read by transformers: {message}") from None
+    if not _is_causal_lm(config):
+        kind = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
+        raise RecipeError(
+            f"policy.model: {policy.model!r} is a {kind} model, not a causal language model (AutoModelForCausalLM); "
+            "morl samples completions from a decoder such as Llama, Qwen or GPT-2"
+        )
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None)
+    sampling = getattr(rollout, "config", None)
+    if not isinstance(context, int) or not isinstance(sampling, SamplingConfig):
+        return f"policy.model {policy.model!r}: causal LM; context length not checked (not known)"
+    new, prompt = sampling.max_new_tokens, sampling.max_prompt_tokens
+    if prompt is None:
+        if new >= context:
+            raise RecipeError(
+                f"rollout.max_new_tokens={new} leaves no room for a prompt in {policy.model!r}'s context of "
+                f"{context} tokens (max_position_embeddings)"
+            )
+        return (
+            f"policy.model {policy.model!r}: causal LM, context {context} tokens; max_new_tokens={new} leaves "
+            f"{context - new} for prompts (rollout.max_prompt_tokens is not set: prompt lengths are checked at fit)"
+        )
+    if prompt + new > context:
+        raise RecipeError(
+            f"rollout.max_prompt_tokens={prompt} + max_new_tokens={new} = {prompt + new} tokens, over "
+            f"{policy.model!r}'s context of {context} (max_position_embeddings)"
+        )
+    return f"policy.model {policy.model!r}: causal LM, context {context} tokens >= {prompt} prompt + {new} new tokens"
+
+
+def _is_causal_lm(config: Any) -> bool:
+    """``AutoModelForCausalLM`` builds this checkpoint as the decoder it was trained as: one of its architectures is
+    a causal LM transformers knows (or its remote code registers one, ``auto_map``); with no architectures listed,
+    its model type is. The architectures come first because a model type can map to a causal head the checkpoint was
+    never trained with (``bert`` maps to ``BertLMHeadModel``, yet a ``BertForMaskedLM`` checkpoint is no decoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    architectures = set(getattr(config, "architectures", None) or [])
+    if "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return True
+    if architectures:
+        known = set(CAUSAL.values())
+        return any(a in known or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return config.model_type in CAUSAL
+
+
+def _installed(module: str) -> bool:
+    """The top-level ``module`` is importable (or already imported, e.g. a stand-in a test put in ``sys.modules``)."""
+    if sys.modules.get(module) is not None:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _build_at(section: str, family: str, spec: Any, search: list[Path]) -> Any:
     """``build``, with the recipe section in the message (``rewards[1]: Accuracy: ... timeout_s: ...``)."""
     try:
         return build(family, spec, search)
     except RecipeError as err:
-        message = str(err)
+        message = str(err).removeprefix(f"{family}: ")  # the section names the family better: rewards[1], not reward
         raise RecipeError(message if message.startswith(f"{section}:") else f"{section}: {message}") from None
 
 

@@ -47,6 +47,7 @@ from morl.checkpoint import (
     prepare_resume,
     read_checkpoint,
     reference_pointer,
+    resume_intact,
     run_dir_of,
     save_checkpoint,
     weights_fingerprint,
@@ -58,6 +59,7 @@ from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 from morl.policy import Policy
 from morl.rewards import (
+    RewardError,
     RewardFn,
     StepInfo,
     check_columns,
@@ -85,7 +87,8 @@ COMPLETIONS_FILE = "completions.jsonl"
 class TrainConfig(BaseModel):
     """Loop settings: how many steps, how big a step, when to evaluate, where to write."""
 
-    model_config = ConfigDict(extra="forbid")
+    # every float finite: a NaN or infinite lr or weight decay passes `gt=0` / `ge=0` and only shows up as NaN weights
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     steps: int = Field(100, ge=0, description="training steps (one rollout batch and its policy update each)")
     prompts_per_step: int = Field(
@@ -111,6 +114,30 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     max_nonfinite_steps: int = Field(
         3, ge=1, description="stop after this many steps in a row whose loss or gradient was not finite"
+    )
+    reward_timeout_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="seconds one reward call (a batch) may take; past it its samples are not applicable (NaN) and "
+        "counted as rewards/<name>/timeouts. A reward's own call_timeout_s wins; None: no limit",
+    )
+    reward_isolation: Literal["thread", "process"] = Field(
+        "thread",
+        description="where rewards without an isolate attribute run. thread: in this process under a watchdog (state "
+        "and closures work; a call past its limit is abandoned, not killed); process: in a forked worker killed at "
+        "the limit (stops anything; closure state stays in the worker). RewardFn subclasses run in this process",
+    )
+    max_failed_reward_steps: int = Field(
+        3,
+        ge=1,
+        description="stop (after a checkpoint of the last good step) when a reward timed out or failed on every "
+        "sample for this many steps in a row",
+    )
+    stop_grace_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="after a first SIGINT/SIGTERM the step may finish for this many seconds, then the run stops at "
+        "once keeping the last complete step's checkpoint (as a second signal does); None: wait for the step",
     )
     save_model: bool = Field(True, description="write the final model (Hugging Face format) to the run directory")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
@@ -196,6 +223,10 @@ class TrainConfig(BaseModel):
         return math.ceil(total * (self.warmup_steps or self.warmup_ratio))
 
 
+class RewardFailure(RewardError):
+    """A reward timed out or failed on every sample for ``train.max_failed_reward_steps`` steps in a row."""
+
+
 class NonFiniteError(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient; the last good checkpoint is kept."""
 
@@ -254,6 +285,11 @@ class Trainer:
         self._train_data: list[dict[str, Any]] | None = None  # what dynamic sampling refills from, during fit
         self._reference_fingerprint: str | None = None
         self._fit: FitContext | None = None
+        self._stop: GracefulStop | None = None  # during fit: holds an immediate stop while the update runs
+        self._before_step: tuple[int, dict[str, Any]] | None = None  # what a stop before the update puts back
+        self._reward_failed: dict[str, bool] = {}  # this step: did the reward fail on every sample it was given
+        self._reward_timeouts: dict[str, int] = {}  # this step: samples whose reward call ran past its limit
+        self._reward_streaks: dict[str, int] = {}  # steps in a row on which the reward failed on every sample
 
     # ---- what is computed -------------------------------------------------------------------------------------
 
@@ -290,6 +326,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_start(self._fit)
         timings: dict[str, float] = {}
+        # until the update starts, a stop at once puts these back, so the checkpoint of the last complete step is exact
+        self._before_step = (self.state.data_position, capture_parts(self.stateful_parts()))
+        self._reward_failed, self._reward_timeouts = {}, {}
         validation = isinstance(p.controller, UsesValidation) and Need.VALIDATION in self.needs
         if validation and self.state.step == 0:
             t0 = time.perf_counter()
@@ -306,7 +345,11 @@ class Trainer:
         filtered: dict[str, float] = {}
         if self.config.dynamic_sampling:
             scored, filtered = self._filter_groups(scored, timings)
+        self._count_reward_failures()
 
+        if self._stop is not None:  # a stop at once waits for the end of the step from here on
+            self._stop.hold()
+        self._before_step = None
         t0 = time.perf_counter()
         p.controller.before_update(scored)
         weighted = self._weigh(scored)
@@ -339,7 +382,24 @@ class Trainer:
         ctx = StepContext(fit=self._fit, step=self.state.step, record=updated, metrics=metrics)
         for cb in self.callbacks:
             cb.on_step_end(ctx)
+        if self._stop is not None:
+            self._stop.release()  # raises KeyboardInterrupt if a stop at once came during the update
         return updated, metrics
+
+    def _count_reward_failures(self) -> None:
+        """Stop before the update when a reward timed out or failed on every sample for too many steps in a row:
+        its objective has had no signal for that long, which a user must hear about, not find in a plot later."""
+        limit = self.config.max_failed_reward_steps
+        for name, failed in self._reward_failed.items():
+            self._reward_streaks[name] = self._reward_streaks.get(name, 0) + 1 if failed else 0
+        worst = max(self._reward_streaks, key=self._reward_streaks.__getitem__, default=None)
+        if worst is not None and self._reward_streaks[worst] >= limit:
+            raise RewardFailure(
+                f"reward {worst!r} timed out or failed on every sample for {self._reward_streaks[worst]} steps in a "
+                f"row (train.max_failed_reward_steps={limit}; {self._reward_timeouts.get(worst, 0)} timed-out "
+                f"samples this step; time limit: its call_timeout_s, else train.reward_timeout_s="
+                f"{self.config.reward_timeout_s})"
+            )
 
     def _rollout(self, examples: list[dict[str, Any]], timings: dict[str, float]) -> Batch:
         """Sample K completions per prompt on this process's share, add the trainer's (and the reference's)
@@ -365,6 +425,7 @@ class Trainer:
 
     def _score(self, rollout: Batch) -> Scored:
         p = self.parts
+        timeouts: dict[str, int] = {}
         rewards, skipped = score_rewards(
             p.rewards,
             rollout.prompts,
@@ -375,9 +436,17 @@ class Trainer:
             completion_ids=completion_token_ids(rollout.completion_ids, rollout.completion_mask),
             trainer_state=self.step_info(),
             on_error=self.config.on_reward_error,
+            timeout_s=self.config.reward_timeout_s,
+            isolation=self.config.reward_isolation,
+            timeouts=timeouts,
         )
         if distributed.is_distributed():  # every process scored the same batch; process 0's scores rule, in case
-            rewards, skipped = distributed.broadcast_object((rewards, skipped))  # a reward is random
+            rewards, skipped, timeouts = distributed.broadcast_object((rewards, skipped, timeouts))  # (a random reward)
+        n = len(rollout.completions)
+        for name in p.objectives:  # several scorings in one step (dynamic sampling): failed only if all did
+            lost = skipped.get(name, 0) + timeouts.get(name, 0)
+            self._reward_failed[name] = self._reward_failed.get(name, True) and n > 0 and lost >= n
+            self._reward_timeouts[name] = self._reward_timeouts.get(name, 0) + timeouts.get(name, 0)
         device = rollout.completion_mask.device
         return Scored(rollout=rollout, rewards=rewards.to(device), objectives=p.objectives, skipped=skipped)
 
@@ -498,6 +567,8 @@ class Trainer:
             metrics[M.reward_std(name)] = float(valid.std()) if valid.numel() > 1 else math.nan
             if updated.scored.skipped.get(name):
                 metrics[M.reward_stat(name, "skipped")] = updated.scored.skipped[name]
+            if self._reward_timeouts.get(name):  # samples whose reward call ran past its time limit this step
+                metrics[M.reward_stat(name, "timeouts")] = float(self._reward_timeouts[name])
         scores = updated.scores.detach().cpu()
         metrics[M.SCORE] = float(scores.mean())
         metrics[M.SCORE_STD] = float(scores.std())
@@ -514,8 +585,9 @@ class Trainer:
             metrics.update({M.weight(name): float(w) for name, w in zip(p.objectives, used)})
         for name, reward in zip(p.objectives, p.rewards):
             if isinstance(reward, RewardFn):
-                for counter, value in reward.counters().items():
-                    metrics[M.reward_stat(name, counter)] = float(value)
+                for counter, value in reward.counters().items():  # accuracy's timeouts add to the call timeouts
+                    key = M.reward_stat(name, counter)
+                    metrics[key] = float(value) + metrics.get(key, 0.0)
         rollout = updated.rollout
         if rollout.sampling_logprobs is not None:
             cfg = p.algo.config
@@ -639,7 +711,7 @@ class Trainer:
                 (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
                 manifest = Manifest.create(run_dir, recipe, self._objectives_manifest(), self.manifest_method)
         else:
-            accepted = self._resume(checkpoint, identity, accept_changes)
+            checkpoint, accepted = resume_intact(checkpoint, lambda c: self._resume(c, identity, accept_changes))
             if main:
                 manifest = Manifest.load(run_dir)
                 if manifest is None:
@@ -680,13 +752,17 @@ class Trainer:
                 completions.write({"step": self.state.step, "segment": segment, **row})
             writer.write_completions(self.state.step, rows)
 
+        stop = GracefulStop(cfg.stop_grace_s)
+
         def write_checkpoint() -> Path | None:
             nonlocal saved, saved_step
             if saved_step != self.state.step and not p.policy.sharded:
+                stop.hold()  # a checkpoint half written is no checkpoint: a stop at once waits for it
                 if main:  # every process holds the same state under DDP
                     saved = self._save_checkpoint(run_dir)
                 saved_step = self.state.step
                 distributed.barrier()
+                stop.release()
             return saved
 
         evals = [row for row in history if row.get("kind") == "eval"]
@@ -699,11 +775,12 @@ class Trainer:
                 record(first_eval)
                 last_eval = first_eval
             with (
-                GracefulStop() as stop,
+                stop,
                 TrainingProgress(
                     cfg.steps, list(p.objectives), enabled=cfg.progress and main, start=self.state.step
                 ) as progress,
             ):
+                self._stop = stop
                 while self.state.step < cfg.steps:
                     signum = stop.signum
                     if distributed.is_distributed():  # stop together, or the others wait forever
@@ -734,7 +811,23 @@ class Trainer:
                 record(last_eval)
             write_checkpoint()
             status = "finished"
+        except RewardFailure as err:
+            self._undo_unfinished_step()  # it stopped before its update: the last good step is the one before
+            where = write_checkpoint()
+            where_text = f"last good checkpoint: {where}" if where is not None else "no checkpoint could be written"
+            raise RewardFailure(
+                f"stopping at step {self.state.step}: {err}; {where_text}. Fix or speed up the reward (or raise its "
+                "time limit), then resume with `morl fit RECIPE --resume RUN_DIR`."
+            ) from None
+        except KeyboardInterrupt as err:
+            if isinstance(err, Interrupted) or stop.signum is None:
+                raise
+            # stopped at once: between steps, or inside a step before its update (the update holds the stop)
+            self._undo_unfinished_step()
+            status = "interrupted"
+            raise Interrupted(stop.signum, self.state.step, write_checkpoint()) from None
         finally:
+            self._stop = None
             p.rollout.close()  # free the rollout engine (vLLM) and its GPU memory, whatever ended the fit
             writer.close()
             if completions is not None:
@@ -895,6 +988,17 @@ class Trainer:
             (run_dir / "training_state.json").write_text(json.dumps(state.to_json(), indent=1) + "\n")
 
     # ---- small helpers --------------------------------------------------------------------------------------------
+
+    def _undo_unfinished_step(self) -> None:
+        """A step stopped before its update: put back what it changed (prompt position, learned state), so that a
+        checkpoint written now is exactly the last complete step's. Random streams stay where the step left them."""
+        if self._before_step is None:
+            return
+        position, parts = self._before_step
+        self._before_step = None
+        self.state.data_position = position
+        self._order = []  # recomputed from the seed for the restored position
+        restore_parts(self.stateful_parts(), parts)
 
     def _parameters_finite(self) -> bool:
         return all(bool(torch.isfinite(q).all()) for q in self.parts.policy.model.parameters())

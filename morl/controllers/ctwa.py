@@ -24,11 +24,12 @@ covariance target is in the reward's units (a 0/1 reward's covariance is bounded
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import AllowInfNan, Field, field_validator
 
 from morl import metrics as M
 from morl.components import ComponentConfig
@@ -37,6 +38,10 @@ from morl.stages import Need, Updated
 
 PAPER_TARGETS = [0.15, 0.08, 0.08]
 PAPER_LAMBDA0 = [0.333, 0.333, 0.334]
+
+# a gate threshold may be +inf, the same "never stop raising" as None (the form a sweep or an override can write);
+# every other CTWA number must be finite (ComponentConfig refuses NaN and inf)
+GateValue = Annotated[float, AllowInfNan(True)]
 
 
 def group_covariances(
@@ -91,12 +96,25 @@ class CTWA(RewardLevel):
             "covariance", description="track covariance (reward units) or correlation (unit-free targets)"
         )
         u_max: float | None = Field(None, description="upper bound on the log-weights u = log λ; None: unbounded")
-        gate: list[float | None] | dict[str, float] | None = Field(
-            None, description="stop raising λ_m once the batch mean of r_m reaches this; None: never stop"
+        gate: list[GateValue | None] | dict[str, GateValue | None] | None = Field(
+            None, description="stop raising λ_m once the batch mean of r_m reaches this; None or .inf: never stop"
         )
         outlier_factor: float = Field(
             100.0, gt=0, description="drop clipped weights with |w| above this many times the median |w|"
         )
+
+        @field_validator("gate")
+        @classmethod
+        def _gate_is_a_level_or_never(
+            cls, gate: list[float | None] | dict[str, float | None] | None
+        ) -> list[float | None] | dict[str, float | None] | None:
+            """+inf means never, as None does (a recipe saved as JSON writes it as null, which reads back the same).
+            NaN would silently mean never too (no mean is >= NaN) and -inf always reached, which JSON would turn
+            into never: both are refused rather than read as a choice."""
+            values = list(gate.values()) if isinstance(gate, dict) else list(gate or [])
+            if any(v is not None and (math.isnan(v) or v == -math.inf) for v in values):
+                raise ValueError("a gate is a reward level, or None (or .inf) for never; NaN and -inf are not")
+            return gate
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)
@@ -117,8 +135,7 @@ class CTWA(RewardLevel):
         if gate is None:
             return np.full(len(objectives), np.inf)
         if isinstance(gate, dict):
-            gate = {k: v for k, v in gate.items()}
-            return np.array([gate.get(o, np.inf) for o in objectives], dtype=float)
+            return np.array([np.inf if gate.get(o) is None else gate[o] for o in objectives], dtype=float)
         values = per_objective("controller.gate", [np.inf if v is None else v for v in gate], objectives)
         return np.array(values)
 

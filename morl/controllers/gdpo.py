@@ -29,11 +29,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from morl.algos.advantages import group_normalize
 from morl.components import ComponentConfig
 from morl.controllers.base import AdvantageLevel, per_objective
+from morl.controllers.fixed import not_all_zero
 from morl.scalarize.base import fill_not_applicable
 from morl.stages import Scored
 
@@ -76,6 +77,8 @@ class GDPO(AdvantageLevel):
             "normalize_then_sum",
             description="normalize_then_sum: per-objective group norm (GDPO); sum_then_normalize: GRPO on the sum",
         )
+
+        _some_weight = field_validator("weights")(not_all_zero)
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

@@ -31,11 +31,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from morl import metrics as M
 from morl.components import ComponentConfig
 from morl.controllers.base import RewardLevel, per_objective
+from morl.controllers.fixed import not_all_zero
 from morl.stages import Updated
 
 
@@ -56,6 +57,16 @@ class WeightSchedule(RewardLevel):
         shape: Literal["linear", "cosine"] = Field(
             "linear", description="linear, or cosine (slow at both ends, fastest half-way)"
         )
+
+        @model_validator(mode="after")
+        def _ends_on_some_weight(self) -> WeightSchedule.Config:
+            """Ramping up from all-zero weights is a warm-up; ending on them (``end``, else a constant ``start``)
+            trains nothing for the rest of the run, so it is refused."""
+            try:
+                not_all_zero(self.end if self.end else self.start)
+            except ValueError as err:
+                raise ValueError(f"{'end' if self.end else 'start'}: {err}") from None
+            return self
 
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)

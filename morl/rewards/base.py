@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from morl.components import Component
+from morl.rewards.guard import DEFAULT_TIMEOUT_S, Isolation, RewardTimeout, call_limit, guarded_call, isolated
 
 RewardCallable = Callable[..., Sequence[float | None]]
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -84,6 +85,12 @@ class RewardFn(Component):
     # True: receives prompts and completions as message lists for chat data, as TRL passes them (a reward model
     # renders them with its chat template); False: always as text, which rule-based rewards read
     conversational: ClassVar[bool] = False
+    # seconds one call may take before its samples are not applicable (None: train.reward_timeout_s); a Config
+    # field of the same name wins, so a subclass can make it a recipe setting
+    call_timeout_s: ClassVar[float | None] = None
+    # False: called in this process under a watchdog thread, where its learned state lives; True (only for a reward
+    # without learned state): called in a worker process that is killed when it runs past its limit
+    isolate: ClassVar[bool] = False
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         raise NotImplementedError
@@ -153,6 +160,9 @@ def score_rewards(
     completion_ids: list[list[int]] | None = None,
     trainer_state: Any | None = None,
     on_error: str = "raise",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    isolation: Isolation = "thread",
+    timeouts: dict[str, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Reward matrix ``[N, M]`` (NaN where not applicable) and per-objective counts of skipped samples.
 
@@ -163,6 +173,12 @@ def score_rewards(
     ``on_error="skip"`` marks the offending sample not applicable for that objective and counts it.
     Offending: the reward raised on it, or returned a non-finite value or a non-number for it; a reward that
     returns the wrong number of values (or not a list) offends on every sample of the batch.
+
+    Every call has a time limit (:mod:`morl.rewards.guard`): a reward's own ``call_timeout_s``, else ``timeout_s``
+    (``None``: none). A batch call past it leaves the batch not applicable for that reward (NaN, whatever
+    ``on_error`` says: a slow reward is not a wrong one) and adds its samples to ``timeouts[name]`` when a dict is
+    given; the run goes on. ``isolation`` says where rewards without an ``isolate`` attribute of their own run:
+    ``"thread"`` in this process under a watchdog, ``"process"`` in a worker process killed at the limit.
 
     Example:
         >>> def format_reward(completions, **kwargs):  # a TRL reward function, as written for GRPOTrainer
@@ -180,15 +196,22 @@ def score_rewards(
     arguments = _Arguments.of(prompts, completions, columns, lengths, completion_ids, trainer_state)
     matrix = torch.full((n, len(rewards)), float("nan"), dtype=torch.float32)
     skipped: dict[str, int] = {}
+    timed_out: dict[str, int] = timeouts if timeouts is not None else {}
     for m, reward in enumerate(rewards):
         name = objective_name(reward)
         skipped[name] = 0
+        timed_out[name] = 0
         before = _learned_state(reward)
+        call = _Guarded(reward, name, call_limit(reward, timeout_s), isolated(reward, isolation), timed_out)
         try:
-            out = reward(**arguments.select(reward, None, training))
+            out = call(arguments.select(reward, None, training), before)
+        except RewardTimeout as err:
+            _restore(reward, before)
+            call.timed_out(n, err)
+            values = [None] * n
         except Exception as err:
             _restore(reward, before)
-            values = _score_one_by_one(reward, name, arguments, prompts, completions, training, err, on_error)
+            values = _score_one_by_one(call, arguments, prompts, completions, training, err, on_error)
         else:
             values = _as_list(out)
             if values is None or len(values) != n:
@@ -279,9 +302,32 @@ def _is_conversation(value: Any) -> bool:
     )
 
 
+class _Guarded:
+    """One reward's calls under its time limit, counting the samples of the calls that ran past it."""
+
+    def __init__(
+        self, reward: RewardCallable, name: str, limit: float | None, isolate: bool, timeouts: dict[str, int]
+    ) -> None:
+        self.reward, self.name, self.limit, self.isolate, self.timeouts = reward, name, limit, isolate, timeouts
+
+    def __call__(self, kwargs: dict[str, Any], before: dict[str, Any] | None) -> Any:
+        reward = self.reward
+        undo = None if before is None else (lambda: _restore(reward, before))
+        return guarded_call(reward, kwargs, self.limit, isolate=self.isolate, undo=undo)
+
+    def timed_out(self, samples: int, err: RewardTimeout) -> None:
+        from morl.logging import console
+
+        self.timeouts[self.name] = self.timeouts.get(self.name, 0) + samples
+        console.print(
+            f"[yellow]reward {self.name!r}: {err}[/] on {samples} sample(s); they are not applicable "
+            f"(rewards/{self.name}/timeouts). Limit: the reward's call_timeout_s, else train.reward_timeout_s "
+            "(morl score: --reward-timeout-s)"
+        )
+
+
 def _score_one_by_one(
-    reward: RewardCallable,
-    name: str,
+    call: _Guarded,
     arguments: _Arguments,
     prompts: list[str],
     completions: list[str],
@@ -290,14 +336,27 @@ def _score_one_by_one(
     on_error: str,
 ) -> list[Any]:
     """After a batched call raised: find the samples that make it raise (NaN for them), score the others."""
+    reward, name = call.reward, call.name
     values: list[Any] = []
+    late: set[int] = set()  # samples that ran past the time limit: not applicable, and not scored again
     before = _learned_state(reward)
     for i in range(len(completions)):
+        if late:  # one sample ran past the limit: the rest are not tried, or n slow samples would cost n limits
+            rest = range(i, len(completions))
+            values += [None] * len(rest)
+            late.update(rest)
+            call.timed_out(len(rest), RewardTimeout("not tried after a sample of the batch timed out"))
+            break
         try:
             # evaluation mode: a stateful reward must not learn from each sample and then from the batch again
-            out = reward(**arguments.select(reward, [i], False))
+            out = call(arguments.select(reward, [i], False), before)
             single = _as_list(out)
             values.append(single[0] if single is not None and len(single) == 1 else math.nan)
+        except RewardTimeout as err:
+            _restore(reward, before)
+            call.timed_out(1, err)
+            values.append(None)
+            late.add(i)
         except Exception as err:
             _restore(reward, before)
             if on_error == "raise":
@@ -311,11 +370,11 @@ def _score_one_by_one(
             f"reward {name!r} raised {type(batch_error).__name__}: {batch_error} on a batch of {len(completions)}, "
             "but on no sample alone"
         ) from batch_error
-    good = [i for i, v in enumerate(values) if not (isinstance(v, float) and math.isnan(v))]
+    good = [i for i, v in enumerate(values) if i not in late and not (isinstance(v, float) and math.isnan(v))]
     if training and good:  # the passing samples as one training batch, so the reward learns from them once
         try:
-            out = _as_list(reward(**arguments.select(reward, good, True)))
-        except Exception:
+            out = _as_list(call(arguments.select(reward, good, True), before))
+        except Exception:  # RewardTimeout too: keep the evaluation-mode values
             out = None
         if out is not None and len(out) == len(good):
             for j, i in enumerate(good):

@@ -115,6 +115,15 @@ def check_new_run(path: Path, overwrite: bool = False) -> None:
     _remove_outputs(path)
 
 
+def check_writable(path: str | Path) -> None:
+    """``RunDirError`` when ``path`` is a file, lies under a file, or cannot be created or written.
+
+    What a run needs of its folder, or of the parent of the fresh ``runs/<time>`` folder it will get, checked before
+    a model loads: ``check_new_run`` covers a named output directory, this the default parent and a resumed run.
+    """
+    _check_usable(Path(path))
+
+
 def fresh_run_dir(parent: Path = Path("runs"), stem: str | None = None) -> Path:
     """Create and return ``parent/<stem or YYYYmmdd-HHMMSS>``, suffixed ``-2``, ``-3``, ... if that name is taken.
 

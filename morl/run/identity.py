@@ -54,6 +54,8 @@ TRAJECTORY_NEUTRAL: frozenset[str] = frozenset(
         "train.push_to_hub",
         "train.hub_model_id",
         "train.hub_private_repo",
+        "train.stop_grace_s",
+        "train.max_failed_reward_steps",
     }
 )
 

@@ -148,6 +148,8 @@ def test_neutral_paths_are_the_documented_ones():
         "train.push_to_hub",
         "train.hub_model_id",
         "train.hub_private_repo",
+        "train.stop_grace_s",
+        "train.max_failed_reward_steps",
     } == TRAJECTORY_NEUTRAL
     assert "train.lr" not in TRAJECTORY_NEUTRAL and "train.seed" not in TRAJECTORY_NEUTRAL
 
