@@ -115,7 +115,7 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{state.step:06d}-", dir=root))
+    tmp = _temporary_dir(f"{_TMP_PREFIX}step-{state.step:06d}-", root)
     try:
         with _quiet_transformers():
             policy.save(tmp / "model", merged=False)  # a LoRA policy: the adapter only (merged at the end on request)
@@ -140,6 +140,16 @@ def save_checkpoint(
         raise
     _prune(root, keep, current=final)
     return final
+
+
+def _temporary_dir(prefix: str, parent: Path) -> Path:
+    """A fresh folder to write into before the atomic rename, with the permissions of any folder the user creates:
+    ``mkdtemp`` makes it 0700, which would leave checkpoints unreadable to the user's group."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    return path
 
 
 def rng_state() -> dict[str, Any]:
@@ -181,7 +191,7 @@ def reference_pointer(reference: Policy, fingerprint: str, run_dir: Path) -> dic
     elif not _reloadable(source):
         copy_dir = run_dir / "reference-model"
         if not (copy_dir / MARKER).exists():
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}reference-", dir=run_dir))
+            tmp = _temporary_dir(f"{_TMP_PREFIX}reference-", run_dir)
             reference.save(tmp)
             _fsync_tree(tmp)
             (tmp / MARKER).write_text("reference\n")

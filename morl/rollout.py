@@ -52,7 +52,9 @@ class RolloutBackend(Component):
         by default, a prompt over ``max_prompt_tokens`` unless ``truncate_prompts`` keeps its last tokens."""
         cfg = self.config
         if isinstance(cfg, SamplingConfig):
-            check_prompt_lengths(policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts)
+            check_prompt_lengths(
+                policy, prompts, split, messages, cfg.max_prompt_tokens, cfg.truncate_prompts, cfg.max_new_tokens
+            )
 
     def weights_changed(self, policy: Policy) -> None:
         """The policy's weights changed (a policy update, a resumed checkpoint). Backends that sample from their
@@ -77,19 +79,36 @@ def prompt_texts(policy: Policy, prompts: list[str], messages: list[Any] | None 
 
 
 def check_prompt_lengths(
-    policy: Policy, prompts: list[str], split: str, messages: list[Any] | None, limit: int | None, truncate: bool
+    policy: Policy,
+    prompts: list[str],
+    split: str,
+    messages: list[Any] | None,
+    limit: int | None,
+    truncate: bool,
+    max_new_tokens: int = 0,
 ) -> None:
-    """Raise :class:`morl.data.DataError` for the first prompt over ``limit`` tokens, unless ``truncate``."""
-    if limit is None or truncate or not prompts:
+    """Raise :class:`morl.data.DataError` for the first prompt over ``limit`` tokens (unless ``truncate``), or whose
+    tokens plus ``max_new_tokens`` do not fit the model's context (``max_position_embeddings``): such a prompt
+    would be trained on cut or garbled, with only a library warning."""
+    context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)  # configs vary
+    if not prompts or (limit is None and not isinstance(context, int)):
         return
     from morl.data import DataError
 
+    kept = limit if truncate and limit is not None else None  # truncated prompts keep their last `limit` tokens
     texts = prompt_texts(policy, prompts, messages)
     for i, ids in enumerate(policy.tokenizer(texts, add_special_tokens=False)["input_ids"]):
-        if len(ids) > limit:
+        length = min(len(ids), kept) if kept is not None else len(ids)
+        if limit is not None and not truncate and length > limit:
             raise DataError(
-                f"{split} row {i}: the prompt has {len(ids)} tokens, over rollout.max_prompt_tokens={limit}: "
+                f"{split} row {i}: the prompt has {length} tokens, over rollout.max_prompt_tokens={limit}: "
                 f"{prompts[i][:200]!r}; set rollout.truncate_prompts: true to keep its last {limit} tokens"
+            )
+        if isinstance(context, int) and length + max_new_tokens > context:
+            raise DataError(
+                f"{split} row {i}: the prompt has {length} tokens and rollout.max_new_tokens={max_new_tokens}, over "
+                f"the model's context of {context} tokens: {prompts[i][:200]!r}; shorten the prompts, lower "
+                "max_new_tokens, or set rollout.max_prompt_tokens with truncate_prompts: true"
             )
 
 

@@ -330,3 +330,13 @@ def test_cli_ctrl_c_checkpoints_and_exits_130(tmp_path, tiny_model_dir, one_thre
     text = " ".join(result.output.split())
     assert "stopped by SIGINT at step 2" in text and f"--resume {run}" in text
     assert [p.name for p in list_checkpoints(run)[0]] == ["step-000002"]
+
+
+def test_checkpoint_folders_follow_the_umask_not_0700(tiny_policy, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        _pipeline(tiny_policy, tmp_path / "run", steps=1).fit(make_split("train", 4, 0))
+    finally:
+        os.umask(previous)
+    newest = list_checkpoints(tmp_path / "run")[0][-1]
+    assert newest.stat().st_mode & 0o777 == 0o755  # mkdtemp alone would give 0o700

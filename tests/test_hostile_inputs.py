@@ -209,6 +209,16 @@ CASES = [
         2,
         "emptymodel",
     ),
+    (
+        "prompt-over-the-context",
+        {
+            "long.jsonl": '{"prompt": "' + "1+" * 200 + '", "answer": "1"}\n',
+            "r.yaml": "data: {train: {tmp}/long.jsonl, eval: null}\ntrain: {output_dir: {tmp}/o}\n",
+        },
+        "fit {tmp}/r.yaml",
+        2,
+        "context",
+    ),
     # ---- eval ------------------------------------------------------------------------------------------------------
     ("eval-missing-checkpoint", {"r.yaml": GOOD}, "eval {tmp}/r.yaml --checkpoint {tmp}/gone", 2, "gone"),
     (
