@@ -11,7 +11,7 @@ a ten-character answer (``9^{9^{9}}``, ``(10^{6})!``). math-verify's own time li
 takes whole seconds, works only in the main thread (it raises ``ValueError`` anywhere else) and cannot stop
 work stuck inside C code. So the check runs in a child process (started on first use, shared by all
 :class:`Accuracy` objects): the child stops a sample at ``timeout_s`` with its own timer, and if the child does
-not answer within ``timeout_s + 1`` s it is killed and restarted. Either way the sample scores 0 and
+not answer within ``timeout_s + 1`` s it is killed and restarted. Either way the sample is not applicable (None) and
 ``timeouts_`` counts it. Before anything reaches the child, cheap filters give 0 to answers that are too long
 (``max_answer_chars``) or nested too deeply; identical strings and plain integers are decided without a check.
 """
@@ -56,7 +56,7 @@ class Accuracy(RewardFn):
 
     Args:
         answer_column: dataset column with the ground-truth answer (LaTeX or plain text, no ``\boxed``).
-        timeout_s: per-sample time limit of the equivalence check; a sample over it scores 0 and is
+        timeout_s: per-sample time limit of the equivalence check; a sample over it is not applicable and is
             counted in ``timeouts_`` (the pipeline logs it as ``rewards/accuracy/timeouts``).
         max_answer_chars: longer boxed answers score 0 without a check.
 
@@ -77,7 +77,7 @@ class Accuracy(RewardFn):
             "answer", description="dataset column with the ground-truth answer (LaTeX or plain text, not boxed)"
         )
         timeout_s: float = Field(
-            1.0, gt=0, le=600, description="seconds per equivalence check; a sample over it scores 0 (timeouts_)"
+            1.0, gt=0, le=600, description="seconds per equivalence check; a slower one is not applicable (timeouts_)"
         )
         max_answer_chars: int = Field(
             1000, ge=1, description="longer boxed answers score 0 without a check (guards the checker)"
@@ -119,7 +119,7 @@ class Accuracy(RewardFn):
             for (i, _, _), verdict in zip(to_check, verdicts, strict=True):
                 if verdict is None:
                     self.timeouts_ += 1
-                scores[i] = 1.0 if verdict else 0.0
+                scores[i] = None if verdict is None else (1.0 if verdict else 0.0)  # timed out: not applicable
         return scores
 
 
