@@ -67,9 +67,12 @@ def test_a_batch_of_hostile_completions_is_scored_in_bounded_time(builtin_reward
         builtin_rewards, ["p"] * n, HOSTILE, {"answer": ["4"] * n}, training=True, completion_lengths=[10] * n
     )
     assert time.perf_counter() - start < 3 * SAMPLE_WALL_S  # at most a few samples ever reach the checker
-    assert set(matrix.flatten().tolist()) <= {0.0, 1.0}
-    assert matrix[:, 0].tolist() == [0.0] * n and skipped == {"accuracy": 0, "conciseness": 0, "clarity": 0}
-    assert acc.timeouts_ == timeouts_before + 1  # 10^{10^{10}}: cut off, scored 0, counted
+    assert set(matrix[:, 1:].flatten().tolist()) <= {0.0, 1.0}
+    accuracy = matrix[:, 0]
+    cut_off = torch.isnan(accuracy)
+    assert int(cut_off.sum()) == 1 and accuracy[~cut_off].tolist() == [0.0] * (n - 1)
+    assert skipped == {"accuracy": 0, "conciseness": 0, "clarity": 0}
+    assert acc.timeouts_ == timeouts_before + 1  # 10^{10^{10}}: cut off, not applicable (never a silent 0), counted
 
 
 class HostileRollout(TransformersRollout):
