@@ -533,7 +533,7 @@ class Trainer:
         return Updated(
             weighted=weighted,
             stats=stats,
-            clipped_weights=distributed.gather_rows(p.algo.clipped_advantage_weight(new_logp, mine)),
+            clipped_weights=distributed.gather_rows(p.algo.clipped_advantage_weight(new_logp, mine, clip)),
             new_ratio=distributed.gather_rows(clip.ratio),
             new_unclipped=distributed.gather_rows(clip.unclipped.to(clip.ratio.dtype)).bool(),
         )

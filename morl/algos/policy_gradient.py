@@ -170,10 +170,13 @@ class PolicyAlgo(Component):
         out = self.loss(logp, batch, advantages, entropy)
         return out.loss, out.stats
 
-    def clipped_advantage_weight(self, new_logp: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def clipped_advantage_weight(
+        self, new_logp: torch.Tensor, batch: Batch, out: LossOutput | None = None
+    ) -> torch.Tensor:
         """Completion-level ``w = mean_tokens(A · ρ · c · 1[not clipped])`` under the updated policy ``new_logp``
-        (``c``: the engine/trainer importance correction), from the loss's own ratio and unclipped mask."""
-        out = self.loss(new_logp, batch)
+        (``c``: the engine/trainer importance correction), from the loss's own ratio and unclipped mask; pass the
+        loss's output ``out`` when it is already at hand (``self.loss(new_logp, batch)``) to compute it once."""
+        out = out if out is not None else self.loss(new_logp, batch)
         adv = batch.advantages.unsqueeze(1).expand_as(out.ratio)
         weight = adv * out.ratio
         if out.importance is not None:

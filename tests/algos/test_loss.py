@@ -197,6 +197,7 @@ def test_clipped_advantage_weight_reads_the_loss_statistics():
     out = GRPO().loss(new, batch)
     expected = (batch.advantages.unsqueeze(1) * out.ratio * out.unclipped).mean(dim=1)
     torch.testing.assert_close(GRPO().clipped_advantage_weight(new, batch), expected)
+    torch.testing.assert_close(GRPO().clipped_advantage_weight(new, batch, out), expected)  # the loss given once
     # token level: e^0.3 = 1.35 > 1.2 is clipped, e^0.1 is not -> w = 2·e^0.1 / 2
     torch.testing.assert_close(GRPO().clipped_advantage_weight(new, batch), torch.tensor([math.exp(0.1)]))
     # sequence level: s = e^0.2 = 1.2214 > 1.2, clipped on both tokens; with clip-higher 0.28 it passes
