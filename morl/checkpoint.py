@@ -15,6 +15,8 @@ Layout of ``RUN_DIR/checkpoints/step-000123/``::
                             reference is the initial policy, or a LoRA policy's base) with a fingerprint of its weights
     optimizer.pt            the optimizer's ``state_dict()``
     rng.pt                  python ``random``, numpy, torch CPU (and CUDA) generator states
+    state_tensors.safetensors  tensors of parts' state too large for JSON (the interference forecast's parameter
+                            snapshot), only when some part has them
     complete                written last; a directory without it is torn and is skipped on resume
 
 A checkpoint is written into a temporary directory beside the others, flushed to disk, marked ``complete``
@@ -50,6 +52,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from morl.integrity import safetensors_problem, short_reason
 from morl.policy import ADAPTER_CONFIG, AdapterReference, Policy, base_weights, is_peft_model, resolve_model_path
@@ -59,6 +62,7 @@ CHECKPOINTS = "checkpoints"
 ABANDONED = "abandoned"
 MARKER = "complete"
 STATE_FILE = "training_state.json"
+STATE_TENSORS = "state_tensors.safetensors"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
 
@@ -107,10 +111,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     reference: dict[str, Any] | None = None,
     keep: int | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically; keep the newest ``keep`` complete ones (None: all).
 
-    ``reference`` is the pointer from :func:`reference_pointer` (None: the run has no reference policy).
+    ``reference`` is the pointer from :func:`reference_pointer` (None: the run has no reference policy); ``tensors``
+    the parts' tensor state by ``role/name`` (see :class:`morl.callbacks.TensorStateful`).
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -121,6 +127,8 @@ def save_checkpoint(
             policy.save(tmp / "model", merged=False)  # a LoRA policy: the adapter only (merged at the end on request)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        if tensors:
+            save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / STATE_TENSORS))
         _write_json(tmp / STATE_FILE, {**state.to_json(), "reference": reference})
         _fsync_tree(tmp)
         marker = tmp / MARKER
@@ -327,6 +335,8 @@ def verify_checkpoint(checkpoint: str | Path) -> None:
         raise CorruptCheckpoint(f"{state}: expected a JSON object, got {type(data).__name__}")
     _verify_model_dir(checkpoint / "model")
     _verify_zip(checkpoint / "optimizer.pt")
+    if (checkpoint / STATE_TENSORS).exists():
+        verify_safetensors(checkpoint / STATE_TENSORS)
     rng = checkpoint / "rng.pt"
     try:
         torch.load(rng, weights_only=True)
@@ -454,6 +464,17 @@ def load_tensors(checkpoint: Path, policy: Policy, optimizer: torch.optim.Optimi
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"{checkpoint / 'optimizer.pt'}: does not fit this run's optimizer ({err})") from None
+
+
+def load_state_tensors(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The parts' tensor state (empty when the checkpoint has none), on ``device``."""
+    path = checkpoint / STATE_TENSORS
+    if not path.exists():
+        return {}
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error types on a damaged file
+        raise CorruptCheckpoint(f"{path}: unreadable ({short_reason(err)})") from None
 
 
 def load_rng(checkpoint: Path) -> None:

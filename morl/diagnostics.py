@@ -47,9 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from morl import metrics as M
 from morl.batch import Batch
-from morl.callbacks import Callback, FitContext, StepContext
+from morl.callbacks import Callback, FitContext, ScoredContext, StepContext
 from morl.controllers.ctwa import group_covariances
 from morl.controllers.gradients import objective_gram, objective_losses, select_parameters
+from morl.forecast import ForecastWindow
 from morl.policy import Policy
 from morl.run import JsonlWriter
 from morl.stages import Need, Scored, Updated
@@ -78,6 +79,20 @@ class DiagnosticsConfig(BaseModel):
     alarm_threshold: float = Field(
         0.0, description="covariance below which the alarm counts (0: the law's first-order degradation point)"
     )
+    forecast_every: int = Field(
+        5,
+        ge=0,
+        description="interference forecast every N steps (0: off): each objective's first-order change along the "
+        "last N updates, on the next batch before it is trained on (two forward passes per measurement)",
+    )
+    forecast_params: str = Field(
+        "all", description="parameters the forecast moves: all, last_layers:N or a regex (a copy is kept in memory)"
+    )
+    forecast_alarm: bool = Field(True, description="warn when an objective's forecast change stays below 0")
+    forecast_patience: int = Field(
+        2, ge=1, description="consecutive forecasts (each forecast_every steps apart) below 0 before the alarm"
+    )
+    forecast_ema: float = Field(1.0, gt=0, le=1, description="EMA rate of the forecast the alarm watches (1: none)")
     grad_cosine_every: int = Field(0, ge=0, description="per-objective gradient cosines every N steps (0: off)")
     grad_params: str = Field(
         "all", description="parameters of the gradient diagnostics: all, last_layers:N or a regex (memory M × |params|)"
@@ -184,6 +199,20 @@ class InterferenceAlarm:
         self.active_ = np.zeros(m, dtype=bool)
         self.below_: list[list[tuple[int, float]]] = [[] for _ in range(m)]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "objectives": self.objectives,
+            "ema": [None if not math.isfinite(v) else float(v) for v in self.cov_ema_],
+            "active": [bool(a) for a in self.active_],
+            "below": [[list(item) for item in below] for below in self.below_],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objectives = list(state["objectives"])
+        self.cov_ema_ = np.array([math.nan if v is None else v for v in state["ema"]], dtype=float)
+        self.active_ = np.array(state["active"], dtype=bool)
+        self.below_ = [[(int(s), float(c)) for s, c in below] for below in state["below"]]
+
     def observe(self, step: int, cov: np.ndarray) -> list[dict[str, Any] | None]:
         """Update with this step's covariances (NaN: not observed); returns an event per objective or None."""
         seen = np.isfinite(cov)
@@ -243,6 +272,10 @@ class Diagnostics(Callback):
         self._snapshot: list[torch.Tensor] | None = None
         self._events: JsonlWriter | None = None
         self.alarm_: InterferenceAlarm | None = None
+        self.forecast_alarm_: InterferenceAlarm | None = None
+        self.window_: ForecastWindow | None = None
+        self._forecast: tuple[int, np.ndarray, np.ndarray] | None = None  # (step, f, z) measured before its update
+        self._forecast_seconds = 0.0
         self.events_: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
@@ -250,26 +283,39 @@ class Diagnostics(Callback):
         return f"Diagnostics({args})"
 
     def state_dict(self) -> dict[str, Any]:
-        """The alarm's smoothed covariances and streaks, so a resumed run neither re-fires nor forgets."""
-        if self.alarm_ is None:
-            return {}
-        alarm = self.alarm_
-        return {
-            "objectives": alarm.objectives,
-            "ema": [None if not math.isfinite(v) else float(v) for v in alarm.cov_ema_],
-            "active": [bool(a) for a in alarm.active_],
-            "below": [[list(item) for item in below] for below in alarm.below_],
-        }
+        """The alarms' smoothed signals and streaks and the forecast's window, so a resumed run neither re-fires
+        nor forgets (the window's parameters travel in :meth:`tensor_state_dict`)."""
+        state: dict[str, Any] = {}
+        if self.alarm_ is not None:
+            state.update(self.alarm_.state_dict())  # the covariance alarm's keys at the top level, as before
+        if self.forecast_alarm_ is not None:
+            state["forecast_alarm"] = self.forecast_alarm_.state_dict()
+        if self.window_ is not None and self.window_.state_dict():
+            state["forecast_window"] = self.window_.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         cfg = self.config
-        alarm = InterferenceAlarm(state["objectives"], cfg.alarm_ema, cfg.alarm_patience, cfg.alarm_threshold)
-        alarm.cov_ema_ = np.array([math.nan if v is None else v for v in state["ema"]], dtype=float)
-        alarm.active_ = np.array(state["active"], dtype=bool)
-        alarm.below_ = [[(int(s), float(c)) for s, c in below] for below in state["below"]]
-        self.alarm_ = alarm
+        if "objectives" in state:
+            self.alarm_ = InterferenceAlarm(state["objectives"], cfg.alarm_ema, cfg.alarm_patience, cfg.alarm_threshold)
+            self.alarm_.load_state_dict(state)
+        if "forecast_alarm" in state:
+            saved = state["forecast_alarm"]
+            self.forecast_alarm_ = InterferenceAlarm(saved["objectives"], cfg.forecast_ema, cfg.forecast_patience)
+            self.forecast_alarm_.load_state_dict(saved)
+        if "forecast_window" in state:
+            self.window_ = ForecastWindow(cfg.forecast_every)
+            self.window_.load_state_dict(state["forecast_window"])
+
+    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters at the start of the forecast's current window."""
+        return {} if self.window_ is None else self.window_.tensor_state_dict()
+
+    def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.window_ is not None:
+            self.window_.load_tensor_state_dict(tensors)
 
     @property
     def needs(self) -> frozenset[Need]:  # type: ignore[override]
@@ -289,6 +335,29 @@ class Diagnostics(Callback):
         self._events = None  # opened on the first event, so a quiet run leaves no empty file
         if self.config.enabled and self.config.grad_cosine_every:
             self._maybe_snapshot(ctx.start_step)
+        if self.config.enabled and self.config.forecast_every and ctx.policy is not None and not ctx.policy.sharded:
+            if self.window_ is None:
+                self.window_ = ForecastWindow(self.config.forecast_every)
+
+    def on_batch_scored(self, ctx: ScoredContext) -> None:
+        """The forecast: measured on the batch this step is about to train on, before it does."""
+        if self.window_ is None or not self.config.enabled:
+            return
+        start = time.perf_counter()
+        policy, algo = ctx.fit.policy, ctx.fit.algo
+        params = select_parameters(policy.model, self.config.forecast_params)
+        result = self.window_.observe(
+            ctx.step,
+            policy,
+            params,
+            ctx.scored.rollout,
+            ctx.scored.rewards,
+            algo.config.temperature,
+            algo.config.micro_batch_size,
+        )
+        if result is not None:
+            self._forecast = (ctx.step, *result)
+        self._forecast_seconds = time.perf_counter() - start
 
     def on_fit_end(self, ctx: FitContext, history: list[dict[str, Any]]) -> None:
         if self._events is not None:
@@ -317,7 +386,32 @@ class Diagnostics(Callback):
         if cfg.alarm:
             available = "clipped_weight" if have_clipped else "score"
             self._alarm(step, record.scored, metrics, available)
+        if self.window_ is not None:
+            self._forecast_metrics(step, record.objectives, metrics)
         metrics[M.timing("diagnostics")] = time.perf_counter() - start
+        if self.window_ is not None:  # every step, 0 between measurements: its mean is the cost per step
+            metrics[M.timing("forecast")] = self._forecast_seconds
+        self._forecast_seconds = 0.0
+
+    def _forecast_metrics(self, step: int, objectives: Sequence[str], metrics: dict[str, float]) -> None:
+        """This step's forecast (when one was measured before its update) and the forecast alarm."""
+        cfg = self.config
+        measured = self._forecast is not None and self._forecast[0] == step
+        if measured:
+            _, f, z = self._forecast  # type: ignore[misc]
+            for j, objective in enumerate(objectives):
+                metrics[M.forecast("change", objective)] = float(f[j])
+                metrics[M.forecast("z", objective)] = float(z[j])
+        if not cfg.forecast_alarm:
+            return
+        if self.forecast_alarm_ is None or self.forecast_alarm_.objectives != list(objectives):
+            self.forecast_alarm_ = InterferenceAlarm(list(objectives), cfg.forecast_ema, cfg.forecast_patience)
+        if measured:
+            for event in self.forecast_alarm_.observe(step, np.asarray(f, dtype=float)):
+                if event is not None:
+                    self._record({**event, "signal": "forecast"})
+        for j, objective in enumerate(objectives):
+            metrics[M.forecast("alarm", objective)] = float(self.forecast_alarm_.active_[j])
 
     @staticmethod
     def _covariances(record: Updated):
@@ -378,14 +472,17 @@ class Diagnostics(Callback):
         if self._events is not None:
             self._events.write({**event, "segment": self._fit.segment if self._fit else 0})
         name, step, since = event["objective"], event["step"], event["since_step"]
+        threshold = self.config.alarm_threshold
         if event["signal"] == "gradient":
             what = f"the alignment of ∇{name} with the update"
+        elif event["signal"] == "forecast":
+            what, threshold = f"the forecast change of {name} along the recent updates, on fresh completions,", 0.0
         else:
             what = f"the covariance of {name} with the {event['signal'].replace('_', ' ')}"
         if event["event"] == "interference_alarm":
             console.print(
                 f"[bold yellow]interference alarm[/] step {step}: {what} has stayed below "
-                f"{self.config.alarm_threshold:g} since step {since} (EMA {event['ema']:+.3g}): "
+                f"{threshold:g} since step {since} (EMA {event['ema']:+.3g}): "
                 f"[bold]{name}[/] is predicted to degrade"
             )
         else:

@@ -41,6 +41,7 @@ CORR = "corr"  # Corr(r_m, signal)
 ALARM = "alarm"  # 1 while an interference alarm is raised for the objective
 GRAD_COS = "grad_cos"  # cosine of two objectives' policy gradients
 GRAD_ALIGN = "grad_align"  # cosine of an objective's gradient with the update
+FORECAST = "forecast"  # an objective's first-order change along the recent update, on fresh completions
 CLIP_RATIO = "clip_ratio"  # clipped tokens during the update (TRL's name)
 CLIP = "clip"  # clipping measured under the updated policy
 TIMING = "timing"  # seconds per stage of a step
@@ -59,6 +60,7 @@ NAMESPACES = (
     ALARM,
     GRAD_COS,
     GRAD_ALIGN,
+    FORECAST,
     CLIP_RATIO,
     CLIP,
     TIMING,
@@ -82,6 +84,7 @@ METHOD = "method"  # a method's own namespace
 REWARD_STATS = ("mean", "std", "skipped", "timeouts")
 EVAL_MODES = ("greedy", "sampled")
 SIGNALS = ("score", "clipped_weight")  # what a covariance is taken with
+FORECAST_QUANTITIES = ("change", "z", "alarm")  # see morl.forecast
 MEAN_LENGTH = "mean_length"
 
 SCORE = "reward"  # mean scalarised score of the batch (TRL's ``reward``)
@@ -142,7 +145,7 @@ class MetricKey:
             return _join(family, self.signal, objs[0])
         if family in (WEIGHTS, ALARM, GRAD_ALIGN, GRAD_COS):
             return _join(family, *objs)
-        if family == METHOD:
+        if family in (METHOD, FORECAST):
             return _join(self.namespace, name, *objs)
         return _join(self.namespace, name)
 
@@ -208,6 +211,15 @@ def grad_align(objective: str) -> str:
     return _join(GRAD_ALIGN, _part(objective, "objective"))
 
 
+def forecast(quantity: str, objective: str) -> str:
+    """``forecast/{quantity}/{objective}``: the interference forecast (:mod:`morl.forecast`); ``change`` is the
+    predicted first-order change in units of the reward's spread, ``z`` its signal-to-noise ratio, ``alarm`` 1 while
+    the forecast alarm is raised."""
+    if quantity not in FORECAST_QUANTITIES:
+        raise ValueError(f"a forecast quantity is one of {FORECAST_QUANTITIES}. Found {quantity!r}")
+    return _join(FORECAST, quantity, _part(objective, "objective"))
+
+
 def timing(stage: str) -> str:
     """Seconds a step spent in ``stage`` (``rollout``, ``reward``, ``update``, ...)."""
     return _join(TIMING, _part(stage, "stage"))
@@ -259,6 +271,8 @@ def parse_key(key: str) -> MetricKey | None:
         return MetricKey(head, head, "", (rest[0],)) if n == 1 else None
     if head == GRAD_COS:
         return MetricKey(head, head, "", tuple(rest)) if n == 2 else None
+    if head == FORECAST:
+        return MetricKey(head, head, rest[0], (rest[1],)) if n == 2 else None
     if head in NAMESPACES:  # morl's namespaces without objectives: the rest is the quantity's name
         return MetricKey(head, head, SEP.join(rest))
     if n == 1:

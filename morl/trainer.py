@@ -35,7 +35,7 @@ from morl.algos import AdvantageEstimator, PolicyAlgo
 from morl.algos.dynamic_sampling import informative_groups
 from morl.algos.importance import importance_metrics
 from morl.batch import Batch, concat_batches
-from morl.callbacks import Callback, FitContext, StepContext
+from morl.callbacks import Callback, FitContext, ScoredContext, StepContext, TensorStateful
 from morl.checkpoint import (
     CheckpointError,
     GracefulStop,
@@ -43,6 +43,7 @@ from morl.checkpoint import (
     check_reference,
     find_checkpoint,
     load_rng,
+    load_state_tensors,
     load_tensors,
     prepare_resume,
     read_checkpoint,
@@ -54,7 +55,9 @@ from morl.checkpoint import (
 )
 from morl.components import RecipeError
 from morl.controllers.base import AdvantageLevel, GradientLevel, RewardLevel, UsesValidation, WeightController
+from morl.controllers.gradients import select_parameters
 from morl.evaluation import Evaluator, split_examples
+from morl.forecast import ForecastWindow, UsesForecast
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 from morl.policy import Policy
@@ -290,6 +293,11 @@ class Trainer:
         self._reward_failed: dict[str, bool] = {}  # this step: did the reward fail on every sample it was given
         self._reward_timeouts: dict[str, int] = {}  # this step: samples whose reward call ran past its limit
         self._reward_streaks: dict[str, int] = {}  # steps in a row on which the reward failed on every sample
+        # a controller that learns from the interference forecast: the step measures it (morl.forecast)
+        controller = parts.controller
+        self.forecast_window = (
+            ForecastWindow(controller.forecast_every) if isinstance(controller, UsesForecast) else None
+        )
 
     # ---- what is computed -------------------------------------------------------------------------------------
 
@@ -312,6 +320,8 @@ class Trainer:
             "rollout": p.rollout,
             "lr_scheduler": self.lr_scheduler,
         }
+        if self.forecast_window is not None:
+            out["forecast"] = self.forecast_window
         out.update({f"reward/{name}": reward for name, reward in zip(p.objectives, p.rewards)})
         out.update({f"callback/{i}/{type(cb).__name__}": cb for i, cb in enumerate(self.callbacks)})
         return out
@@ -350,6 +360,14 @@ class Trainer:
         if self._stop is not None:  # a stop at once waits for the end of the step from here on
             self._stop.hold()
         self._before_step = None
+        if self.callbacks:  # a fresh batch no update has trained on, under the parameters that sampled it
+            fresh = ScoredContext(fit=self._fit, step=self.state.step + 1, scored=scored)
+            for cb in self.callbacks:
+                cb.on_batch_scored(fresh)
+        if self.forecast_window is not None:
+            t0 = time.perf_counter()
+            self._forecast_for_controller(scored)
+            timings[M.timing("forecast_controller")] = time.perf_counter() - t0
         t0 = time.perf_counter()
         p.controller.before_update(scored)
         weighted = self._weigh(scored)
@@ -385,6 +403,25 @@ class Trainer:
         if self._stop is not None:
             self._stop.release()  # raises KeyboardInterrupt if a stop at once came during the update
         return updated, metrics
+
+    def _forecast_for_controller(self, scored: Scored) -> None:
+        """Measure the forecast on the fresh batch when its window closes, and hand it to the controller."""
+        p = self.parts
+        window = self.forecast_window
+        assert window is not None and isinstance(p.controller, UsesForecast)
+        if p.policy.sharded:
+            raise ValueError(f"{type(p.controller).__name__} needs the forecast, which a sharded policy cannot measure")
+        result = window.observe(
+            self.state.step + 1,
+            p.policy,
+            select_parameters(p.policy.model, "all"),
+            scored.rollout,
+            scored.rewards,
+            p.algo.config.temperature,
+            p.algo.config.micro_batch_size,
+        )
+        if result is not None:
+            p.controller.observe_forecast(*result)
 
     def _count_reward_failures(self) -> None:
         """Stop before the update when a reward timed out or failed on every sample for too many steps in a row:
@@ -937,8 +974,28 @@ class Trainer:
         if self.reference is not None:
             pointer = reference_pointer(self.reference, self._fingerprint(), run_dir)
         return save_checkpoint(
-            run_dir, self.state, self.parts.policy, self.optimizer, pointer, keep=self.config.keep_checkpoints
+            run_dir,
+            self.state,
+            self.parts.policy,
+            self.optimizer,
+            pointer,
+            keep=self.config.keep_checkpoints,
+            tensors=self._state_tensors(),
         )
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """``role/name -> tensor`` of the parts whose state holds tensors (:class:`TensorStateful`)."""
+        out: dict[str, torch.Tensor] = {}
+        for role, part in self.stateful_parts().items():
+            if isinstance(part, TensorStateful):
+                out.update({f"{role}/{name}": t for name, t in part.tensor_state_dict().items()})
+        return out
+
+    def _load_state_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        for role, part in self.stateful_parts().items():
+            if isinstance(part, TensorStateful):
+                prefix = f"{role}/"
+                part.load_tensor_state_dict({k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)})
 
     def _fingerprint(self) -> str:
         if self._reference_fingerprint is None:  # the reference never changes
@@ -959,6 +1016,7 @@ class Trainer:
         except StateMismatch as err:
             raise CheckpointError(f"{checkpoint}: {err}") from None
         load_tensors(checkpoint, self.parts.policy, self.optimizer)
+        self._load_state_tensors(load_state_tensors(checkpoint, self.parts.policy.device))
         self._apply_accepted_optimizer_settings({d.path for d in accepted})
         self.parts.rollout.weights_changed(self.parts.policy)
         saved = loaded.state

@@ -63,6 +63,8 @@ def _recipe(tmp_path: Path, model_dir: Path, out: Path, **train) -> Path:
         },  # state in u_ and its EMA; needs a second forward pass
         "algo": {"name": "grpo", "kl_coef": 0.01, "minibatches": 2},  # a reference policy; shuffled mini-batches
         "rollout": {"name": "transformers", "max_new_tokens": 8},
+        # a forecast window (steps 1 -> 3) spans the kill: its parameter snapshot must come back from the checkpoint
+        "diagnostics": {"forecast_every": 2},
         "train": {
             "steps": 4,
             "prompts_per_step": 2,
@@ -121,6 +123,7 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model_dir, one_threa
     rows_a, rows_b = _train_rows(killed), _train_rows(clean)
     assert [(r["kind"], r["step"]) for r in rows_a] == [(r["kind"], r["step"]) for r in rows_b]
     assert rows_a == rows_b
+    assert any("forecast/change/accuracy" in r for r in rows_a if r["step"] == 3)  # measured after the resume
     assert _final_state(killed) == _final_state(clean)
     segments = Manifest.load(killed).segments
     assert [(s.kind, s.from_step, s.to_step, s.status) for s in segments] == [

@@ -1,0 +1,196 @@
+"""The interference forecast: each objective's first-order change along the update actually applied, measured on
+completions that update never trained on.
+
+For any parameter change ``Δθ`` the policy-gradient theorem gives, to first order,
+
+    ΔJ_m ≈ ⟨∇J_m, Δθ⟩ = E_x E_{y~π(.|x)} [ (r_m(x, y) - b_m(x)) · ⟨∇ log π(y|x), Δθ⟩ ]
+
+the covariance law with the actual change of each completion's log-probability as the signal. The in-batch
+covariances of :mod:`morl.diagnostics` take that signal on the batch the update trained on, which makes it
+agree with every objective the score rewards there; on a network, where an update also moves the policy on every
+other prompt, that in-batch agreement can stay positive while the objective falls. The forecast measures the
+same quantity where it is unbiased: every ``every`` steps, ``Δθ`` is the change of the policy over the last
+``every`` updates, and the batch is the *next* step's rollout, sampled by the current policy and scored, before
+the policy trains on it (no extra generation):
+
+    d_i = [log π_{θ+εΔθ}(y_i|x_i) - log π_{θ-εΔθ}(y_i|x_i)] / 2ε      central difference: two forward passes, no
+                                                                      backward, shared by every objective
+    f_m = mean_i A_{i,m} d_i,   A_{i,m} = (r_{i,m} - mean_group r_m) / σ_m
+
+``σ_m`` is the objective's within-prompt spread over the batch, so ``f_m`` is the predicted change of J_m per
+window in units of its own spread: forecasts of rewards on different scales compare, and a threshold of 0 means
+the same for each (the first-order degradation point). Not-applicable rewards get ``A = 0`` and leave the group
+mean and ``σ_m``. ``z_m = f_m / se(f_m)`` (the standard error from the per-prompt means) says how far the sign is
+from noise.
+
+Cost per measurement: two forward passes of the batch (≈ one step's reference log-probs) plus a copy of the
+selected parameters held between measurements, which a checkpoint saves so a resumed run forecasts as an
+uninterrupted one.
+
+Example:
+    >>> adv = group_centred_advantages(torch.tensor([[1.0], [0.0], [1.0], [1.0]]), group_size=2)
+    >>> adv.squeeze(1).tolist()  # ±0.5 from the first group's mean; the flat second group counts in σ = √(0.5/4)
+    [1.4142135623730951, -1.4142135623730951, 0.0, 0.0]
+    >>> f, z = forecast_from_changes(adv, torch.tensor([0.2, -0.2, 0.5, 0.1]), group_size=2)
+    >>> round(float(f[0]), 4)  # the better completion became likelier: the objective is forecast to rise
+    0.1414
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from morl.batch import Batch
+from morl.policy import Policy
+
+
+def group_centred_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N, M]``: each reward minus its prompt group's mean over the applicable completions, divided by the
+    objective's root-mean-square deviation over the batch; 0 where not applicable (NaN) or the batch is flat."""
+    r = rewards.double().view(-1, group_size, rewards.shape[1])
+    applicable = ~torch.isnan(r)
+    count = applicable.sum(dim=1, keepdim=True)
+    mean = torch.where(applicable, r, 0.0).sum(dim=1, keepdim=True) / count.clamp_min(1)
+    centred = torch.where(applicable, r - mean, 0.0)
+    spread = (centred.pow(2).sum(dim=(0, 1)) / applicable.sum(dim=(0, 1)).clamp_min(1)).sqrt()
+    scaled = torch.where(spread > 1e-12, centred / spread.clamp_min(1e-12), 0.0)
+    return scaled.reshape(rewards.shape)
+
+
+def forecast_from_changes(
+    advantages: torch.Tensor, changes: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f, z)`` per objective: ``f_m = mean_i A_{i,m} d_i`` and its ratio to the standard error over prompts."""
+    products = advantages.double() * changes.double().unsqueeze(1)  # [N, M]
+    per_prompt = products.view(-1, group_size, products.shape[1]).mean(dim=1)  # [G, M]
+    f = per_prompt.mean(dim=0)
+    groups = per_prompt.shape[0]
+    if groups < 2:
+        return f, torch.full_like(f, math.nan)
+    se = per_prompt.std(dim=0, unbiased=True) / math.sqrt(groups)
+    z = torch.where(se > 0, f / se.clamp_min(1e-300), torch.full_like(f, math.nan))
+    return f, z
+
+
+def sequence_logprobs(policy: Policy, batch: Batch, temperature: float, micro_batch_size: int | None) -> torch.Tensor:
+    """``[N]`` log-probability of each completion under the policy's current parameters (no gradient)."""
+    size = micro_batch_size or batch.size
+    parts = []
+    with torch.no_grad():
+        for start in range(0, batch.size, size):
+            rows = slice(start, start + size)
+            shared = start % batch.group_size == 0 and size % batch.group_size == 0
+            logp, _ = policy.token_logprobs(
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                batch.prompt_width,
+                temperature,
+                group_size=batch.group_size if shared else 1,
+            )
+            parts.append((logp * batch.completion_mask[rows]).sum(dim=1))
+    return torch.cat(parts)
+
+
+def logprob_changes(
+    policy: Policy,
+    batch: Batch,
+    params: Sequence[torch.Tensor],
+    delta: Sequence[torch.Tensor],
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+    eps: float = 0.5,
+) -> torch.Tensor:
+    """``[N]`` directional derivative of each completion's log-probability along ``delta``, by central difference.
+
+    The parameters are moved to ``θ ± εΔθ`` in place and copied back bit for bit, so the training trajectory is the
+    same with the forecast on or off.
+    """
+    current = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, now, d in zip(params, current, delta, strict=True):
+                p.copy_(now + eps * d)
+        ahead = sequence_logprobs(policy, batch, temperature, micro_batch_size)
+        with torch.no_grad():
+            for p, now, d in zip(params, current, delta, strict=True):
+                p.copy_(now - eps * d)
+        behind = sequence_logprobs(policy, batch, temperature, micro_batch_size)
+    finally:
+        with torch.no_grad():
+            for p, now in zip(params, current, strict=True):
+                p.copy_(now)
+    return (ahead.double() - behind.double()) / (2 * eps)
+
+
+@runtime_checkable
+class UsesForecast(Protocol):
+    """A controller that learns from the forecast: the step measures it every ``forecast_every`` steps, on the fresh
+    batch before the update, and hands it over before :meth:`~morl.controllers.WeightController.before_update`."""
+
+    forecast_every: int
+
+    def observe_forecast(self, change: np.ndarray, z: np.ndarray) -> None: ...
+
+
+class ForecastWindow:
+    """Holds the parameters at the start of the current window and measures the forecast at its end.
+
+    A measurement at step ``t`` (a multiple of ``every``, plus 1) uses the change over the ``every`` updates before
+    it and the batch step ``t`` is about to train on; the window then starts again from the current parameters.
+    State: ``snapshot_step_`` (JSON) and ``snapshot_`` (tensors), both saved in checkpoints.
+    """
+
+    def __init__(self, every: int, eps: float = 0.5) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1. Found {every}")
+        self.every = every
+        self.eps = eps
+        self.snapshot_: list[torch.Tensor] | None = None
+        self.snapshot_step_: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"snapshot_step": self.snapshot_step_} if self.snapshot_ is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.snapshot_step_ = state.get("snapshot_step")
+
+    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): t for i, t in enumerate(self.snapshot_ or [])}
+
+    def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The snapshot, on the tensors' device (the caller loads them onto the policy's)."""
+        if tensors and self.snapshot_step_ is not None:
+            self.snapshot_ = [tensors[str(i)] for i in range(len(tensors))]
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` opens a window (and closes the previous one)."""
+        return (step - 1) % self.every == 0
+
+    def observe(
+        self,
+        step: int,
+        policy: Policy,
+        params: Sequence[torch.Tensor],
+        batch: Batch,
+        rewards: torch.Tensor,
+        temperature: float = 1.0,
+        micro_batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(f, z)`` per objective when a window closes at this step, else None; opens the next window."""
+        if not self.due(step):
+            return None
+        result = None
+        if self.snapshot_ is not None and self.snapshot_step_ == step - self.every:
+            delta = [p.detach() - old for p, old in zip(params, self.snapshot_, strict=True)]
+            changes = logprob_changes(policy, batch, params, delta, temperature, micro_batch_size, self.eps)
+            advantages = group_centred_advantages(rewards.to(changes.device), batch.group_size)
+            f, z = forecast_from_changes(advantages, changes, batch.group_size)
+            result = (f.cpu().numpy(), z.cpu().numpy())
+        self.snapshot_ = [p.detach().clone() for p in params]
+        self.snapshot_step_ = step
+        return result

@@ -1,0 +1,140 @@
+"""The interference forecast against independent computations: autograd directional derivatives, numpy means,
+a hand-worked group; and in a fit: measured on schedule, trajectory untouched, resumed exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from morl import Pipeline, TrainConfig
+from morl.batch import Batch
+from morl.forecast import (
+    ForecastWindow,
+    forecast_from_changes,
+    group_centred_advantages,
+    logprob_changes,
+    sequence_logprobs,
+)
+from morl.run import read_metrics
+from morl.tinymath.task import make_split
+
+
+def _token_batch(vocab: int, n: int = 6, group_size: int = 3, prompt: int = 3, completion: int = 4) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (n, prompt + completion), generator=gen)
+    mask = torch.ones(n, completion, dtype=torch.long)
+    mask[1, -1] = 0  # a shorter completion: its last token does not count
+    return Batch(
+        prompts=["p"] * n,
+        completions=["c"] * n,
+        columns={},
+        group_size=group_size,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        completion_mask=mask,
+        prompt_width=prompt,
+    )
+
+
+def test_group_centred_advantages_hand_worked():
+    rewards = torch.tensor([[1.0, 2.0], [0.0, math.nan], [3.0, 6.0], [1.0, 4.0]])
+    adv = group_centred_advantages(rewards, group_size=2)
+    # objective 0: centred ±0.5, ±1 -> σ = √((0.25·2 + 1·2)/4) = √0.625
+    s0 = math.sqrt(0.625)
+    assert adv[:, 0].tolist() == pytest.approx([0.5 / s0, -0.5 / s0, 1 / s0, -1 / s0])
+    # objective 1: the NaN leaves its group's mean (2.0 stays alone: centred 0) and σ: √((0 + 1 + 1)/3)
+    s1 = math.sqrt(2 / 3)
+    assert adv[:, 1].tolist() == pytest.approx([0.0, 0.0, 1 / s1, -1 / s1])
+
+
+def test_forecast_and_its_z_match_numpy():
+    rng = np.random.default_rng(3)
+    adv, changes = rng.normal(size=(12, 2)), rng.normal(size=12)
+    f, z = forecast_from_changes(torch.tensor(adv), torch.tensor(changes), group_size=4)
+    per_prompt = (adv * changes[:, None]).reshape(3, 4, 2).mean(axis=1)
+    expected = per_prompt.mean(axis=0)
+    assert f.numpy() == pytest.approx(expected)
+    assert z.numpy() == pytest.approx(expected / (per_prompt.std(axis=0, ddof=1) / math.sqrt(3)))
+
+
+def test_logprob_changes_equal_the_autograd_directional_derivative(tiny_policy):
+    policy = tiny_policy
+    policy.model.double()
+    batch = _token_batch(policy.model.config.vocab_size)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(1)
+    delta = [1e-3 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    before = [p.detach().clone() for p in params]
+
+    changes = logprob_changes(policy, batch, params, delta)
+
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))  # restored bit for bit
+    expected = []
+    for i in range(batch.size):
+        logp, _ = policy.token_logprobs(batch.input_ids[i : i + 1], batch.attention_mask[i : i + 1], 3)
+        total = (logp * batch.completion_mask[i : i + 1]).sum()
+        grads = torch.autograd.grad(total, params)
+        expected.append(sum(float((g * d).sum()) for g, d in zip(grads, delta, strict=True)))
+    # the log-probs are float32 (the policy computes them so): the difference is exact to ~1e-5 per sequence
+    assert changes.tolist() == pytest.approx(expected, rel=5e-3, abs=3e-5)
+    assert max(abs(e) for e in expected) > 1e-3  # the directions are not trivially zero
+
+
+def test_sequence_logprobs_do_not_depend_on_micro_batches(tiny_policy):
+    batch = _token_batch(tiny_policy.model.config.vocab_size)
+    whole = sequence_logprobs(tiny_policy, batch, 1.0, None)
+    assert torch.allclose(sequence_logprobs(tiny_policy, batch, 1.0, 2), whole, atol=1e-5)
+
+
+def test_window_measures_every_n_steps_over_the_last_n_updates(tiny_policy):
+    policy = tiny_policy
+    batch = _token_batch(policy.model.config.vocab_size)
+    rewards = torch.tensor([[1.0], [0.0], [0.5], [0.0], [1.0], [1.0]])
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    window = ForecastWindow(every=2)
+    assert window.observe(1, policy, params, batch, rewards) is None  # opens the first window
+    start = [p.detach().clone() for p in params]
+    with torch.no_grad():  # two "updates"
+        for p in params:
+            p.add_(1e-3)
+    assert window.observe(2, policy, params, batch, rewards) is None  # not due
+    f, z = window.observe(3, policy, params, batch, rewards)
+    delta = [p.detach() - s for p, s in zip(params, start, strict=True)]
+    changes = logprob_changes(policy, batch, params, delta)
+    expected, _ = forecast_from_changes(group_centred_advantages(rewards, 3), changes, 3)
+    assert f == pytest.approx(expected.numpy())
+    assert window.snapshot_step_ == 3 and all(torch.equal(s, p) for s, p in zip(window.snapshot_, params))
+
+
+def _pipeline(policy, out, forecast_every: int, steps: int = 5) -> Pipeline:
+    return Pipeline(
+        policy=policy,
+        rewards=["accuracy", "conciseness", "clarity"],
+        rollout={"name": "transformers", "max_new_tokens": 6},
+        diagnostics={"forecast_every": forecast_every},
+        config=TrainConfig(
+            steps=steps, prompts_per_step=2, group_size=3, eval_every=0, progress=False, seed=3, output_dir=str(out)
+        ),
+    )
+
+
+def test_a_fit_logs_the_forecast_on_schedule_and_trains_the_same(tiny_policy, tmp_path):
+    import copy
+
+    other = copy.deepcopy(tiny_policy)
+    data = make_split("train", 16, 0)
+    _pipeline(tiny_policy, tmp_path / "on", forecast_every=2).fit(data)
+    _pipeline(other, tmp_path / "off", forecast_every=0).fit(data)
+    rows = [r for r in read_metrics(tmp_path / "on") if r.get("kind") != "eval"]
+    measured = [r["step"] for r in rows if "forecast/change/accuracy" in r]
+    assert measured == [3, 5]  # windows 1 -> 3 and 3 -> 5
+    assert all(math.isfinite(r["forecast/change/clarity"]) for r in rows if r["step"] in measured)
+    assert all(f"forecast/alarm/{m}" in rows[-1] for m in ("accuracy", "conciseness", "clarity"))
+    assert rows[0]["timing/forecast"] >= 0 and rows[2]["timing/forecast"] > 0
+    off = [r for r in read_metrics(tmp_path / "off") if r.get("kind") != "eval"]
+    assert not any(k.startswith("forecast/") for r in off for k in r)
+    for a, b in zip(tiny_policy.model.parameters(), other.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the forecast moved the parameters and put them back exactly
