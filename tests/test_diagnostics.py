@@ -35,7 +35,9 @@ def _record(rewards, scores, k, objectives=("a", "b")):
 
 
 def _direct(rewards, signal, k):
-    """Mean over groups of the population covariance / correlation, NaN rewards left out per objective."""
+    """Mean over groups of the population covariance / correlation, NaN rewards left out per objective; a group
+    where either side is constant counts in the covariance (as 0) but has no correlation and is left out of its
+    mean (0 when every group is flat)."""
     rewards, signal = np.asarray(rewards, float), np.asarray(signal, float)
     cov, corr = [], []
     for j in range(rewards.shape[1]):
@@ -48,9 +50,10 @@ def _direct(rewards, signal, k):
             r, s = r[keep], s[keep]
             c = np.cov(r, s, bias=True)[0, 1]
             cs.append(c)
-            rs.append(c / (r.std() * s.std()) if r.std() * s.std() > 0 else 0.0)
+            if r.std() * s.std() > 0:
+                rs.append(c / (r.std() * s.std()))
         cov.append(np.mean(cs) if cs else np.nan)
-        corr.append(np.mean(rs) if rs else np.nan)
+        corr.append(np.mean(rs) if rs else (0.0 if cs else np.nan))
     return cov, corr
 
 
@@ -59,7 +62,7 @@ def test_covariance_metrics_match_numpy():
     k = 4
     rewards = rng.integers(0, 2, size=(12, 2)).astype(float)
     rewards[[1, 6], 1] = np.nan  # not applicable
-    rewards[8:12, 0] = 1.0  # a constant group: covariance 0, correlation 0
+    rewards[8:12, 0] = 1.0  # a constant group: covariance 0 (counted), no correlation (left out)
     scores = rng.normal(size=12)
     metrics = covariance_metrics(torch.as_tensor(rewards), torch.as_tensor(scores), k, "ab", "score")
     cov, corr = _direct(rewards, scores, k)

@@ -181,3 +181,33 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tiny_policy, tmp_
     assert bool((rewards.max(1).values > rewards.min(1).values).all())  # every kept group has a signal
     assert metrics["dynamic_sampling/dropped_groups"] >= 1 and metrics["dynamic_sampling/rounds"] >= 1
     assert pipe.data_position >= metrics["dynamic_sampling/rounds"]  # each refill drew new training prompts
+
+
+def _sparse(prompts, completions, **kwargs):  # applies to 2 completions of every 8
+    return [float(len(c) % 3) if i % 8 in (0, 5) else None for i, c in enumerate(completions)]
+
+
+def _length(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+def test_not_applicable_rewards_are_left_out_of_the_advantages(tiny_policy):
+    """2 applicable of K = 8: their advantages are those of the 2 alone (GRPO: ±1/√2 or 0), not inflated by
+    sqrt(7) as a group-mean fill normalised over all 8 would make them; the others get 0."""
+    for controller, rewards in (("fixed", [_sparse]), ("gdpo", [_sparse, _length])):
+        pipe = Pipeline(
+            policy=tiny_policy,
+            rewards=rewards,
+            controller=controller,
+            rollout={"name": "transformers", "max_new_tokens": 6},
+            config=TrainConfig(steps=1, prompts_per_step=2, group_size=8, progress=False),
+        )
+        weighted = pipe.step(make_split("train", 2, 0))[0].weighted
+        sparse = weighted.scored.rewards[:, 0]
+        advantages = weighted.advantages if controller == "fixed" else weighted.objective_advantages[:, 0]
+        for rows in (torch.arange(8), torch.arange(8, 16)):
+            applicable = rows[~torch.isnan(sparse[rows])]
+            values = sparse[applicable].double()
+            alone = (values - values.mean()) / values.std() if values.std() > 1e-6 else torch.zeros(2).double()
+            torch.testing.assert_close(advantages[applicable].double(), alone, atol=1e-5, rtol=1e-5)
+            assert (advantages[rows[torch.isnan(sparse[rows])]] == 0).all()

@@ -3,6 +3,13 @@
 All are group-relative: a prompt's completions are compared with each other, never with other
 prompts' completions, except where batch whitening says so. A group whose scores are all equal
 carries no signal and gets advantage 0, never NaN.
+
+A NaN score means "not applicable" (a reward that does not apply to that completion, or a completion no
+objective applies to): it is left out of every statistic, group or batch, and gets advantage 0. So the
+advantages of the applicable completions are exactly those computed on the applicable completions alone: a
+group where 2 of 16 completions are applicable is normalised by the spread of those 2, not by a spread
+diluted by 14 placeholders (which would inflate them by sqrt(15/1) ≈ 3.9). TRL's GRPOTrainer does the same
+with nanmean / nanstd.
 """
 
 from __future__ import annotations
@@ -21,22 +28,62 @@ class AdvantageEstimator(Component):
     family = "advantage"
 
     def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Advantages ``[N]``; ``scores`` may hold NaN (not applicable), to leave out of every statistic and give 0."""
         raise NotImplementedError
+
+
+def _applicable_counts(grouped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of the non-NaN entries of ``[P, K]`` and their count per group ``[P, 1]`` (in the scores' dtype)."""
+    applicable = ~torch.isnan(grouped)
+    return applicable, applicable.sum(dim=1, keepdim=True).to(grouped.dtype)
 
 
 def group_normalize(scores: torch.Tensor, group_size: int, scale: bool = True, unbiased: bool = True) -> torch.Tensor:
     """``(s - mean_g) / std_g`` per group (GRPO); ``s - mean_g`` when ``scale`` is False.
 
+    NaN scores (not applicable) are left out of the group's mean and std and get 0.
+
     Example:
         >>> group_normalize(torch.tensor([1.0, 0.0, 0.0, 0.0]), 2)
         tensor([ 0.7071, -0.7071,  0.0000,  0.0000])
+        >>> group_normalize(torch.tensor([1.0, float("nan"), 0.0, float("nan")]), 4)  # as if the group were (1, 0)
+        tensor([ 0.7071,  0.0000, -0.7071,  0.0000])
     """
     grouped = scores.view(-1, group_size)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    applicable, count = _applicable_counts(grouped)
+    zero = torch.zeros_like(grouped)
+    mean = torch.where(applicable, grouped, zero).sum(dim=1, keepdim=True) / count.clamp_min(1)
+    centered = torch.where(applicable, grouped - mean, zero)
     if scale:
-        std = grouped.std(dim=1, keepdim=True, unbiased=unbiased) if group_size > 1 else torch.zeros_like(centered)
-        centered = torch.where(std > _EPS, centered / std.clamp_min(_EPS), torch.zeros_like(centered))
+        dof = count - 1 if unbiased else count
+        var = centered.square().sum(dim=1, keepdim=True) / dof.clamp_min(1)
+        std = torch.where(dof > 0, var.sqrt(), torch.zeros_like(var))
+        centered = torch.where(std > _EPS, centered / std.clamp_min(_EPS), zero)
     return centered.reshape(scores.shape)
+
+
+def batch_whiten(values: torch.Tensor, center: bool = True, eps: float = _EPS) -> torch.Tensor:
+    """``(x - mean) / std`` over the batch (sample std; no centring when ``center`` is False); NaN entries are
+    left out of both statistics and get 0, and a batch that does not vary gets 0 everywhere."""
+    applicable = ~torch.isnan(values)
+    count = int(applicable.sum())
+    kept = values[applicable]
+    std = kept.std() if count > 1 else torch.zeros((), dtype=values.dtype, device=values.device)
+    if not std > eps:
+        return torch.zeros_like(values)
+    centered = values - kept.mean() if center else values
+    return torch.where(applicable, centered / std, torch.zeros_like(values))
+
+
+def per_objective_advantages(estimator: AdvantageEstimator, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N, M]`` raw rewards (NaN = not applicable) -> ``[N, M]`` advantages, each objective on its own.
+
+    Pass the raw rewards, not :func:`~morl.scalarize.base.fill_not_applicable`'s: a placeholder at the group mean
+    adds nothing to the spread but counts in the std's K, which would inflate the applicable completions'
+    advantages by ``sqrt((K-1)/(k-1))`` (k applicable out of K). Raw, a not-applicable completion gets 0 for that
+    objective and the others get what the applicable completions alone would give them.
+    """
+    return torch.stack([estimator(rewards[:, m], group_size) for m in range(rewards.shape[1])], dim=1)
 
 
 class GroupNorm(AdvantageEstimator):
@@ -61,7 +108,8 @@ class GroupNorm(AdvantageEstimator):
 class RLOO(AdvantageEstimator):
     """Leave-one-out baseline (Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740).
 
-    ``A_i = s_i - mean_{j != i} s_j = K/(K-1) · (s_i - mean_g)``.
+    ``A_i = s_i - mean_{j != i} s_j = K/(K-1) · (s_i - mean_g)``, with K the group's applicable completions
+    (non-NaN scores); a group with fewer than 2 applicable gets 0.
     """
 
     name = "rloo"
@@ -69,7 +117,9 @@ class RLOO(AdvantageEstimator):
     def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         if group_size < 2:
             raise ValueError("rloo needs at least 2 completions per prompt (group_size >= 2)")
-        return group_normalize(scores, group_size, scale=False) * group_size / (group_size - 1)
+        _, count = _applicable_counts(scores.view(-1, group_size))
+        factor = torch.where(count > 1, count / (count - 1).clamp_min(1), torch.zeros_like(count))
+        return (group_normalize(scores, group_size, scale=False).view(-1, group_size) * factor).reshape(scores.shape)
 
 
 class BatchWhiten(AdvantageEstimator):
@@ -90,8 +140,7 @@ class BatchWhiten(AdvantageEstimator):
         )
 
     def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
-        values = group_normalize(scores, group_size, scale=False) if self.config.group_baseline else scores
-        if self.config.center == "batch":
-            values = values - values.mean()
-        std = values.std() if values.numel() > 1 else torch.tensor(0.0)
-        return values / std if std > _EPS else torch.zeros_like(values)
+        values = scores
+        if self.config.group_baseline:  # NaN (not applicable) stays NaN, out of the batch statistics
+            values = torch.where(torch.isnan(scores), scores, group_normalize(scores, group_size, scale=False))
+        return batch_whiten(values, center=self.config.center == "batch")

@@ -16,6 +16,14 @@ direction. Weights are free (non-negative, not normalised).
 The inner problem is convex; it is solved by projected gradient descent with backtracking (LibMTL calls
 scipy's SLSQP), to ``tol`` in the objective.
 
+Zero gradients. An objective whose gradient is 0 (a mini-batch where its advantages are all 0) makes
+``x*ᵀ G x* = 0`` reachable, and the formula's ``φ / (‖g_x‖ + 1e-8)`` then gives weights near 1e7 that multiply
+a zero vector: the update is right, the weights (used as loss coefficients and logged) are meaningless. Any part
+of ``w`` whose combination of gradients is (numerically) zero is dropped instead: the correction ``λ x*`` when
+``‖g_x‖ λ`` is negligible (then ``d`` is the plain average ``g_0``), and, per objective, the excess over
+``b_m`` of a weight times a gradient norm that is negligible. Such an objective gets ``b_m / divisor``, its
+plain-averaging weight; ``d`` is unchanged to about 1e-12 of the gradients' scale.
+
 Example:
     >>> import numpy as np
     >>> cagrad_weights(np.eye(2)).round(6)  # x* = (1/2, 1/2), φ = 0.5/√2, w = (1/2 + 1/2 · 1/2) / 1.25
@@ -30,6 +38,9 @@ import numpy as np
 from pydantic import Field
 
 from morl.controllers.gradients import GramConfig, GramWeighting
+
+# a change of d below this, in units of the RMS gradient norm (the Gram matrix is scaled to trace M), is no change
+_NEGLIGIBLE = 1e-12
 
 
 def project_to_simplex(v: np.ndarray) -> np.ndarray:
@@ -77,8 +88,14 @@ def cagrad_weights(gram: np.ndarray, c: float = 0.5, rescale: int = 1) -> np.nda
     gram = gram / scale  # the weights are scale-free; this keeps LibMTL's 1e-8 guards negligible at any scale
     phi = c * np.sqrt(b @ gram @ b + 1e-8) + 1e-8
     x = cagrad_inner(gram, phi)
-    lam = phi / (np.sqrt(max(x @ gram @ x, 0.0)) + 1e-8)
-    return (b + lam * x) / divisor
+    norm_gx = np.sqrt(max(x @ gram @ x, 0.0))
+    lam = phi / (norm_gx + 1e-8)
+    excess = lam * x
+    if lam * norm_gx <= _NEGLIGIBLE:  # g_x = 0: the correction moves d by nothing, d = g_0
+        excess = np.zeros(m)
+    # per objective: an excess times a (numerically) zero gradient moves d by nothing either
+    excess = np.where(excess * np.sqrt(np.maximum(np.diag(gram), 0.0)) <= _NEGLIGIBLE, 0.0, excess)
+    return (b + excess) / divisor
 
 
 class CAGrad(GramWeighting):

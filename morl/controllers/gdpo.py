@@ -8,6 +8,10 @@ over the batch:
     A_m = (r_m - mean_g r_m) / std_g r_m          0 for a group where r_m does not vary
     A   = z_batch(Σ_m w_m A_m)
 
+Not-applicable (NaN) rewards, as TRL: ``mean_g`` and ``std_g`` are taken over the group's applicable completions
+and a not-applicable one gets ``A_m = 0``; a completion no objective applies to is left out of ``z_batch`` (and of
+``group_z`` below) and gets 0.
+
 ``sum_then_normalize`` (GRPO on the weighted sum, TRL's default): ``A = group_z(Σ_m w_m r_m)``. Summing first
 lets objectives with a large spread drown the others, and different reward combinations collapse onto the same
 advantage; normalising first gives every objective the same say inside a group.
@@ -31,21 +35,20 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from morl.algos.advantages import group_normalize
+from morl.algos.advantages import batch_whiten, group_normalize
 from morl.components import ComponentConfig
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.fixed import not_all_zero
-from morl.scalarize.base import fill_not_applicable
+from morl.scalarize.base import fill_not_applicable, mark_unscorable
 from morl.stages import Scored
 
 Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
 
 
 def batch_zscore(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``(x - mean) / std`` over the batch (sample std); 0 where the batch does not vary."""
-    centered = values - values.mean()
-    std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
-    return centered / std if std > eps else torch.zeros_like(values)
+    """``(x - mean) / std`` over the batch (sample std); 0 where the batch does not vary. NaN entries (completions
+    no objective applies to) are left out of the mean and std and get 0."""
+    return batch_whiten(values, center=True, eps=eps)
 
 
 def aggregate_advantages(
@@ -55,12 +58,18 @@ def aggregate_advantages(
     group_size: int,
     mode: Aggregation,
 ) -> torch.Tensor:
-    """Combine objectives into one advantage per completion: ``[N, M]`` -> ``[N]``."""
+    """Combine objectives into one advantage per completion: ``[N, M]`` -> ``[N]``.
+
+    As TRL: a completion no objective applies to (a row of NaN rewards) is left out of the group and batch
+    statistics and gets 0; a not-applicable objective adds 0 to a completion's ``Σ_m w_m A_m`` (its per-objective
+    advantage is 0). Under ``sum_then_normalize`` a not-applicable reward is filled with its group mean
+    (:func:`~morl.scalarize.base.fill_not_applicable`, where TRL's ``nansum`` counts it as 0).
+    """
     weights = weights.to(objective_advantages)
     if mode == "normalize_then_sum":
-        return batch_zscore(objective_advantages @ weights)
+        return batch_zscore(mark_unscorable(objective_advantages @ weights, rewards))
     filled = fill_not_applicable(rewards, group_size).to(weights.dtype)
-    return group_normalize(filled @ weights, group_size)
+    return group_normalize(mark_unscorable(filled @ weights, rewards), group_size)
 
 
 class GDPO(AdvantageLevel):

@@ -24,13 +24,36 @@ class Scalarizer(Component):
 
 
 def fill_not_applicable(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Replace NaN ("not applicable") by the objective's mean in the same group, else 0.
+    """Replace NaN ("not applicable") by the objective's mean over the group's applicable completions, else 0.
 
-    A group-mean value is neutral under group-relative advantages, so a missing reward neither
-    helps nor hurts its completion.
+    What the scalarised score ``s = Σ λ_m r_m`` (or another scalarizer) reads, since it needs a number in every
+    cell. The group mean is neutral under group-relative advantages: the filled objective adds nothing to the
+    completion's deviation from its group, so a missing reward neither helps nor hurts it, and the completion
+    still counts through its applicable objectives. TRL's GRPOTrainer (``sum_then_normalize``) instead sums the
+    weighted rewards with ``nansum``: a not-applicable reward counts as 0, which with rewards in [0, 1] ranks the
+    completion as failing that objective; morl deliberately does not. Two cases are not left to the fill, and
+    there morl does what TRL does:
+
+    - a completion no objective applies to has no score: :func:`mark_unscorable` makes its score NaN, which the
+      advantage estimators leave out of every group and batch statistic and give advantage 0;
+    - per-objective advantages (advantage and gradient levels) are computed from the raw rewards, NaN included
+      (:func:`~morl.algos.advantages.per_objective_advantages`): there a placeholder at the group mean would count
+      in the std's K and inflate the applicable completions' advantages by ``sqrt((K-1)/(k-1))``.
+
+    With one objective the two agree: the scalarised advantages of the applicable completions are those computed on
+    the applicable completions alone.
     """
     if not torch.isnan(rewards).any():
         return rewards
     grouped = rewards.view(-1, group_size, rewards.shape[1])
     mean = torch.nanmean(grouped, dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
     return torch.where(torch.isnan(grouped), mean, grouped).reshape(rewards.shape)
+
+
+def mark_unscorable(scores: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """``scores`` [N] with NaN where every objective of ``rewards`` [N, M] is NaN (nothing applies).
+
+    Give the result to the advantage estimator, which leaves NaN out of its statistics and gives it advantage 0
+    (TRL's ``unscorable_mask``); keep the unmarked scores for logging, where a filled value is a fair summary.
+    """
+    return torch.where(torch.isnan(rewards).all(dim=1), torch.full_like(scores, float("nan")), scores)

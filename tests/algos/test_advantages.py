@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from morl.algos import RLOO, BatchWhiten, GroupNorm, group_normalize
+from morl.algos.advantages import per_objective_advantages
+from morl.scalarize import fill_not_applicable
 
 
 def test_group_norm_hand_worked():
@@ -55,3 +57,112 @@ def test_batch_whiten_against_numpy():
 def test_group_normalize_is_shift_invariant_and_scale_invariant():
     s = torch.randn(12)
     torch.testing.assert_close(group_normalize(s, 4), group_normalize(3 * s + 7, 4), rtol=1e-5, atol=1e-5)
+
+
+# ---- not-applicable (NaN) scores ------------------------------------------------------------------------------
+
+NAN = float("nan")
+
+
+def test_not_applicable_scores_are_left_out_hand_worked():
+    # group (1, NaN, 0, NaN): the statistics of (1, 0): mean 1/2, sample std 1/√2, population std 1/2
+    scores = torch.tensor([1.0, NAN, 0.0, NAN])
+    torch.testing.assert_close(GroupNorm()(scores, 4), torch.tensor([1.0, 0.0, -1.0, 0.0]) / np.sqrt(2.0))
+    torch.testing.assert_close(GroupNorm(unbiased=False)(scores, 4), torch.tensor([1.0, 0.0, -1.0, 0.0]))
+    torch.testing.assert_close(GroupNorm(scale=False)(scores, 4), torch.tensor([0.5, 0.0, -0.5, 0.0]))
+    # RLOO over the 2 applicable: 1 - 0 and 0 - 1
+    torch.testing.assert_close(RLOO()(scores, 4), torch.tensor([1.0, 0.0, -1.0, 0.0]))
+    # one applicable, or none: no comparison, 0 everywhere
+    for est in (GroupNorm(), GroupNorm(unbiased=False), GroupNorm(scale=False), RLOO(), BatchWhiten()):
+        assert torch.equal(est(torch.tensor([NAN, 2.0, NAN, NAN, NAN, NAN]), 3), torch.zeros(6)), est
+
+
+def _compact_reference(scores, k, estimator):
+    """Independent: each group's applicable scores alone, through numpy; NaN positions get 0."""
+    out = np.zeros_like(scores)
+    for g in range(0, len(scores), k):
+        block = scores[g : g + k]
+        keep = ~np.isnan(block)
+        values = block[keep]
+        n = len(values)
+        if n < 2:
+            continue
+        if estimator == "group_norm":
+            std = values.std(ddof=1)
+            adv = (values - values.mean()) / std if std > 1e-6 else np.zeros(n)
+        elif estimator == "population":
+            std = values.std()
+            adv = (values - values.mean()) / std if std > 1e-6 else np.zeros(n)
+        elif estimator == "dr_grpo":
+            adv = values - values.mean()
+        else:  # rloo: leave one out among the applicable
+            adv = np.array([values[i] - np.delete(values, i).mean() for i in range(n)])
+        out[np.arange(g, g + k)[keep]] = adv
+    return out
+
+
+def test_applicable_advantages_equal_those_of_the_applicable_alone():
+    rng = np.random.default_rng(3)
+    k = 8
+    estimators = {
+        "group_norm": GroupNorm(),
+        "population": GroupNorm(unbiased=False),
+        "dr_grpo": GroupNorm(scale=False),
+        "rloo": RLOO(),
+    }
+    for _ in range(20):
+        scores = rng.normal(size=6 * k)
+        scores[rng.random(6 * k) < 0.4] = np.nan
+        scores[:k] = np.nan  # a group nothing applies to
+        scores[k : 2 * k - 1] = np.nan  # a group with one applicable completion
+        for name, est in estimators.items():
+            got = est(torch.tensor(scores), k).numpy()
+            np.testing.assert_allclose(got, _compact_reference(scores, k, name), atol=1e-12, err_msg=name)
+
+
+def test_batch_whiten_leaves_not_applicable_out_of_the_batch_statistics():
+    rng = np.random.default_rng(4)
+    k = 4
+    scores = rng.normal(size=5 * k)
+    scores[[1, 2, 9, 16, 17, 18, 19]] = np.nan
+    keep = ~np.isnan(scores)
+    centered = _compact_reference(scores, k, "dr_grpo")[keep]  # group baseline over the applicable
+    expected = np.zeros_like(scores)
+    expected[keep] = (centered - centered.mean()) / centered.std(ddof=1)
+    np.testing.assert_allclose(BatchWhiten()(torch.tensor(scores), k).numpy(), expected, atol=1e-12)
+    raw = scores[keep]
+    expected[keep] = (raw - raw.mean()) / raw.std(ddof=1)
+    got = BatchWhiten(group_baseline=False)(torch.tensor(scores), k).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    expected[keep] = raw / raw.std(ddof=1)
+    got = BatchWhiten(group_baseline=False, center="none")(torch.tensor(scores), k).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_sparse_objective_matches_trl_and_is_not_inflated():
+    """K = 16 with 2 applicable per group: TRL's nan-aware group statistics (nanmean, trl's nanstd), and not the
+    sqrt(15) ≈ 3.9x of normalising a group-mean fill over all 16."""
+    nanstd = pytest.importorskip("trl.trainer.utils").nanstd
+    rng = np.random.default_rng(5)
+    k, groups = 16, 6
+    rewards = np.full((groups * k, 2), np.nan)
+    for g in range(groups):
+        rows = g * k + rng.choice(k, size=2, replace=False)
+        rewards[rows, 0] = [1.0, 0.0]
+    rewards[:, 1] = rng.integers(0, 2, size=groups * k)  # a dense objective alongside
+    rewards[k : k + 3, 1] = np.nan
+    r = torch.tensor(rewards)
+    got = per_objective_advantages(GroupNorm(), r, k)
+
+    grouped = r.view(-1, k, 2)  # TRL's formula (normalize_then_sum's per-objective step), std + 1e-4 as there
+    trl = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+    trl = trl.view(-1, 2).nan_to_num(0.0)  # nansum: a not-applicable reward adds 0
+    torch.testing.assert_close(got, trl, rtol=1e-3, atol=1e-12)
+
+    applicable = ~torch.isnan(r[:, 0])
+    torch.testing.assert_close(got[applicable, 0].abs(), torch.full((2 * groups,), 1 / np.sqrt(2.0), dtype=r.dtype))
+    assert (got[~applicable, 0] == 0).all()
+    filled = group_normalize(fill_not_applicable(r, k)[:, 0], k)  # the old path: filled, then normalised over 16
+    torch.testing.assert_close(
+        filled[applicable] / got[applicable, 0], torch.full((2 * groups,), np.sqrt(15.0)).double()
+    )

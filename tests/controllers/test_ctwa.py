@@ -42,6 +42,37 @@ def test_correlation_signal():
     assert got[0] == pytest.approx(expected)
 
 
+def test_correlation_skips_flat_groups_hand_worked():
+    # group A: reward constant (no correlation defined); group B: r = (0, 0, 1), w = (0, 1, 2):
+    #   r - mean = (-1/3, -1/3, 2/3), w - mean = (-1, 0, 1): Cov = (1/3 + 2/3) / 3 = 1/3,
+    #   Var r = 2/9, Var w = 2/3, Corr = (1/3) / sqrt(4/27) = sqrt(3)/2;
+    # group C: weight constant. The mean is group B's value, not a third (or half) of it.
+    r = np.array([[1.0], [1.0], [1.0], [0.0], [0.0], [1.0], [0.0], [1.0], [0.0]])
+    w = np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 5.0, 5.0, 5.0])
+    assert group_covariances(r, w, 3, signal="correlation")[0] == pytest.approx(np.sqrt(3) / 2)
+    assert group_covariances(r[:6], w[:6], 3, signal="correlation")[0] == pytest.approx(np.sqrt(3) / 2)
+    # covariance mode is unchanged: a flat group's covariance is exactly 0 and counts, (0 + 1/3 + 0) / 3
+    assert group_covariances(r, w, 3)[0] == pytest.approx(1 / 9)
+
+
+def test_correlation_of_an_all_flat_batch_is_zero_not_nan():
+    # objective 0: reward constant in every group; objective 1: the weight is constant in every group;
+    # objective 2: never applicable, no usable group at all (NaN, as in covariance mode)
+    r = np.array([[1.0, 0.0, np.nan], [1.0, 1.0, np.nan], [0.0, 1.0, np.nan], [0.0, 0.0, np.nan]])
+    w = np.array([3.0, 3.0, -1.0, -1.0])
+    corr = group_covariances(r, w, 2, signal="correlation")
+    assert corr[0] == 0.0 and corr[1] == 0.0 and np.isnan(corr[2])
+    np.testing.assert_array_equal(group_covariances(r, w, 2)[:2], [0.0, 0.0])
+
+
+def test_correlation_ctwa_deficit_on_a_flat_batch_is_the_target():
+    ctwa = CTWA(targets=[0.3], lambda0=[1.0], lr=1.0, signal="correlation")
+    ctwa.start(["a"])
+    ctwa.after_update(_batch([[1.0], [1.0], [0.0], [0.0]], [0.5, -0.5, 0.5, -0.5], 2))
+    assert ctwa.last_cov_[0] == 0.0 and ctwa.deficit_[0] == pytest.approx(0.3)
+    assert ctwa.u_[0] == pytest.approx(0.3)
+
+
 def test_outliers_nonfinite_and_small_groups_are_dropped():
     r = np.array([[1.0], [0.0], [1.0], [0.0], [1.0], [np.nan]])
     w = np.array([1.0, -1.0, 1000.0, 1.0, np.inf, 2.0])

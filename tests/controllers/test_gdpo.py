@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from morl.algos import GroupNorm
+from morl.algos.advantages import per_objective_advantages
 from morl.controllers import GDPO, AdvantageLevel
 from tests.batches import scored_record
 
@@ -92,3 +93,60 @@ def test_contract_and_trl_name():
     assert c.weights().tolist() == [1.0, 1.0]  # TRL's reward_weights default
     with pytest.raises(Exception, match="multi_objective_aggregation"):
         GDPO(multi_objective_aggregation="normalize_first")
+
+
+def _trl(rewards, weights, k, mode):
+    """TRL's GRPOTrainer advantage formula (trl 1.x, ``_generate_and_score_completions``), with trl's own nanstd:
+    nan-aware group and batch statistics, ``nansum`` over objectives, rows NaN in every objective left out and 0."""
+    nanstd = pytest.importorskip("trl.trainer.utils").nanstd
+    r, w = torch.tensor(rewards), torch.tensor(weights)
+    unscorable = torch.isnan(r).all(dim=1)
+    if mode == "normalize_then_sum":
+        grouped = r.view(-1, k, r.shape[1])
+        z = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+        summed = (z.view(-1, r.shape[1]) * w).nansum(dim=1)
+        summed[unscorable] = torch.nan
+        advantages = (summed - torch.nanmean(summed)) / (nanstd(summed) + 1e-4)
+    else:
+        summed = (r * w).nansum(dim=1)
+        summed[unscorable] = torch.nan
+        grouped = summed.view(-1, k)
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        advantages = ((grouped - mean) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)).view(-1)
+    return advantages.nan_to_num(0.0).numpy()
+
+
+def test_not_applicable_rewards_as_trl():
+    rng = np.random.default_rng(7)
+    k = 6
+    for _ in range(5):
+        rewards = rng.integers(0, 2, size=(4 * k, 3)).astype(float)
+        rewards[rng.random((4 * k, 3)) < 0.3] = np.nan
+        rewards[k : 2 * k - 1, 2] = np.nan  # one applicable completion in the group: no comparison, 0
+        rewards[[3, 14]] = np.nan  # completions no objective applies to
+        weights = rng.uniform(0.5, 2.0, size=3)
+        r = torch.tensor(rewards)
+        c = GDPO(weights=weights.tolist())
+        c.start(["a", "b", "c"])
+        got = c.combine_advantages(per_objective_advantages(GroupNorm(), r, k), scored_record(r, k))
+        np.testing.assert_allclose(got.numpy(), _trl(rewards, weights, k, "normalize_then_sum"), rtol=1e-3, atol=1e-9)
+        assert got[3] == 0 and got[14] == 0
+
+        # sum_then_normalize: where a completion's objectives are all applicable or all not, as TRL; elsewhere morl
+        # fills a not-applicable reward with its group mean where TRL's nansum counts it as 0 (fill_not_applicable)
+        whole = np.where(np.isnan(rewards).any(axis=1, keepdims=True), np.nan, rewards)
+        c = GDPO(weights=weights.tolist(), multi_objective_aggregation="sum_then_normalize")
+        c.start(["a", "b", "c"])
+        w = torch.tensor(whole)
+        got = c.combine_advantages(per_objective_advantages(GroupNorm(), w, k), scored_record(w, k))
+        np.testing.assert_allclose(got.numpy(), _trl(whole, weights, k, "sum_then_normalize"), rtol=1e-3, atol=1e-9)
+
+
+def test_sum_then_normalize_fills_with_the_group_mean_hand_worked():
+    # group (a, b): (1, NaN), (0, 1), (1, 0); b's NaN becomes mean(1, 0) = 1/2: scores 1.5, 1, 1 (weights 1, 1);
+    # mean 7/6, sample std sqrt((1/9 + 1/36 + 1/36) / 2) = 1/(2√3): A = (1, -1/2, -1/2) · 2√3/3 = (2, -1, -1)/√3
+    rewards = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 0.0]])
+    c = GDPO(multi_objective_aggregation="sum_then_normalize")
+    c.start(["a", "b"])
+    got = c.combine_advantages(per_objective_advantages(GroupNorm(), rewards, 3), scored_record(rewards, 3))
+    torch.testing.assert_close(got, torch.tensor([2.0, -1.0, -1.0]) / np.sqrt(3.0))
