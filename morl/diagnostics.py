@@ -110,8 +110,9 @@ def covariance_metrics(
 ) -> dict[str, float]:
     """``cov/{name}/{m}`` and ``corr/{name}/{m}``: mean over prompt groups of Cov_k(r_m, signal) and Corr_k.
 
-    Population (co)variances within each group, as in CTWA; a group where either side is constant has
-    correlation 0; not-applicable (NaN) rewards are left out per objective; no outlier filter.
+    Population (co)variances within each group, as in CTWA; a group where either side is constant counts as
+    covariance 0 but is left out of the correlation's mean (0 when every group is flat); not-applicable (NaN)
+    rewards are left out per objective; no outlier filter.
 
     Example:
         >>> covariance_metrics(torch.tensor([[1.0], [0.0]]), torch.tensor([2.0, 0.0]), 2, ["acc"], "score")

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from morl import distributed
 from morl import metrics as M
 from morl.algos import AdvantageEstimator, PolicyAlgo
+from morl.algos.advantages import per_objective_advantages
 from morl.algos.dynamic_sampling import informative_groups
 from morl.algos.importance import importance_metrics
 from morl.batch import Batch, concat_batches
@@ -81,6 +82,7 @@ from morl.run import (
     read_metrics,
 )
 from morl.scalarize import Scalarizer, fill_not_applicable
+from morl.scalarize.base import mark_unscorable
 from morl.stages import Need, Scored, Updated, Weighted
 from morl.state import StateMismatch, TrainingState, capture_parts, restore_parts
 
@@ -294,10 +296,8 @@ class Trainer:
         self._reward_timeouts: dict[str, int] = {}  # this step: samples whose reward call ran past its limit
         self._reward_streaks: dict[str, int] = {}  # steps in a row on which the reward failed on every sample
         # a controller that learns from the interference forecast: the step measures it (morl.forecast)
-        controller = parts.controller
-        self.forecast_window = (
-            ForecastWindow(controller.forecast_every) if isinstance(controller, UsesForecast) else None
-        )
+        forecasting = isinstance(parts.controller, UsesForecast) and parts.controller.forecast_every > 0
+        self.forecast_window = ForecastWindow(parts.controller.forecast_every) if forecasting else None
 
     # ---- what is computed -------------------------------------------------------------------------------------
 
@@ -530,14 +530,15 @@ class Trainer:
         weights = p.controller.weights().to(filled)
         objective_advantages = None
         if Need.OBJECTIVE_ADVANTAGES in self.needs:
-            objective_advantages = torch.stack([p.advantage(filled[:, m], k) for m in range(filled.shape[1])], dim=1)
+            # raw rewards: a NaN (not applicable) is left out of its objective's group statistics and gets 0
+            objective_advantages = per_objective_advantages(p.advantage, scored.rewards, k)
         if isinstance(p.controller, RewardLevel):
             p.scalarizer.observe(filled)
             scores = p.scalarizer(filled, weights)
             penalty = p.algo.kl_reward_penalty(scored.rollout)  # algo.kl_in: reward
             if penalty is not None:
                 scores = scores - penalty
-            advantages = p.advantage(scores, k)
+            advantages = p.advantage(mark_unscorable(scores, scored.rewards), k)  # nothing applies: left out, 0
         elif isinstance(p.controller, AdvantageLevel):
             advantages = p.controller.combine_advantages(objective_advantages, scored)
             scores = filled @ weights

@@ -101,7 +101,7 @@ def test_window_measures_every_n_steps_over_the_last_n_updates(tiny_policy):
         for p in params:
             p.add_(1e-3)
     assert window.observe(2, policy, params, batch, rewards) is None  # not due
-    f, z = window.observe(3, policy, params, batch, rewards)
+    f, _ = window.observe(3, policy, params, batch, rewards)
     delta = [p.detach() - s for p, s in zip(params, start, strict=True)]
     changes = logprob_changes(policy, batch, params, delta)
     expected, _ = forecast_from_changes(group_centred_advantages(rewards, 3), changes, 3)
@@ -138,3 +138,71 @@ def test_a_fit_logs_the_forecast_on_schedule_and_trains_the_same(tiny_policy, tm
     assert not any(k.startswith("forecast/") for r in off for k in r)
     for a, b in zip(tiny_policy.model.parameters(), other.model.parameters(), strict=True):
         assert torch.equal(a, b)  # the forecast moved the parameters and put them back exactly
+
+
+# ---- CTWA on the forecast ---------------------------------------------------------------------------------------
+
+
+def test_ctwa_on_the_forecast_raises_the_weights_of_objectives_forecast_to_fall():
+    from morl.controllers.ctwa import CTWA
+    from morl.stages import Need, Scored
+    from tests.batches import reward_batch
+
+    ctwa = CTWA(signal="forecast", targets=0.0, lr=0.3, ema=1.0, lambda0=[1.0, 1.0, 1.0])
+    ctwa.start(["a", "b", "c"])
+    assert ctwa.needs == frozenset() and ctwa.forecast_every == 3
+    assert CTWA().needs == frozenset({Need.CLIPPED_WEIGHTS}) and CTWA().forecast_every == 0
+    scored = Scored(rollout=reward_batch([[1.0, 0.0, 1.0]]), rewards=torch.tensor([[1.0, 0.0, 1.0]]), objectives=())
+    ctwa.before_update(scored)  # nothing measured yet: no move
+    assert ctwa.u_.tolist() == [0.0, 0.0, 0.0]
+    ctwa.observe_forecast(np.array([-0.1, 0.2, -0.4]), np.array([-2.0, 1.0, -7.0]))
+    ctwa.before_update(scored)
+    # deficits max(0, 0 - clip(z, -3, 3)) = [2, 0, 3]; u += 0.3 * deficit
+    assert ctwa.u_ == pytest.approx([0.6, 0.0, 0.9])
+    ctwa.before_update(scored)  # a forecast moves the weights once
+    assert ctwa.u_ == pytest.approx([0.6, 0.0, 0.9])
+    assert ctwa.metrics()["ctwa/cov/c"] == -3.0
+
+
+def _code_mod_3(prompts, completions, **kwargs):  # varies within a group, even for a random model
+    return [float(sum(map(ord, c)) % 3) for c in completions]
+
+
+def _code_mod_5(prompts, completions, **kwargs):
+    return [float(sum(map(ord, c)) % 5) for c in completions]
+
+
+def test_ctwa_on_the_forecast_in_a_fit_resumes_exactly(tiny_policy, tmp_path):
+    import copy
+
+    def pipe(policy, out, steps):
+        return Pipeline(
+            policy=policy,
+            rewards=[_code_mod_3, _code_mod_5],
+            controller={"name": "ctwa", "signal": "forecast", "targets": 0.0, "forecast_every": 2, "lr": 1.0},
+            rollout={"name": "transformers", "max_new_tokens": 6},
+            diagnostics=False,
+            config=TrainConfig(
+                steps=steps, prompts_per_step=2, group_size=3, eval_every=0, checkpoint_every=1, progress=False,
+                seed=5, output_dir=str(out),
+            ),
+        )  # fmt: skip
+
+    data = make_split("train", 16, 0)
+    other = copy.deepcopy(tiny_policy)
+    whole = pipe(tiny_policy, tmp_path / "whole", 4)
+    whole.fit(data)
+    assert (tmp_path / "whole" / "checkpoints" / "step-000004" / "state_tensors.safetensors").is_file()
+    rows = [r for r in read_metrics(tmp_path / "whole") if r.get("kind") != "eval"]
+    assert rows[2]["timing/forecast_controller"] > 0  # step 3 closes the window opened at step 1
+    assert [r["ctwa/cov/_code_mod_5"] is not None for r in rows] == [False, False, True, True]  # measured at step 3
+
+    first = pipe(other, tmp_path / "resumed", 2)
+    first.fit(data)
+    second = pipe(other, tmp_path / "ignored", 4)
+    second.fit(data, resume_from=tmp_path / "resumed")
+    again = [r for r in read_metrics(tmp_path / "resumed") if r.get("kind") != "eval"]
+    drop = ("timing/", "segment")
+    assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in again] == [
+        {k: v for k, v in r.items() if not k.startswith(drop)} for r in rows
+    ]

@@ -15,10 +15,17 @@ one forward pass of the updated policy. Weights are ``exp(u)``, free (not renorm
 
 Details from the reference code: non-finite weights and ``|w| > outlier_factor × median|w|`` are dropped
 (the filter is skipped when the median is 0, which would otherwise drop every non-zero weight); groups with
-fewer than 2 usable completions are skipped; not-applicable rewards are skipped per objective.
+fewer than 2 usable completions are skipped; not-applicable rewards are skipped per objective. With
+``signal="correlation"``, a group where r_m or w is (numerically) constant has no defined correlation and is
+left out of the mean for that objective, as the reference code does (counting it as 0 would pull the mean
+towards 0 by the share of flat groups); when every usable group is flat the value is 0, no correlation signal.
 
 Options beyond the paper: ``signal="correlation"`` targets the correlation, which is unit-free, where a
 covariance target is in the reward's units (a 0/1 reward's covariance is bounded by its spread);
+``signal="forecast"`` targets the interference forecast (:mod:`morl.forecast`): each objective's first-order change
+along the last ``forecast_every`` updates, measured on the next batch before it is trained on, as a signal-to-noise
+ratio ``z_m`` (clipped to ±3, unit-free). With ``targets: 0`` it asks only that no objective be forecast to fall,
+which needs no number tuned to a task's rewards (``cookbook/recipes/ctwa_auto.yaml``);
 ``u_max`` bounds the log-weights; ``gate`` stops raising λ_m once the batch mean of r_m reaches a target.
 """
 
@@ -34,7 +41,7 @@ from pydantic import AllowInfNan, Field, field_validator
 from morl import metrics as M
 from morl.components import ComponentConfig
 from morl.controllers.base import RewardLevel, per_objective
-from morl.stages import Need, Updated
+from morl.stages import Need, Scored, Updated
 
 PAPER_TARGETS = [0.15, 0.08, 0.08]
 PAPER_LAMBDA0 = [0.333, 0.333, 0.334]
@@ -49,7 +56,9 @@ def group_covariances(
 ) -> np.ndarray:
     """``c_m``: mean over prompt groups of the within-group covariance (or correlation) of r_m and w.
 
-    ``rewards`` [N, M] (NaN = not applicable), ``weights`` [N]. Objectives with no usable group get NaN.
+    ``rewards`` [N, M] (NaN = not applicable), ``weights`` [N]. Objectives with no usable group (2 or more
+    usable completions) get NaN. A flat group's covariance is exactly 0 and counts; its correlation is undefined,
+    so in correlation mode such a group is skipped, and an objective whose usable groups are all flat gets 0.0.
     """
     n, m = rewards.shape
     usable = np.isfinite(weights)
@@ -59,41 +68,62 @@ def group_covariances(
             usable &= np.abs(np.where(usable, weights, 0.0)) <= outlier_factor * median
     out = np.full(m, np.nan)
     for j in range(m):
-        values = []
+        values, seen = [], False
         for g in range(n // group_size):
             rows = slice(g * group_size, (g + 1) * group_size)
             keep = usable[rows] & np.isfinite(rewards[rows, j])
             if keep.sum() < 2:
                 continue
+            seen = True
             r, w = rewards[rows, j][keep], weights[rows][keep]
             cov = np.mean((r - r.mean()) * (w - w.mean()))
             if signal == "correlation":
-                scale = r.std() * w.std()
-                cov = cov / scale if scale > 1e-12 else 0.0
+                if _flat(r) or _flat(w):
+                    continue
+                cov = cov / (r.std() * w.std())
             values.append(cov)
         if values:
             out[j] = float(np.mean(values))
+        elif seen:  # correlation mode, every usable group flat: no correlation signal
+            out[j] = 0.0
     return out
 
 
+def _flat(values: np.ndarray) -> bool:
+    """Constant up to rounding: a std at the level of float64 rounding error of the values' magnitude."""
+    return bool(values.std() <= 1e-12 * np.abs(values).max())
+
+
+FORECAST_CLIP = 3.0  # |z| beyond this is "certainly up/down": a larger z should not mean a larger step
+
+
 class CTWA(RewardLevel):
-    """Covariance-targeted weight adaptation at the reward level (paper defaults for M = 3)."""
+    """Covariance-targeted weight adaptation at the reward level (paper defaults for M = 3).
+
+    The paper's default targets are covariances in reward units and need tuning to a task (see the quickstart
+    recipe); ``signal: forecast`` with ``targets: 0`` needs none.
+    """
 
     name = "ctwa"
-    needs = frozenset({Need.CLIPPED_WEIGHTS})
 
     class Config(ComponentConfig):
-        targets: list[float] | dict[str, float] = Field(
+        targets: float | list[float] | dict[str, float] = Field(
             default_factory=lambda: list(PAPER_TARGETS),
-            description="covariance target c*_m of r_m with the training signal (reward units); list or by name",
+            description="target c*_m of the signal (covariance: reward units; correlation, forecast: unit-free); "
+            "one number for every objective, a list or by name. The paper's defaults need tuning to the task",
         )
         lambda0: list[float] | dict[str, float] | None = Field(
             None, description="initial positive weights λ = exp(u); None: the paper's thirds for M = 3, else 1/M"
         )
         lr: float = Field(0.05, ge=0, description="η_λ: log-weight step per unit of covariance deficit, per update")
         ema: float = Field(0.1, gt=0, le=1, description="τ: EMA rate of the covariance; smaller is smoother but slower")
-        signal: Literal["covariance", "correlation"] = Field(
-            "covariance", description="track covariance (reward units) or correlation (unit-free targets)"
+        signal: Literal["covariance", "correlation", "forecast"] = Field(
+            "covariance",
+            description="track covariance (reward units), correlation (unit-free) with the clipped weight, or the "
+            "interference forecast's z (unit-free; measured every forecast_every steps on a fresh batch)",
+        )
+        forecast_every: int = Field(
+            3, ge=1, description="signal forecast: steps per forecast window (two forward passes per measurement)"
         )
         u_max: float | None = Field(None, description="upper bound on the log-weights u = log λ; None: unbounded")
         gate: list[GateValue | None] | dict[str, GateValue | None] | None = Field(
@@ -116,9 +146,21 @@ class CTWA(RewardLevel):
                 raise ValueError("a gate is a reward level, or None (or .inf) for never; NaN and -inf are not")
             return gate
 
+    @property
+    def needs(self) -> frozenset[Need]:  # type: ignore[override]
+        return frozenset() if self.config.signal == "forecast" else frozenset({Need.CLIPPED_WEIGHTS})
+
+    @property
+    def forecast_every(self) -> int:
+        """Steps per forecast window when the signal is the forecast (the step measures it), else 0."""
+        return self.config.forecast_every if self.config.signal == "forecast" else 0
+
     def start(self, objectives: list[str]) -> None:
         super().start(objectives)
-        self._targets = np.array(per_objective("controller.targets", self.config.targets, objectives))
+        targets = self.config.targets
+        if isinstance(targets, int | float):
+            targets = [float(targets)] * len(objectives)
+        self._targets = np.array(per_objective("controller.targets", targets, objectives))
         self._gate = self._gate_thresholds(objectives)
         if getattr(self, "u_", None) is None:
             m = len(objectives)
@@ -142,7 +184,20 @@ class CTWA(RewardLevel):
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(np.exp(self.u_), dtype=torch.float32)
 
+    def observe_forecast(self, change: np.ndarray, z: np.ndarray) -> None:
+        """Keep the forecast's z (clipped); :meth:`before_update` of the same step moves the weights with it."""
+        self._pending_forecast = np.clip(np.asarray(z, dtype=float), -FORECAST_CLIP, FORECAST_CLIP)
+
+    def before_update(self, scored: Scored) -> None:
+        pending = getattr(self, "_pending_forecast", None)
+        if self.config.signal != "forecast" or pending is None:
+            return
+        self._pending_forecast = None
+        self._move(pending, scored.rewards.double().cpu().numpy())
+
     def after_update(self, updated: Updated) -> None:
+        if self.config.signal == "forecast":
+            return
         rewards = updated.rewards.double().cpu().numpy()
         cov = group_covariances(
             rewards,
@@ -151,6 +206,10 @@ class CTWA(RewardLevel):
             self.config.signal,
             self.config.outlier_factor,
         )
+        self._move(cov, rewards)
+
+    def _move(self, cov: np.ndarray, rewards: np.ndarray) -> None:
+        """EMA of the signal, deficit below the targets, log-weight step (skipped where the gate is reached)."""
         self.last_cov_ = cov
         seen = np.isfinite(cov)
         first = seen & ~np.isfinite(self.cov_ema_)
