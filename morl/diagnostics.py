@@ -88,11 +88,14 @@ class DiagnosticsConfig(BaseModel):
     forecast_params: str = Field(
         "all", description="parameters the forecast moves: all, last_layers:N or a regex (a copy is kept in memory)"
     )
-    forecast_alarm: bool = Field(True, description="warn when an objective's forecast change stays below 0")
-    forecast_patience: int = Field(
-        2, ge=1, description="consecutive forecasts (each forecast_every steps apart) below 0 before the alarm"
+    forecast_alarm: bool = Field(True, description="warn when an objective's forecast stays below the threshold")
+    forecast_threshold: float = Field(
+        -0.5, description="the forecast alarm counts a smoothed z (forecast over its standard error) below this"
     )
-    forecast_ema: float = Field(1.0, gt=0, le=1, description="EMA rate of the forecast the alarm watches (1: none)")
+    forecast_patience: int = Field(
+        3, ge=1, description="consecutive forecasts (forecast_every steps apart) below the threshold before the alarm"
+    )
+    forecast_ema: float = Field(0.5, gt=0, le=1, description="EMA rate of the z the forecast alarm watches (1: none)")
     grad_cosine_every: int = Field(0, ge=0, description="per-objective gradient cosines every N steps (0: off)")
     grad_params: str = Field(
         "all", description="parameters of the gradient diagnostics: all, last_layers:N or a regex (memory M × |params|)"
@@ -304,7 +307,7 @@ class Diagnostics(Callback):
             self.alarm_.load_state_dict(state)
         if "forecast_alarm" in state:
             saved = state["forecast_alarm"]
-            self.forecast_alarm_ = InterferenceAlarm(saved["objectives"], cfg.forecast_ema, cfg.forecast_patience)
+            self.forecast_alarm_ = forecast_alarm(saved["objectives"], cfg)
             self.forecast_alarm_.load_state_dict(saved)
         if "forecast_window" in state:
             self.window_ = ForecastWindow(cfg.forecast_every)
@@ -406,9 +409,9 @@ class Diagnostics(Callback):
         if not cfg.forecast_alarm:
             return
         if self.forecast_alarm_ is None or self.forecast_alarm_.objectives != list(objectives):
-            self.forecast_alarm_ = InterferenceAlarm(list(objectives), cfg.forecast_ema, cfg.forecast_patience)
+            self.forecast_alarm_ = forecast_alarm(list(objectives), cfg)
         if measured:
-            for event in self.forecast_alarm_.observe(step, np.asarray(f, dtype=float)):
+            for event in self.forecast_alarm_.observe(step, np.asarray(z, dtype=float)):
                 if event is not None:
                     self._record({**event, "signal": "forecast"})
         for j, objective in enumerate(objectives):
@@ -477,7 +480,8 @@ class Diagnostics(Callback):
         if event["signal"] == "gradient":
             what = f"the alignment of ∇{name} with the update"
         elif event["signal"] == "forecast":
-            what, threshold = f"the forecast change of {name} along the recent updates, on fresh completions,", 0.0
+            what = f"the forecast change of {name} along the recent updates, on fresh completions, (z)"
+            threshold = self.config.forecast_threshold
         else:
             what = f"the covariance of {name} with the {event['signal'].replace('_', ' ')}"
         if event["event"] == "interference_alarm":
@@ -488,6 +492,11 @@ class Diagnostics(Callback):
             )
         else:
             console.print(f"[green]interference alarm cleared[/] step {step}: {what} is back above the threshold")
+
+
+def forecast_alarm(objectives: list[str], config: DiagnosticsConfig) -> InterferenceAlarm:
+    """The alarm on the forecast's z, as ``config`` sets it (benchmarks/forecast.py replays it on logged z)."""
+    return InterferenceAlarm(objectives, config.forecast_ema, config.forecast_patience, config.forecast_threshold)
 
 
 def make_diagnostics(spec: Diagnostics | DiagnosticsConfig | dict[str, Any] | bool | None) -> Diagnostics | None:
