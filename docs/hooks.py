@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -145,7 +146,7 @@ def summary_table(family: str, classes: list[tuple[str, type]]) -> str:
     for name, cls in classes:
         cells = [f"[`{name}`](#{anchor(name)})", f"`{cls.__name__}`"]
         if controller:
-            cells += [f"`{family_of(cls)}`", WHERE[cls.level], cls.normalization, needs_text(cls.needs) or "—"]
+            cells += [f"`{family_of(cls)}`", WHERE[cls.level], cls.normalization, needs_text(default_needs(cls)) or "—"]
         cells.append(first_sentence(cls.__doc__))
         rows.append(table_row(cells))
     return "\n".join(rows)
@@ -156,6 +157,11 @@ def family_of(cls: type) -> str:
     from morl.controllers import AdvantageLevel, GradientLevel, RewardLevel
 
     return next(f.__name__ for f in (RewardLevel, AdvantageLevel, GradientLevel) if issubclass(cls, f))
+
+
+def default_needs(cls: type) -> frozenset:
+    """A controller's needs: a class attribute, or a property of its settings (CTWA's), read from its defaults."""
+    return cls().needs if isinstance(inspect.getattr_static(cls, "needs"), property) else cls.needs
 
 
 def needs_text(needs: frozenset) -> str:
@@ -180,8 +186,8 @@ def component_section(family: str, name: str, cls: type, first_in_module: bool) 
     if family == "controller":
         facts.append(f"a `{family_of(cls)}`: weights act on **{WHERE[cls.level]}**")
         facts.append(f"normalisation **{cls.normalization}**")
-        if cls.needs:
-            facts.append("needs " + needs_text(cls.needs))
+        if default_needs(cls):
+            facts.append("needs " + needs_text(default_needs(cls)) + " (with its default settings)")
     elif family == "scalarizer":
         facts.append("weights act on **rewards**")
     if getattr(cls, "moving_target", False):

@@ -21,6 +21,8 @@ from morl.theory.cli import theory_app
 app = typer.Typer(help="Multi-objective RL fine-tuning of language models.", no_args_is_help=True)
 tinymath_app = typer.Typer(help="The embedded TinyMath task and model.", no_args_is_help=True)
 app.add_typer(tinymath_app, name="tinymath")
+tinysort_app = typer.Typer(help="The embedded TinySort task and model.", no_args_is_help=True)
+app.add_typer(tinysort_app, name="tinysort")
 app.add_typer(theory_app, name="theory", help="Check the covariance law numerically.")
 console = Console()
 err_console = Console(stderr=True)
@@ -579,6 +581,20 @@ def tinymath_build(
 
     kwargs = {"steps": steps} if steps is not None else {}
     path = build_tinymath(out, seed=seed, **kwargs)
+    console.print(f"saved {path}")
+
+
+@tinysort_app.command("build")
+def tinysort_build(
+    out: Annotated[Path, typer.Option(help="output model directory")] = Path("tinysort-model"),
+    seed: int = 0,
+    steps: Annotated[int | None, typer.Option(help="SFT steps (default: the shipped model's)")] = None,
+) -> None:
+    """Rebuild the TinySort model (deterministic from the seed; the shipped one is seed 0)."""
+    from morl.tinysort import build_tinysort
+
+    kwargs = {"steps": steps} if steps is not None else {}
+    path = build_tinysort(out, seed=seed, **kwargs)
     console.print(f"saved {path}")
 
 

@@ -1,4 +1,4 @@
-"""Load prompts with ground-truth answers: local files, verl parquet, the Hugging Face hub, or TinyMath.
+"""Load prompts with ground-truth answers: local files, verl parquet, the Hugging Face hub, TinyMath or TinySort.
 
 Every loader returns a list of rows (dicts) with at least ``prompt`` (str) and ``answer`` (str); other
 columns are kept and reach the rewards as keyword arguments. Where the columns come from:
@@ -29,8 +29,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: Problems per TinyMath split when no ``limit`` is given.
+#: Problems per TinyMath (or TinySort) split when no ``limit`` is given.
 TINYMATH_DEFAULT_N = {"train": 2000, "eval": 200}
+#: Data sources generated in process: the embedded tasks, ``morl.<name>.task.make_split``.
+EMBEDDED_TASKS = ("tinymath", "tinysort")
 
 _PROMPT_ALIASES = ("problem", "question")
 _ANSWER_ALIASES = ("reward_model.ground_truth", "ground_truth")
@@ -53,10 +55,10 @@ def load_examples(
     """Rows with ``prompt`` and ``answer`` (both str) plus every other column of the source.
 
     Args:
-        source: ``"tinymath"``; a ``.jsonl``, ``.json`` or ``.parquet`` file; a directory holding
+        source: ``"tinymath"`` or ``"tinysort"``; a ``.jsonl``, ``.json`` or ``.parquet`` file; a directory holding
             ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.json``; or a hub dataset name
             (``"HuggingFaceH4/MATH-500"``, needs the optional ``datasets`` package).
-        split: which split of a directory, hub dataset or TinyMath (default ``"train"``); ignored for a file.
+        split: which split of a directory, hub dataset or embedded task (default ``"train"``); ignored for a file.
         columns: source column (or dotted path) -> morl column, applied before the defaults.
         limit: keep only the first ``limit`` rows.
         prompt_template: text with ``{prompt}`` where the prompt goes (applied after the column mapping).
@@ -128,8 +130,8 @@ def as_rows(data: Any, name: str = "data") -> list[dict[str, Any]] | None:
 
 
 def _read(source: str, split: str | None, limit: int | None) -> list[dict[str, Any]]:
-    if source == "tinymath":
-        return _read_tinymath(split or "train", limit)
+    if source in EMBEDDED_TASKS:
+        return _read_embedded(source, split or "train", limit)
     path = Path(source).expanduser()
     if path.is_dir():
         return _read_file(_split_file(path, split or "train"), limit)
@@ -139,13 +141,17 @@ def _read(source: str, split: str | None, limit: int | None) -> list[dict[str, A
         return _read_hub(source, split or "train", limit)
     raise DataError(
         f"{source}: no such file or directory; give a .jsonl, .json or .parquet file, a directory with "
-        f"{{split}}.parquet/.jsonl/.json, 'tinymath', or a Hugging Face dataset name such as 'HuggingFaceH4/MATH-500'"
+        f"{{split}}.parquet/.jsonl/.json, 'tinymath', 'tinysort', or a Hugging Face dataset name such as "
+        "'HuggingFaceH4/MATH-500'"
     )
 
 
-def _read_tinymath(split: str, limit: int | None) -> list[dict[str, Any]]:
-    from morl.tinymath.task import make_split  # lazy: only this source needs it
-
+def _read_embedded(source: str, split: str, limit: int | None) -> list[dict[str, Any]]:
+    """The ``train`` or ``eval`` split of an embedded task, generated with seed 0 (the same rows every time)."""
+    if source == "tinysort":  # lazy: only these sources need them
+        from morl.tinysort.task import make_split
+    else:
+        from morl.tinymath.task import make_split
     n = limit if limit is not None else TINYMATH_DEFAULT_N.get(split, TINYMATH_DEFAULT_N["eval"])
     return [dict(row) for row in make_split(split, n, 0)]
 

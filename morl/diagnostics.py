@@ -15,7 +15,12 @@ deletes terms). :class:`Diagnostics` is a pipeline callback that measures these 
 - ``alarm/{m}``: 1 while the EMA of the covariance has stayed below ``alarm_threshold`` for ``alarm_patience``
   steps — the law predicts that ``m`` is about to degrade (free);
 - ``grad_cos/{a}/{b}``: cosine of the per-objective policy gradients every ``grad_cosine_every`` steps
-  (M backward passes, opt-in).
+  (M backward passes, opt-in);
+- ``forecast/change/{m}``, ``forecast/z/{m}``: the interference forecast (:mod:`morl.forecast`) every
+  ``forecast_every`` steps: m's first-order change along the last updates, measured on the next batch before it is
+  trained on; ``forecast/alarm/{m}``: 1 while its smoothed z has stayed below ``forecast_threshold`` for
+  ``forecast_patience`` forecasts. On a network this alarm sees the collapse the covariance alarm misses (in-batch
+  covariances stay positive while accuracy falls; benchmarks/forecast.py measures both).
 
 Cost on the quickstart step (TinyMath, 8 prompts × 8 completions, 64 new tokens, 1 thread; measured by
 ``benchmarks/step_time.py``, figures in ``benchmarks/RESULTS.md``): the free diagnostics take ≈ 1.5 ms of a

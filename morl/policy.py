@@ -72,11 +72,13 @@ class LoraConfig(BaseModel):
 
 
 class PolicyConfig(BaseModel):
-    """``model`` is ``tinymath`` (the shipped model), a local directory or a hub name."""
+    """``model`` is ``tinymath`` or ``tinysort`` (the shipped models), a local directory or a hub name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("tinymath", description="tinymath (shipped), a local model directory or a hub model name")
+    model: str = Field(
+        "tinymath", description="tinymath or tinysort (shipped), a local model directory or a hub model name"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weight dtype; bfloat16 halves memory on a GPU"
     )
@@ -513,7 +515,7 @@ def _name_base(adapter: Path, model: str) -> None:
     source = Path(resolve_model_path(model))
     if (source / ADAPTER_CONFIG).is_file():
         name = json.loads((source / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    elif model == "tinymath" or not source.is_dir():
+    elif model in EMBEDDED_MODELS or not source.is_dir():
         name = model
     else:
         return
@@ -792,9 +794,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+#: Names of the models shipped inside morl: the embedded tasks' warm-started policies.
+EMBEDDED_MODELS = ("tinymath", "tinysort")
+
+
 def resolve_model_path(model: str) -> str:
+    """The folder of a shipped model (``tinymath``, ``tinysort``); any other name is returned as given."""
     if model == "tinymath":
         from morl.tinymath import default_model_path
 
         return str(default_model_path())
+    if model == "tinysort":
+        from morl.tinysort import default_model_path as tinysort_path
+
+        return str(tinysort_path())
     return model

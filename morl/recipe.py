@@ -36,14 +36,17 @@ ComponentSpec = str | dict[str, Any]
 
 
 class DataConfig(BaseModel):
-    """Where prompts come from: ``tinymath``, a local jsonl/parquet file or folder, or a hub dataset name."""
+    """Where prompts come from: ``tinymath`` or ``tinysort``, a local jsonl/parquet file or folder, or a hub dataset
+    name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    train: str = Field("tinymath", description="training prompts: tinymath, a jsonl/parquet file or folder, a hub name")
+    train: str = Field(
+        "tinymath", description="training prompts: tinymath, tinysort, a jsonl/parquet file or folder, a hub name"
+    )
     eval: str | None = Field("tinymath", description="held-out prompts, same forms as train; None: no evaluation")
     train_split: str | None = Field(
-        "train", description="split of a folder, hub dataset or tinymath (slices: test[:400])"
+        "train", description="split of a folder, hub dataset, tinymath or tinysort (slices: test[:400])"
     )
     eval_split: str | None = Field("eval", description="split of the eval source")
     train_size: int | None = Field(2000, ge=1, description="use at most this many training rows; None: all")
@@ -210,10 +213,10 @@ def check_loggers(loggers: Sequence[str]) -> str:
 
 
 def check_model(policy: PolicyConfig, rollout: Any) -> str:
-    """A local model (``tinymath``, or a folder with ``config.json``) is read without loading its weights: it must
-    be a causal LM, and its context (``max_position_embeddings``) must hold ``rollout.max_prompt_tokens`` plus
-    ``rollout.max_new_tokens``. A hub name or an adapter folder is not read here (that may download or load a
-    base model); the returned line says so."""
+    """A local model (``tinymath``, ``tinysort``, or a folder with ``config.json``) is read without loading its
+    weights: it must be a causal LM, and its context (``max_position_embeddings``) must hold
+    ``rollout.max_prompt_tokens`` plus ``rollout.max_new_tokens``. A hub name or an adapter folder is not read here
+    (that may download or load a base model); the returned line says so."""
     from morl.rollout import SamplingConfig
 
     path = Path(resolve_model_path(policy.model))

@@ -14,15 +14,19 @@ from morl.rewards.base import (
     score_rewards,
 )
 from morl.rewards.boxed import boxed_answer, boxed_answers
+from morl.rewards.brevity import Brevity
 from morl.rewards.clarity import Clarity
 from morl.rewards.conciseness import Conciseness
+from morl.rewards.exact_match import ExactMatch
 from morl.rewards.model import RewardModel
 
 __all__ = [
     "RESERVED_ARGUMENTS",
     "Accuracy",
+    "Brevity",
     "Clarity",
     "Conciseness",
+    "ExactMatch",
     "PlacedOnDevice",
     "RewardError",
     "RewardFn",

@@ -81,6 +81,47 @@ def build_tinymath(
 
     Loads back with ``AutoModelForCausalLM.from_pretrained(out_dir)`` and ``AutoTokenizer.from_pretrained``.
     """
+    call = (
+        f"morl.tinymath.build_tinymath(out_dir, seed={seed}, steps={steps}, hidden={hidden}, layers={layers}, "
+        f"heads={heads}, batch_size={batch_size}, lr={lr})"
+    )
+    return build_warm_start(
+        out_dir,
+        make_sft_data(steps * batch_size, seed, mixture),
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        batch_size=batch_size,
+        lr=lr,
+        progress=progress,
+        title="TinyMath",
+        call=call,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+
+
+def build_warm_start(
+    out_dir: str | Path,
+    data: list[dict[str, str]],
+    *,
+    seed: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    batch_size: int,
+    lr: float,
+    progress: bool,
+    title: str,
+    call: str,
+    max_new_tokens: int,
+) -> Path:
+    """A character-level Llama trained on ``data`` (``prompt``/``completion`` rows, ``batch_size`` per step).
+
+    Shared by the embedded tasks (TinyMath, TinySort) so each build is deterministic the same way: one thread,
+    deterministic kernels, the model's initialisation seeded from ``seed``. ``title`` and ``call`` (the Python
+    call that rebuilds it) go into the folder's README.md; ``max_new_tokens`` into its generation config.
+    """
     out = Path(out_dir)
     tokenizer = build_tokenizer()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -90,7 +131,7 @@ def build_tinymath(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(tinymath_config(len(tokenizer), hidden, layers, heads))
-            _train(model, tokenizer, make_sft_data(steps * batch_size, seed, mixture), batch_size, lr, progress)
+            _train(model, tokenizer, data, batch_size, lr, progress, label=f"{title} SFT")
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -101,16 +142,14 @@ def build_tinymath(
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=MAX_NEW_TOKENS,
+        max_new_tokens=max_new_tokens,
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "README.md").write_text(
-        f"# TinyMath ({n_params:,} parameters)\n\nCharacter-level Llama warm-started on TinyMath by "
-        f"`morl.tinymath.build_tinymath(out_dir, seed={seed}, steps={steps}, hidden={hidden}, layers={layers}, "
-        f"heads={heads}, batch_size={batch_size}, lr={lr})`.\n"
+        f"# {title} ({n_params:,} parameters)\n\nCharacter-level Llama warm-started on {title} by `{call}`.\n"
     )
     return out
 
@@ -122,6 +161,7 @@ def _train(
     batch_size: int,
     lr: float,
     progress: bool,
+    label: str = "TinyMath SFT",
 ) -> None:
     """AdamW with linear warm-up and cosine decay to a tenth of ``lr``; loss on completion tokens only."""
     steps = len(data) // batch_size
@@ -135,7 +175,7 @@ def _train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
-    columns = (TextColumn("TinyMath SFT"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"))
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"))
     with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress) as bar:
         task = bar.add_task("sft", total=steps, loss="-")
         for step in range(steps):
