@@ -71,3 +71,28 @@ def test_loss_recipes_run_two_steps(recipe_name, tiny_model_dir, tmp_path):
 def test_every_method_is_listed():
     names = set(registered("controller")) | set(registered("scalarizer"))
     assert set(METHODS) <= names
+
+
+@pytest.mark.parametrize("task", ["tinymath", "tinysort"])
+def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
+    """cookbook/recipes/ctwa_auto.yaml names no objective: the same controller runs on TinySort's two rewards."""
+    overrides = [
+        "train.steps=4",
+        "train.prompts_per_step=2",
+        "train.group_size=4",
+        "rollout.max_new_tokens=16",
+        "data.eval_size=4",
+        "data.train_size=16",
+        "train.progress=false",
+        f"train.output_dir={tmp_path}",
+    ]
+    if task == "tinysort":
+        sort = load_recipe(RECIPES / "tinysort.yaml")
+        overrides += [f"policy.model={task}", f"data.train={task}", f"data.eval={task}"]
+        recipe = load_recipe(RECIPES / "ctwa_auto.yaml", overrides).model_copy(update={"rewards": sort.rewards})
+    else:
+        recipe = load_recipe(RECIPES / "ctwa_auto.yaml", overrides)
+    pipeline = pipeline_from_recipe(recipe)
+    rows = [row for row in pipeline.fit(*load_data(recipe)).history if row["kind"] == "train"]
+    measured = [any(math.isfinite(row[f"ctwa/cov/{o}"]) for o in pipeline.objectives) for row in rows]
+    assert measured == [False, False, False, True]  # the window opened at step 1 closes at step 4
