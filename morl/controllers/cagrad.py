@@ -56,13 +56,16 @@ def cagrad_inner(gram: np.ndarray, phi: float, max_iters: int = 1000, tol: float
     m = gram.shape[0]
     a = gram @ np.full(m, 1.0 / m)
 
+    def norm(x: np.ndarray) -> float:  # a float32 Gram matrix can be non-PSD by rounding: never the root of < 0
+        return float(np.sqrt(max(x @ gram @ x, 0.0) + 1e-8))
+
     def value(x: np.ndarray) -> float:
-        return float(x @ a + phi * np.sqrt(x @ gram @ x + 1e-8))
+        return float(x @ a + phi * norm(x))
 
     x = np.full(m, 1.0 / m)
     fx, step = value(x), 1.0 / max(np.abs(gram).max(), 1e-12)
     for _ in range(max_iters):
-        grad = a + phi * (gram @ x) / np.sqrt(x @ gram @ x + 1e-8)
+        grad = a + phi * (gram @ x) / norm(x)
         while True:
             candidate = project_to_simplex(x - step * grad)
             fc = value(candidate)
@@ -86,7 +89,7 @@ def cagrad_weights(gram: np.ndarray, c: float = 0.5, rescale: int = 1) -> np.nda
     if scale <= 0:  # every gradient is 0: any weights give the same (zero) update
         return b / divisor
     gram = gram / scale  # the weights are scale-free; this keeps LibMTL's 1e-8 guards negligible at any scale
-    phi = c * np.sqrt(b @ gram @ b + 1e-8) + 1e-8
+    phi = c * np.sqrt(max(b @ gram @ b, 0.0) + 1e-8) + 1e-8  # rounding can make a float32 Gram non-PSD
     x = cagrad_inner(gram, phi)
     norm_gx = np.sqrt(max(x @ gram @ x, 0.0))
     lam = phi / (norm_gx + 1e-8)

@@ -146,3 +146,13 @@ def test_controller_logs_bounded_weights_for_a_zero_gradient():
     logged = c.metrics()
     assert np.array_equal(used, c.weights_) and max(logged[f"weights/{o}"] for o in "abc") <= 10
     assert logged["weights/c"] == pytest.approx(1 / 3 / 1.25)
+
+
+def test_a_gram_matrix_non_psd_by_rounding_gives_finite_weights():
+    """A float32 Gram matrix of opposed gradients and a zero one can have a tiny negative quadratic form: the
+    square roots must not see it (it crashed a TinySort sweep with an empty simplex projection)."""
+    gram = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, -1e-7]])
+    weights = cagrad_weights(gram)
+    assert np.isfinite(weights).all() and (weights >= 0).all() and weights.max() <= 10
+    # b·G·b = -1e-7/9 < 0 here; with opposed unit gradients any step of the simplex averages them to 0
+    assert abs(weights[0] - weights[1]) < 1e-6
