@@ -50,6 +50,12 @@ def group_normalize(scores: torch.Tensor, group_size: int, scale: bool = True, u
         tensor([ 0.7071,  0.0000, -0.7071,  0.0000])
     """
     grouped = scores.view(-1, group_size)
+    if not torch.isnan(grouped).any():  # every score applies: torch's own mean and std, as runs before NaN support
+        centered = grouped - grouped.mean(dim=1, keepdim=True)
+        if scale:
+            std = grouped.std(dim=1, keepdim=True, unbiased=unbiased) if group_size > 1 else torch.zeros_like(centered)
+            centered = torch.where(std > _EPS, centered / std.clamp_min(_EPS), torch.zeros_like(centered))
+        return centered.reshape(scores.shape)
     applicable, count = _applicable_counts(grouped)
     zero = torch.zeros_like(grouped)
     mean = torch.where(applicable, grouped, zero).sum(dim=1, keepdim=True) / count.clamp_min(1)
@@ -66,6 +72,10 @@ def batch_whiten(values: torch.Tensor, center: bool = True, eps: float = _EPS) -
     """``(x - mean) / std`` over the batch (sample std; no centring when ``center`` is False); NaN entries are
     left out of both statistics and get 0, and a batch that does not vary gets 0 everywhere."""
     applicable = ~torch.isnan(values)
+    if applicable.all():  # every value applies: the same operations as runs before NaN support, bit for bit
+        values = values - values.mean() if center else values
+        std = values.std() if values.numel() > 1 else torch.tensor(0.0)
+        return values / std if std > eps else torch.zeros_like(values)
     count = int(applicable.sum())
     kept = values[applicable]
     std = kept.std() if count > 1 else torch.zeros((), dtype=values.dtype, device=values.device)

@@ -48,7 +48,11 @@ Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
 def batch_zscore(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``(x - mean) / std`` over the batch (sample std); 0 where the batch does not vary. NaN entries (completions
     no objective applies to) are left out of the mean and std and get 0."""
-    return batch_whiten(values, center=True, eps=eps)
+    if torch.isnan(values).any():
+        return batch_whiten(values, center=True, eps=eps)
+    centered = values - values.mean()  # every entry applies: as runs before NaN support, bit for bit
+    std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
+    return centered / std if std > eps else torch.zeros_like(values)
 
 
 def aggregate_advantages(

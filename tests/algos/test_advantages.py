@@ -166,3 +166,22 @@ def test_sparse_objective_matches_trl_and_is_not_inflated():
     torch.testing.assert_close(
         filled[applicable] / got[applicable, 0], torch.full((2 * groups,), np.sqrt(15.0)).double()
     )
+
+
+def test_without_not_applicable_scores_the_advantages_are_torchs_own_bit_for_bit():
+    """NaN support must not change a run without NaN by one rounding: trajectories (and the README's seeds)
+    reproduce exactly. The reference is torch's own mean and std, as the estimators computed them before."""
+    from morl.algos.advantages import batch_whiten
+    from morl.controllers.gdpo import batch_zscore
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        s = (torch.rand(64, generator=gen) * 3).round() / 3 + torch.rand(64, generator=gen)
+        g = s.view(-1, 8)
+        centred = g - g.mean(dim=1, keepdim=True)
+        std = g.std(dim=1, keepdim=True)
+        expected = torch.where(std > 1e-6, centred / std.clamp_min(1e-6), torch.zeros_like(centred)).reshape(-1)
+        assert torch.equal(group_normalize(s, 8), expected)
+        v = s - s.mean()
+        assert torch.equal(batch_whiten(s), v / v.std())
+        assert torch.equal(batch_zscore(s), (s - s.mean()) / s.std())
