@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from morl.algos import PolicyAlgo
@@ -62,6 +63,8 @@ class ScoredContext:
     fit: FitContext
     step: int  # the step about to train on this batch (1 for the first)
     scored: Scored
+    forecasting: bool = False  # the step measures the forecast itself (for a controller that learns from it)
+    forecast: tuple[np.ndarray, np.ndarray] | None = None  # its (change, z) when measured on this batch
 
 
 @runtime_checkable

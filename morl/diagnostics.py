@@ -88,7 +88,8 @@ class DiagnosticsConfig(BaseModel):
         5,
         ge=0,
         description="interference forecast every N steps (0: off): each objective's first-order change along the "
-        "last N updates, on the next batch before it is trained on (two forward passes per measurement)",
+        "last N updates, on the next batch before it is trained on (two forward passes per measurement); with a "
+        "controller that learns from the forecast, the controller's measurements are logged instead",
     )
     forecast_params: str = Field(
         "all", description="parameters the forecast moves: all, last_layers:N or a regex (a copy is kept in memory)"
@@ -351,6 +352,12 @@ class Diagnostics(Callback):
     def on_batch_scored(self, ctx: ScoredContext) -> None:
         """The forecast: measured on the batch this step is about to train on, before it does."""
         if self.window_ is None or not self.config.enabled:
+            return
+        if ctx.forecasting:  # the step measured it for the controller: log that one, never measure twice
+            if ctx.forecast is not None:
+                self._forecast = (ctx.step, *ctx.forecast)
+            return
+        if not self.window_.due(ctx.step):
             return
         start = time.perf_counter()
         policy, algo = ctx.fit.policy, ctx.fit.algo

@@ -360,14 +360,21 @@ class Trainer:
         if self._stop is not None:  # a stop at once waits for the end of the step from here on
             self._stop.hold()
         self._before_step = None
-        if self.callbacks:  # a fresh batch no update has trained on, under the parameters that sampled it
-            fresh = ScoredContext(fit=self._fit, step=self.state.step + 1, scored=scored)
-            for cb in self.callbacks:
-                cb.on_batch_scored(fresh)
+        forecast = None
         if self.forecast_window is not None:
             t0 = time.perf_counter()
-            self._forecast_for_controller(scored)
+            forecast = self._forecast_for_controller(scored)
             timings[M.timing("forecast_controller")] = time.perf_counter() - t0
+        if self.callbacks:  # a fresh batch no update has trained on, under the parameters that sampled it
+            fresh = ScoredContext(
+                fit=self._fit,
+                step=self.state.step + 1,
+                scored=scored,
+                forecasting=self.forecast_window is not None,
+                forecast=forecast,
+            )
+            for cb in self.callbacks:
+                cb.on_batch_scored(fresh)
         t0 = time.perf_counter()
         p.controller.before_update(scored)
         weighted = self._weigh(scored)
@@ -404,11 +411,14 @@ class Trainer:
             self._stop.release()  # raises KeyboardInterrupt if a stop at once came during the update
         return updated, metrics
 
-    def _forecast_for_controller(self, scored: Scored) -> None:
-        """Measure the forecast on the fresh batch when its window closes, and hand it to the controller."""
+    def _forecast_for_controller(self, scored: Scored) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measure the forecast on the fresh batch when its window closes, and hand it to the controller (and
+        return it, for the callbacks: the diagnostics log it rather than measure it again)."""
         p = self.parts
         window = self.forecast_window
         assert window is not None and isinstance(p.controller, UsesForecast)
+        if not window.due(self.state.step + 1):
+            return None
         if p.policy.sharded:
             raise ValueError(f"{type(p.controller).__name__} needs the forecast, which a sharded policy cannot measure")
         result = window.observe(
@@ -422,6 +432,7 @@ class Trainer:
         )
         if result is not None:
             p.controller.observe_forecast(*result)
+        return result
 
     def _count_reward_failures(self) -> None:
         """Stop before the update when a reward timed out or failed on every sample for too many steps in a row:

@@ -206,3 +206,21 @@ def test_ctwa_on_the_forecast_in_a_fit_resumes_exactly(tiny_policy, tmp_path):
     assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in again] == [
         {k: v for k, v in r.items() if not k.startswith(drop)} for r in rows
     ]
+
+
+def test_diagnostics_log_a_forecasting_controllers_forecast_not_their_own(tiny_policy, tmp_path):
+    pipe = Pipeline(
+        policy=tiny_policy,
+        rewards=[_code_mod_3, _code_mod_5],
+        controller={"name": "ctwa", "signal": "forecast", "targets": 0.0, "forecast_every": 2},
+        rollout={"name": "transformers", "max_new_tokens": 6},
+        diagnostics={"forecast_every": 5},
+        config=TrainConfig(steps=5, prompts_per_step=2, group_size=3, eval_every=0, progress=False, seed=5,
+                           output_dir=str(tmp_path / "run")),
+    )  # fmt: skip
+    pipe.fit(make_split("train", 16, 0))
+    rows = [r for r in read_metrics(tmp_path / "run") if r.get("kind") != "eval"]
+    assert [r["step"] for r in rows if "forecast/z/_code_mod_5" in r] == [3, 5]  # the controller's cadence
+    assert all(r["timing/forecast"] == 0 for r in rows)  # the diagnostics measured nothing themselves
+    step3 = rows[2]
+    assert step3["ctwa/cov/_code_mod_5"] == pytest.approx(max(-3.0, min(3.0, step3["forecast/z/_code_mod_5"])))

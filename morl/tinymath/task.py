@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 NAMES = ["Ann", "Bob", "Cy", "Dee", "Eve", "Max", "Sam", "Tom", "Lu", "Kim"]
 OBJECTS = ["pens", "cats", "cups", "eggs", "coins", "apples", "books", "stars", "cards", "hats"]
@@ -136,13 +137,23 @@ def make_sft_data(
     n: int, seed: int, mixture: dict[str, float] | None = None, split: str = "train"
 ) -> list[dict[str, str]]:
     """``n`` supervised examples ``{"prompt", "completion", "answer", "style"}`` with styles drawn from ``mixture``."""
-    mixture = mixture or DEFAULT_MIXTURE
     rng = random.Random(f"sft-{seed}")
+    return draw_sft_examples(make_split(split, n, seed), mixture or DEFAULT_MIXTURE, rng, write_solution)
+
+
+def draw_sft_examples(
+    problems: list[dict[str, str]],
+    mixture: dict[str, float],
+    rng: random.Random,
+    write: Callable[[dict[str, str], str, random.Random], str],
+) -> list[dict[str, str]]:
+    """Each problem with a style drawn from ``mixture`` and its solution in that style, written by ``write``: the
+    supervised warm-start data of every embedded task."""
     styles, weights = list(mixture), list(mixture.values())
     data = []
-    for problem in make_split(split, n, seed):
+    for problem in problems:
         style = rng.choices(styles, weights)[0]
-        data.append({**problem, "completion": write_solution(problem, style, rng), "style": style})
+        data.append({**problem, "completion": write(problem, style, rng), "style": style})
     return data
 
 

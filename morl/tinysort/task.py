@@ -37,6 +37,8 @@ import itertools
 import random
 import re
 
+from morl.tinymath.task import draw_sft_examples
+
 STYLES = ["plain", "verbose", "slip", "echo", "head"]
 #: SFT mixture of the warm-start: mostly plain (greedy decoding sorts correctly) with every other style common
 #: enough to be sampled at temperature 1.
@@ -149,14 +151,8 @@ def make_sft_data(
     n: int, seed: int, mixture: dict[str, float] | None = None, split: str = "train"
 ) -> list[dict[str, str]]:
     """``n`` supervised examples ``{"prompt", "completion", "answer", "style"}`` with styles drawn from ``mixture``."""
-    mixture = mixture or DEFAULT_MIXTURE
     rng = random.Random(f"tinysort-sft-{seed}")
-    styles, weights = list(mixture), list(mixture.values())
-    data = []
-    for problem in make_split(split, n, seed):
-        style = rng.choices(styles, weights)[0]
-        data.append({**problem, "completion": write_solution(problem, style, rng), "style": style})
-    return data
+    return draw_sft_examples(make_split(split, n, seed), mixture or DEFAULT_MIXTURE, rng, write_solution)
 
 
 def extract_list(text: str) -> str | None:
