@@ -4,54 +4,75 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-BIN := $(VENV)/bin
+BIN = $(VENV)/bin
+# every package the tests install, pinned (uv pip compile, universal: any Python >= 3.10); torch is pinned by TORCH
+LOCK := requirements/test.lock
+INSTALL := PYTHON=$(PYTHON) scripts/install.sh
 
-.PHONY: install quickstart test lint format docs bench bench-trl clean
+.PHONY: install quickstart test check test-latest lock lint format docs bench bench-trl clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,docs]"
+# morl alone (what the quickstart runs), then its test and docs tools, both at the lock's versions
+$(VENV)/.installed-run: pyproject.toml $(LOCK)
+	$(INSTALL) $(VENV) "$(TORCH)" "" $(LOCK)
 	touch $@
 
-install: $(BIN)/.installed
+$(VENV)/.installed-test: pyproject.toml $(LOCK)
+	$(INSTALL) $(VENV) "$(TORCH)" test,docs $(LOCK)
+	touch $@ $(VENV)/.installed-run
+
+install: $(VENV)/.installed-run
 
 # each quickstart writes a new folder, runs/quickstart-<date-time>/{linear,ctwa,plots}: a rerun never touches an earlier one
 QUICKSTART := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-quickstart: install
+quickstart: $(VENV)/.installed-run
 	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml --output-dir $(QUICKSTART)/linear
 	$(BIN)/morl fit cookbook/recipes/quickstart.yaml --output-dir $(QUICKSTART)/ctwa
 	$(BIN)/morl plot $(QUICKSTART)/linear $(QUICKSTART)/ctwa --out $(QUICKSTART)/plots
 
 # the suite keeps its runs of the notebooks (outputs included) in build/executed, and the site shows them
-test: install lint
+test: $(VENV)/.installed-test
+	$(MAKE) --no-print-directory check VENV=$(VENV)
+
+# lint, the suite and the strict docs build in VENV, whatever installed it
+check:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	MORL_EXECUTED_NOTEBOOKS=build/executed $(BIN)/python -m pytest
 	MORL_EXECUTED_NOTEBOOKS=build/executed NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-lint: install
+# drift seen on purpose: the newest releases pyproject.toml allows, in their own environment, then the whole check
+test-latest:
+	$(INSTALL) .venv-latest "$(TORCH)" test,docs
+	$(MAKE) --no-print-directory check VENV=.venv-latest
+
+# move the lock deliberately: resolve the newest allowed releases again, then the whole check on them
+lock: $(VENV)/.installed-test
+	$$(command -v uv || echo $(BIN)/uv) pip compile pyproject.toml --extra test --extra docs --universal \
+		--python-version 3.10 --no-emit-package torch --upgrade -q -o $(LOCK)
+	$(MAKE) --no-print-directory test VENV=$(VENV)
+
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # the documentation site (site/); strict, so a broken link, reference or docstring fails the build
-docs: install
+docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-format: install
+format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # figures for benchmarks/RESULTS.md: what morl's machinery costs per step, and where a step's time goes
-bench: install
+bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/profile_step.py
 
 # morl against TRL's GRPOTrainer on the same job; TRL goes into its own environment, not morl's
 bench-trl:
-	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install -q "$(TORCH)" -e ".[bench]"
+	$(INSTALL) .venv-bench "$(TORCH)" bench $(LOCK)
 	.venv-bench/bin/python benchmarks/vs_trl.py
 
 clean:
-	rm -rf $(VENV) runs site .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-bench site build .pytest_cache  # environments and build output; never runs/

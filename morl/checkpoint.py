@@ -55,7 +55,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from morl.integrity import safetensors_problem, short_reason
-from morl.policy import ADAPTER_CONFIG, AdapterReference, Policy, base_weights, is_peft_model, resolve_model_path
+from morl.policy import (
+    ADAPTER_CONFIG,
+    AdapterReference,
+    Policy,
+    base_weights,
+    is_peft_model,
+    load_options,
+    resolve_model_path,
+)
 from morl.state import TrainingState
 
 CHECKPOINTS = "checkpoints"
@@ -507,7 +515,10 @@ def load_weights(policy: Policy, model_dir: Path) -> None:
     try:
         with _quiet_transformers():
             saved = AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=dtype, trust_remote_code=policy.config.trust_remote_code
+                model_dir,
+                dtype=dtype,
+                trust_remote_code=policy.config.trust_remote_code,
+                **load_options(policy.config.use_kernels),
             )
     except (OSError, ValueError, RuntimeError, EOFError) as err:  # missing or damaged files
         raise CorruptCheckpoint(f"{model_dir}: cannot load the saved policy ({short_reason(err)})") from None

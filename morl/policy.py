@@ -47,6 +47,17 @@ ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter we
 MERGED = "merged"  # the merged export, inside the saved model directory
 
 
+def load_options(use_kernels: bool = False) -> dict[str, Any]:
+    """Keyword arguments every ``from_pretrained`` of a model in morl passes.
+
+    transformers >= 5.25 swaps a loaded model's layers for compiled ones downloaded from the Hugging Face Hub (its
+    ``kernels`` integration) unless told not to, and does it again on each ``train()``/``eval()``. Offline machines
+    and most GPU clusters cannot download them, and a changed layer changes the numbers, so morl asks for the plain
+    torch layers unless ``policy.use_kernels`` opts in. The keyword exists since transformers 4.56.
+    """
+    return {"use_kernels": use_kernels}
+
+
 class LoraConfig(BaseModel):
     """Low-rank adapters (Hu et al. 2021, https://arxiv.org/abs/2106.09685): each adapted weight computes
     ``W x + (alpha / r)·B A x`` with ``A`` [r, in] random and ``B`` [out, r] zero at the start, so the initial policy
@@ -97,6 +108,11 @@ class PolicyConfig(BaseModel):
     )
     load_in_4bit: bool = Field(
         False, description="QLoRA: the frozen base in 4-bit NF4 (pip install bitsandbytes; CUDA GPU); needs lora"
+    )
+    use_kernels: bool = Field(
+        False,
+        description="let transformers replace layers with compiled kernels downloaded from the Hugging Face Hub "
+        "(the kernels package; needs internet on a GPU); off: the plain torch layers, offline",
     )
 
     @model_validator(mode="after")
@@ -604,7 +620,11 @@ def _load_base(path: str, config: PolicyConfig) -> torch.nn.Module:
     """The Hugging Face model at ``path`` on the CPU (in 4-bit on its GPU for QLoRA), ready for adapters."""
     from transformers import AutoModelForCausalLM
 
-    options: dict[str, Any] = {"dtype": DTYPES[config.dtype], "trust_remote_code": config.trust_remote_code}
+    options: dict[str, Any] = {
+        "dtype": DTYPES[config.dtype],
+        "trust_remote_code": config.trust_remote_code,
+        **load_options(config.use_kernels),
+    }
     if config.load_in_4bit:
         options["quantization_config"] = _four_bit(config)
         options["device_map"] = {"": resolve_device(config.device)}

@@ -27,6 +27,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -267,9 +268,21 @@ class Check:
                 peak["mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
+def fresh_folder(parent: Path) -> Path:
+    """A new folder under ``parent`` for this run, so a rerun on the same machine never meets an earlier run's."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.mkdtemp(prefix=f"run-{stamp}-", dir=parent))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/morl-gpu-check"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "morl-gpu-check",
+        help="parent folder: each run writes into a new subfolder of its own, named in the summary line",
+    )
     parser.add_argument("--dry-run", action="store_true", help="the same script path on the CPU, 2 steps a case")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip-scale", action="store_true", help="leave out the random-init model sweep")
@@ -280,7 +293,8 @@ def main() -> int:
         print("no CUDA GPU here: use --dry-run for the CPU")
         return 2
     os.chdir(ROOT)
-    check = Check(device, args.out, 2 if args.dry_run else args.steps, only=[o for o in args.only.split(",") if o])
+    out = fresh_folder(args.out)
+    check = Check(device, out, 2 if args.dry_run else args.steps, only=[o for o in args.only.split(",") if o])
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)"
     print(f"morl GPU check on {name}, torch {torch.__version__}", flush=True)
     check.record("device_tests", check.device_tests)
@@ -304,8 +318,8 @@ def main() -> int:
         "failed": len(failed),
         "cases": check.cases,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"summary: {out / 'summary.json'}")
     print(f"{summary['passed']} passed, {summary['failed']} failed" + (f": {failed}" if failed else ""))
     return 1 if failed else 0
 

@@ -10,8 +10,10 @@
 #       --platform manylinux2014_x86_64 -d wheels \
 #       pydantic pydantic-core annotated-types typing-inspection math-verify latex2sympy2_extended \
 #       antlr4-python3-runtime==4.13.2 peft
-# (add typer, rich, pyyaml, safetensors or matplotlib if the machine lacks them). The check writes OUT/summary.json
-# and prints "N passed, N failed"; --dry-run runs the same path on the CPU (the test suite does, in CI).
+# (add typer, rich, pyyaml, safetensors or matplotlib if the machine lacks them). Each run writes into a new folder
+# OUT/run-<date-time>-<suffix>/ (OUT defaults to the temporary directory's morl-gpu-check), so it can run again and
+# again on one machine; it prints "summary: PATH" and "N passed, N failed". --dry-run runs the same path on the CPU
+# (the test suite does, in CI, twice in a row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=""

@@ -111,12 +111,15 @@ class RewardModel(RewardFn):
         if getattr(self, "_model", None) is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from morl.policy import DTYPES
+            from morl.policy import DTYPES, load_options
 
             cfg = self.config
             tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.model, dtype=DTYPES.get(cfg.dtype, "auto"), trust_remote_code=cfg.trust_remote_code
+                cfg.model,
+                dtype=DTYPES.get(cfg.dtype, "auto"),
+                trust_remote_code=cfg.trust_remote_code,
+                **load_options(),
             )
             labels = model.config.num_labels
             if cfg.label >= labels:
