@@ -52,7 +52,7 @@ def one_step(hidden: int, layers: int, threads: int) -> dict:
     train, _ = load_data(recipe)
     pipe = Pipeline(policy=Policy(model, tokenizer), config=recipe.train, **build_components(recipe))
     start = time.perf_counter()
-    batch = pipe.step(pipe.trainer._next_examples(train))[0].rollout
+    batch = pipe.step(pipe.next_examples(train))[0].rollout
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "step_s": time.perf_counter() - start,

@@ -1,8 +1,8 @@
 """Where one quickstart step's time goes: the pipeline's own phase timings, then the top operators.
 
 Runs the recipe's pipeline for ``--warmup`` steps, then ``--steps`` steps, and prints the median seconds of each
-phase (rollout, reward, controller, update, diagnostics) with its share of the step, the rollout's cost per
-decoding step, and the torch profiler's top operators over ``--profile`` more steps.
+phase (rollout, reference log-probs, reward, forecast, controller, update, diagnostics) with its share of the step,
+the rollout's cost per decoding step, and the torch profiler's top operators over ``--profile`` more steps.
 
     python benchmarks/profile_step.py [--recipe cookbook/recipes/quickstart.yaml] [--steps 10]
 """
@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from morl.recipe import load_data, load_recipe, pipeline_from_recipe
 from morl.trainer import seed_everything
 
-PHASES = ("rollout", "reward", "controller", "update", "diagnostics")
+PHASES = ("rollout", "reference", "reward", "forecast", "controller", "update", "diagnostics")
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     decode_steps, tokens = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
-        record, metrics = pipe.step(pipe.trainer._next_examples(train))
+        record, metrics = pipe.step(pipe.next_examples(train))
         batch = record.rollout
         if step >= args.warmup:
             times["step"].append(time.perf_counter() - start)
@@ -62,7 +62,7 @@ def main() -> None:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.profile):
-            pipe.step(pipe.trainer._next_examples(train))
+            pipe.step(pipe.next_examples(train))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
 

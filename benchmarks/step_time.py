@@ -71,7 +71,7 @@ def main() -> None:
     gen = pipes["fixed"]
     generate = gen.rollout.generate  # kept: the pipelines' own ``generate`` is replaced by a replay below
     for step in range(args.warmup + args.steps):
-        examples = gen.trainer._next_examples(train)
+        examples = gen.next_examples(train)
         gen.policy.model.eval()
         start = time.perf_counter()
         batch = generate(gen.policy, *split_examples(examples), gen.config.group_size)

@@ -95,7 +95,7 @@ class MorlRun:
             policy._forward_arguments = lambda model: frozenset()
         try:
             start = time.perf_counter()
-            record, _ = self.pipe.step(self.pipe.trainer._next_examples(self.train))
+            record, _ = self.pipe.step(self.pipe.next_examples(self.train))
             self.batch = record.rollout
             self.record["step_s"].append(time.perf_counter() - start)
             self.record["tokens"].append(int(self.batch.completion_mask.sum()))

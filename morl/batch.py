@@ -46,6 +46,23 @@ class Batch:
     local_rows: slice | None = None
     token_share: float = 1.0
 
+    @classmethod
+    def token_free(cls, size: int, group_size: int, device: torch.device | str | None = None) -> Batch:
+        """A batch of ``size`` rows that carries only its group structure: what the weighting math reads when it
+        runs outside morl's trainer (another trainer's rewards come without morl's rollout)."""
+        if size % group_size:
+            raise ValueError(f"{size} rows do not split into groups of {group_size}")
+        return cls(
+            prompts=[""] * size,
+            completions=[""] * size,
+            columns={},
+            group_size=group_size,
+            input_ids=torch.zeros(size, 1, dtype=torch.long, device=device),
+            attention_mask=torch.ones(size, 1, dtype=torch.long, device=device),
+            completion_mask=torch.ones(size, 0, dtype=torch.long, device=device),
+            prompt_width=1,
+        )
+
     @property
     def size(self) -> int:
         return len(self.completions)

@@ -63,8 +63,9 @@ class ScoredContext:
     fit: FitContext
     step: int  # the step about to train on this batch (1 for the first)
     scored: Scored
-    forecasting: bool = False  # the step measures the forecast itself (for a controller that learns from it)
-    forecast: tuple[np.ndarray, np.ndarray] | None = None  # its (change, z) when measured on this batch
+    # the interference forecast's (change, z) when the step measured it on this batch (morl.forecast; its one owner
+    # is the training step, at the cadence of whoever declared Need.FORECAST)
+    forecast: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @runtime_checkable

@@ -147,7 +147,7 @@ def fit(
     from morl import distributed
 
     if distributed.is_main():
-        console.print(f"run directory: [bold]{result.run_dir}[/]")
+        console.print(f"run directory: [bold]{result.run_dir_}[/]")
 
 
 def launch_command(

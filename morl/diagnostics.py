@@ -33,8 +33,8 @@ sets ``alarm/{m}`` to 1 until the smoothed covariance is back above the threshol
 
 Example:
     >>> diag = Diagnostics(alarm_patience=5, grad_cosine_every=10)  # Pipeline(..., diagnostics=diag)
-    >>> sorted(need.value for need in diag.needs)  # it asks for per-objective advantages, for the gradients
-    ['objective_advantages']
+    >>> sorted(need.value for need in diag.needs)  # the forecast (every 5 steps) and what the gradients need
+    ['forecast', 'objective_advantages', 'objective_gradients']
 """
 
 from __future__ import annotations
@@ -53,12 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from morl import metrics as M
 from morl.batch import Batch
 from morl.callbacks import Callback, FitContext, ScoredContext, StepContext
-from morl.controllers.ctwa import group_covariances
-from morl.controllers.gradients import objective_gram, objective_losses, select_parameters
-from morl.forecast import ForecastWindow
 from morl.policy import Policy
 from morl.run import JsonlWriter
 from morl.stages import Need, Scored, Updated
+from morl.statistics import group_covariances, objective_gram, objective_losses, select_parameters
 
 
 class DiagnosticsConfig(BaseModel):
@@ -283,9 +281,7 @@ class Diagnostics(Callback):
         self._events: JsonlWriter | None = None
         self.alarm_: InterferenceAlarm | None = None
         self.forecast_alarm_: InterferenceAlarm | None = None
-        self.window_: ForecastWindow | None = None
         self._forecast: tuple[int, np.ndarray, np.ndarray] | None = None  # (step, f, z) measured before its update
-        self._forecast_seconds = 0.0
         self.events_: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
@@ -293,15 +289,13 @@ class Diagnostics(Callback):
         return f"Diagnostics({args})"
 
     def state_dict(self) -> dict[str, Any]:
-        """The alarms' smoothed signals and streaks and the forecast's window, so a resumed run neither re-fires
-        nor forgets (the window's parameters travel in :meth:`tensor_state_dict`)."""
+        """The alarms' smoothed signals and streaks, so a resumed run neither re-fires nor forgets (the forecast's
+        window belongs to the training step, which checkpoints it)."""
         state: dict[str, Any] = {}
         if self.alarm_ is not None:
             state.update(self.alarm_.state_dict())  # the covariance alarm's keys at the top level, as before
         if self.forecast_alarm_ is not None:
             state["forecast_alarm"] = self.forecast_alarm_.state_dict()
-        if self.window_ is not None and self.window_.state_dict():
-            state["forecast_window"] = self.window_.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -315,17 +309,6 @@ class Diagnostics(Callback):
             saved = state["forecast_alarm"]
             self.forecast_alarm_ = forecast_alarm(saved["objectives"], cfg)
             self.forecast_alarm_.load_state_dict(saved)
-        if "forecast_window" in state:
-            self.window_ = ForecastWindow(cfg.forecast_every)
-            self.window_.load_state_dict(state["forecast_window"])
-
-    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters at the start of the forecast's current window."""
-        return {} if self.window_ is None else self.window_.tensor_state_dict()
-
-    def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.window_ is not None:
-            self.window_.load_tensor_state_dict(tensors)
 
     @property
     def needs(self) -> frozenset[Need]:  # type: ignore[override]
@@ -336,8 +319,19 @@ class Diagnostics(Callback):
         if cfg.clipped_weights is True:
             needs.add(Need.CLIPPED_WEIGHTS)
         if cfg.grad_cosine_every:
-            needs.add(Need.OBJECTIVE_ADVANTAGES)
+            needs |= {Need.OBJECTIVE_ADVANTAGES, Need.OBJECTIVE_GRADIENTS}
+        if cfg.forecast_every:
+            needs.add(Need.FORECAST)
         return frozenset(needs)
+
+    @property
+    def forecast_every(self) -> int:
+        """The forecast's cadence when no controller sets one (:class:`morl.forecast.UsesForecast`)."""
+        return self.config.forecast_every
+
+    @property
+    def forecast_params(self) -> str:
+        return self.config.forecast_params
 
     def on_fit_start(self, ctx: FitContext) -> None:
         self._fit = ctx
@@ -345,35 +339,11 @@ class Diagnostics(Callback):
         self._events = None  # opened on the first event, so a quiet run leaves no empty file
         if self.config.enabled and self.config.grad_cosine_every:
             self._maybe_snapshot(ctx.start_step)
-        if self.config.enabled and self.config.forecast_every and ctx.policy is not None and not ctx.policy.sharded:
-            if self.window_ is None:
-                self.window_ = ForecastWindow(self.config.forecast_every)
 
     def on_batch_scored(self, ctx: ScoredContext) -> None:
-        """The forecast: measured on the batch this step is about to train on, before it does."""
-        if self.window_ is None or not self.config.enabled:
-            return
-        if ctx.forecasting:  # the step measured it for the controller: log that one, never measure twice
-            if ctx.forecast is not None:
-                self._forecast = (ctx.step, *ctx.forecast)
-            return
-        if not self.window_.due(ctx.step):
-            return
-        start = time.perf_counter()
-        policy, algo = ctx.fit.policy, ctx.fit.algo
-        params = select_parameters(policy.model, self.config.forecast_params)
-        result = self.window_.observe(
-            ctx.step,
-            policy,
-            params,
-            ctx.scored.rollout,
-            ctx.scored.rewards,
-            algo.config.temperature,
-            algo.config.micro_batch_size,
-        )
-        if result is not None:
-            self._forecast = (ctx.step, *result)
-        self._forecast_seconds = time.perf_counter() - start
+        """The forecast, as the step measured it on the batch it is about to train on (logged at the step's end)."""
+        if self.config.enabled and ctx.forecast is not None:
+            self._forecast = (ctx.step, *ctx.forecast)
 
     def on_fit_end(self, ctx: FitContext, history: list[dict[str, Any]]) -> None:
         if self._events is not None:
@@ -402,12 +372,9 @@ class Diagnostics(Callback):
         if cfg.alarm:
             available = "clipped_weight" if have_clipped else "score"
             self._alarm(step, record.scored, metrics, available)
-        if self.window_ is not None:
+        if cfg.forecast_every:
             self._forecast_metrics(step, record.objectives, metrics)
         metrics[M.timing("diagnostics")] = time.perf_counter() - start
-        if self.window_ is not None:  # every step, 0 between measurements: its mean is the cost per step
-            metrics[M.timing("forecast")] = self._forecast_seconds
-        self._forecast_seconds = 0.0
 
     def _forecast_metrics(self, step: int, objectives: Sequence[str], metrics: dict[str, float]) -> None:
         """This step's forecast (when one was measured before its update) and the forecast alarm."""

@@ -129,12 +129,19 @@ def logprob_changes(
 
 @runtime_checkable
 class UsesForecast(Protocol):
-    """A controller that learns from the forecast: the step measures it every ``forecast_every`` steps, on the fresh
-    batch before the update, and hands it over before :meth:`~morl.controllers.WeightController.before_update`."""
+    """A component that declares ``Need.FORECAST``: how often the forecast is measured and on which parameters.
 
-    forecast_every: int
+    The training step owns the one :class:`ForecastWindow` (a controller's cadence wins over a callback's) and
+    measures every ``forecast_every`` steps, on the fresh batch before the update; a controller receives the result
+    through ``observe_forecast(change, z)`` before its ``before_update``, a callback on
+    :class:`morl.callbacks.ScoredContext`.
+    """
 
-    def observe_forecast(self, change: np.ndarray, z: np.ndarray) -> None: ...
+    @property
+    def forecast_every(self) -> int: ...
+
+    @property
+    def forecast_params(self) -> str: ...
 
 
 class ForecastWindow:

@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from morl.components import RecipeError, build, explain_validation_error
+from morl.components import RecipeError, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
-from morl.pipeline import Pipeline, TrainConfig, check_combination
+from morl.pipeline import COMPONENT_ROLES, Pipeline, TrainConfig, build_parts
 from morl.policy import Policy, PolicyConfig, resolve_model_path
 from morl.rewards import objective_name
 
@@ -145,29 +145,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def build_components(recipe: Recipe) -> dict[str, Any]:
-    """Every component but the policy, checked against each other (objective names, weight lengths)."""
-    if not recipe.rewards:
-        raise RecipeError("rewards: give at least one objective (e.g. rewards: [accuracy, conciseness, clarity])")
+    """Every component but the policy, built and checked against each other once (:func:`morl.pipeline.build_parts`),
+    import paths resolved from the recipe's folder too."""
     search = [recipe.folder] if recipe.folder is not None else []
-    rewards = [_build_at(f"rewards[{i}]", "reward", spec, search) for i, spec in enumerate(recipe.rewards)]
-    objectives = [objective_name(r) for r in rewards]
-    repeated = sorted({o for o in objectives if objectives.count(o) > 1})
-    if repeated:
-        raise RecipeError(f"rewards: objective names must be unique, {repeated} appear more than once: {objectives}")
-    components = {
-        "rewards": rewards,
-        "scalarizer": _build_at("scalarizer", "scalarizer", recipe.scalarizer, search),
-        "advantage": _build_at("advantage", "advantage", recipe.advantage, search),
-        "algo": _build_at("algo", "algo", recipe.algo, search),
-        "controller": _build_at("controller", "controller", recipe.controller, search),
-        "rollout": _build_at("rollout", "rollout", recipe.rollout, search),
-    }
-    try:
-        components["controller"].clone().start(objectives)
-    except (ValueError, KeyError) as err:
-        raise RecipeError(str(err)) from None
-    check_combination(components["controller"], components["scalarizer"], components["rollout"], components["algo"])
-    return components
+    built = build_parts(
+        recipe.rewards, recipe.scalarizer, recipe.advantage, recipe.algo, recipe.controller, recipe.rollout, search
+    )
+    return {role: getattr(built, role) for role in ("rewards", *COMPONENT_ROLES)}
 
 
 # the package (and top-level module) each optional logger needs; jsonl needs none
@@ -283,15 +267,6 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _build_at(section: str, family: str, spec: Any, search: list[Path]) -> Any:
-    """``build``, with the recipe section in the message (``rewards[1]: Accuracy: ... timeout_s: ...``)."""
-    try:
-        return build(family, spec, search)
-    except RecipeError as err:
-        message = str(err).removeprefix(f"{family}: ")  # the section names the family better: rewards[1], not reward
-        raise RecipeError(message if message.startswith(f"{section}:") else f"{section}: {message}") from None
 
 
 def load_data(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:

@@ -28,8 +28,15 @@ class Need(str, Enum):
     CLIPPED_WEIGHTS = "clipped_weights"
     # per-objective advantages [N, M] (each objective normalised in its group); producer: the weighting stage
     OBJECTIVE_ADVANTAGES = "objective_advantages"
-    # per-objective means on validation prompts before the first and after every update; producer: the Evaluator
+    # per-objective means on validation prompts before the first and after every update; producer: the Evaluator,
+    # called by the training step; the needing controller implements morl.controllers.UsesValidation
     VALIDATION = "validation"
+    # whole per-objective policy gradients (gradient-level weightings, gradient diagnostics): a policy whose
+    # parameters are sharded across processes cannot give them; producer: the component itself, in the update
+    OBJECTIVE_GRADIENTS = "objective_gradients"
+    # the interference forecast on the fresh batch before it is trained on (morl.forecast); producer: the training
+    # step's forecast stage, one window for everyone; the needing component says its cadence (UsesForecast)
+    FORECAST = "forecast"
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,13 @@ class Scored:
     rewards: torch.Tensor
     objectives: tuple[str, ...]
     skipped: dict[str, int] = field(default_factory=dict)  # samples a failing reward was skipped on, by objective
+
+    @classmethod
+    def from_rewards(cls, rewards: torch.Tensor, group_size: int, objectives: tuple[str, ...] | list[str]) -> Scored:
+        """Rewards ``[N, M]`` of consecutive prompt groups, without tokens: for calling a controller's math from
+        another trainer (morl.integrations) or a notebook."""
+        rollout = Batch.token_free(rewards.shape[0], group_size, rewards.device)
+        return cls(rollout=rollout, rewards=rewards, objectives=tuple(objectives))
 
     @property
     def group_size(self) -> int:

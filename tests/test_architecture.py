@@ -89,3 +89,47 @@ def test_no_import_cycles_among_morl_modules():
     graph = {name: {m for m in _imports(path, modules) if m in modules and m != name} for name, path in modules.items()}
     # a package's __init__ re-exports its submodules; a submodule importing its own package would loop back
     assert _cycles(graph) == []
+
+
+FAMILIES = {"RewardLevel", "AdvantageLevel", "GradientLevel"}
+
+
+def test_only_controllers_ask_which_family_a_controller_is():
+    """A weighting family decides for itself (``controller.weigh``, ``loss_combiner``): code outside
+    ``morl/controllers`` never branches on ``isinstance(x, RewardLevel | AdvantageLevel | GradientLevel)``."""
+    asking = []
+    for path in PACKAGE.rglob("*.py"):
+        if "controllers" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                named |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+                if named & FAMILIES:
+                    asking.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert asking == []
+
+
+def test_observers_and_shared_statistics_depend_on_no_method():
+    """The diagnostics, the forecast and the shared statistics serve every method: none imports a controller."""
+    modules = _modules()
+    for name in ("morl.diagnostics", "morl.forecast", "morl.statistics", "morl.trainer", "morl.loop"):
+        imported = _imports(modules[name], modules)
+        assert not {m for m in imported if m.startswith("morl.controllers.") and m != "morl.controllers.base"}, name
+    for name in ("morl.diagnostics", "morl.forecast", "morl.statistics"):
+        assert not {m for m in _imports(modules[name], modules) if m.startswith("morl.controllers")}, name
+
+
+def _class_and_method_lines(path: Path, cls: str, method: str) -> tuple[int, int]:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            inner = next(f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == method)
+            return node.end_lineno - node.lineno + 1, inner.end_lineno - inner.lineno + 1
+    raise AssertionError(f"no class {cls}")
+
+
+def test_the_step_fits_on_one_screen():
+    """The trainer keeps the step and the step reads like the algorithm; the loop, saving and resuming live in
+    morl.loop and morl.resume."""
+    trainer_lines, step_lines = _class_and_method_lines(PACKAGE / "trainer.py", "Trainer", "step")
+    assert trainer_lines <= 400 and step_lines <= 60, (trainer_lines, step_lines)

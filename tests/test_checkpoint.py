@@ -26,6 +26,7 @@ from morl.checkpoint import (
     list_checkpoints,
 )
 from morl.cli import app
+from morl.rewards import RewardError
 from morl.run import Manifest, ResumeMismatch, read_jsonl, read_metrics
 from morl.tinymath.task import make_split
 
@@ -191,10 +192,10 @@ def test_torn_checkpoints_are_skipped(tiny_policy, tmp_path, capsys):
 
     resumed = _pipeline(tiny_policy, tmp_path / "ignored", steps=4)
     result = resumed.fit(make_split("train", 8, 0), resume_from=run)
-    assert result.run_dir == run and resumed.step_count == 4
+    assert result.run_dir_ == run and resumed.step_count == 4
     assert not (ckpts / ".tmp-step-000004-abc").exists()
     assert [r["step"] for r in _train_rows(run)] == [1, 2, 3, 4]  # no duplicate, no torn row
-    assert [r["step"] for r in result.history] == [1, 2, 3, 4]
+    assert [r["step"] for r in result.history_] == [1, 2, 3, 4]
     # append-only: the superseded step-3 row of the first segment and the torn fragment are still in the file
     assert [(r["step"], r["segment"]) for r in read_jsonl(run / "metrics.jsonl")] == [
         (1, 0),
@@ -270,7 +271,7 @@ class _SendSignal(Callback):
 def test_sigterm_finishes_the_step_checkpoints_and_stops(tiny_policy, tmp_path):
     run = tmp_path / "run"
     pipe = _pipeline(tiny_policy, run, steps=5, checkpoint_every=0)
-    pipe.callbacks.append(_SendSignal(at=2, signum=signal.SIGTERM))
+    pipe.set_params(callbacks=[_SendSignal(at=2, signum=signal.SIGTERM)])
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as info:
         pipe.fit(make_split("train", 8, 0))
@@ -343,3 +344,37 @@ def test_checkpoint_folders_follow_the_umask_not_0700(tiny_policy, tmp_path):
         os.umask(previous)
     newest = list_checkpoints(tmp_path / "run")[0][-1]
     assert newest.stat().st_mode & 0o777 == 0o755  # mkdtemp alone would give 0o700
+
+
+def failing_reward(prompts, completions, **kwargs):
+    raise RuntimeError("the grader is down")
+
+
+def test_reward_failure_streaks_survive_a_resume(tiny_policy, tmp_path, one_thread):
+    """A reward that fails on every sample stops the run after ``max_failed_reward_steps`` steps in a row; a resume
+    in the middle of the streak continues the count (it lives in the training state), not from 0."""
+    run = tmp_path / "run"
+
+    def pipeline(steps: int) -> Pipeline:
+        config = TrainConfig(
+            steps=steps,
+            prompts_per_step=2,
+            group_size=2,
+            eval_every=0,
+            progress=False,
+            output_dir=str(run),
+            on_reward_error="skip",
+            max_failed_reward_steps=3,
+            checkpoint_every=1,
+        )
+        rollout = {"name": "transformers", "max_new_tokens": 4}
+        return Pipeline(policy=tiny_policy, rewards=["clarity", failing_reward], rollout=rollout, config=config)
+
+    train = make_split("train", 16, 0)
+    first = pipeline(2).fit(train)
+    state = json.loads((run / "training_state.json").read_text())
+    assert state["reward_failure_streaks"] == {"clarity": 0, "failing_reward": 2}
+    assert first.step_count == 2
+    with pytest.raises(RewardError, match="failing_reward.*3 steps in a row"):
+        pipeline(10).fit(train, resume_from=run)  # the third failing step in a row: one more, not three
+    assert find_checkpoint(run).name == "step-000002"

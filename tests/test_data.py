@@ -243,5 +243,5 @@ def test_fit_takes_datasets_for_train_eval_and_validation(tiny_policy, tmp_path)
     train, evals = make_split("train", 6, 0), make_split("eval", 3, 0)
     pipe.validation_data = datasets.IterableDataset.from_generator(lambda: iter(evals))
     result = pipe.fit(datasets.Dataset.from_list(train), datasets.Dataset.from_list(evals))
-    assert [row["step"] for row in result.evals()] == [0, 2] and "eval/greedy/short" in result.evals()[-1]
+    assert [row["step"] for row in result.evals_] == [0, 2] and "eval/greedy/short" in result.evals_[-1]
     assert pipe.validation_data == evals

@@ -159,7 +159,7 @@ def test_clipped_weight_diagnostics_on_the_policy_device(device, tiny_policy, tm
         pipe = make_pipeline(policy, "fixed", tmp_path, diagnostics={"clipped_weights": True})
         before = [p.detach().clone() for p in policy.model.parameters()]
         result = pipe.fit(make_split("train", 4, 0))
-        rows = [row for row in result.history if row.get("kind") == "train"]
+        rows = [row for row in result.history_ if row.get("kind") == "train"]
         assert len(rows) == 2
         for row in rows:
             assert math.isfinite(row["cov/clipped_weight/accuracy"]) and "clip/removed_mass" in row

@@ -158,15 +158,14 @@ def _pipeline(policy, tmp_path, **kwargs):
 
 def test_pipeline_installs_cheap_diagnostics_by_default(tiny_policy, tmp_path):
     pipe = _pipeline(tiny_policy, tmp_path)
-    assert isinstance(pipe.callbacks[0], Diagnostics)
+    assert isinstance(pipe.diagnostics_, Diagnostics)
     record, metrics = pipe.step(make_split("train", 2, 0))
     assert record.clipped_weights is None  # the forward pass is not paid for by default
     for key in ("cov/score/short", "corr/score/digits", "alarm/short", "clip_ratio/region_mean"):
         assert key in metrics
     assert not any(k.startswith(("cov/clipped_weight", "grad_cos", "clip/")) for k in metrics)
-    assert not any(isinstance(cb, Diagnostics) for cb in _pipeline(tiny_policy, tmp_path, diagnostics=False).callbacks)
-    off = _pipeline(tiny_policy, tmp_path, diagnostics={"enabled": False})
-    assert not any(isinstance(cb, Diagnostics) for cb in off.callbacks)
+    assert _pipeline(tiny_policy, tmp_path, diagnostics=False).diagnostics_ is None
+    assert _pipeline(tiny_policy, tmp_path, diagnostics={"enabled": False}).diagnostics_ is None
 
 
 def test_clipped_weight_diagnostics_when_paid_for(tiny_policy, tmp_path):

@@ -540,8 +540,21 @@ def test_the_api_page_renders_names_and_signatures(tmp_path):
     for target, heading in api_targets():
         if heading:
             assert re.search(rf'<h\d id="{re.escape(target)}"', page), f"api page: no heading for {target}"
-    for signature in ("Pipeline(", "FitResult(", "fit(", "load_recipe(", "read_metrics(", "Evaluator(", "build("):
+    for signature in ("Pipeline(", "build_parts(", "fit(", "load_recipe(", "read_metrics(", "Evaluator(", "build("):
         assert signature in text, f"api page: no signature {signature}...)"
     for field in morl.TrainConfig.model_fields:
         assert field in text, f"api page: TrainConfig's field {field} is not shown"
     assert (site / "trl" / "index.html").exists()
+
+
+def test_the_any_trainer_page_runs_as_written(capsys):
+    """docs/concepts/any-trainer.md: a controller called outside morl's trainer, as another training loop would."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "any-trainer.md").read_text()
+    (block,) = re.findall(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+    exec(compile(block, "any-trainer.md", "exec"), {})
+    fixed, lagrangian = capsys.readouterr().out.strip().splitlines()
+    # reward level: s = 0.5 r_acc + 0.5 r_brev -> group 1 flat (0.5, 0.5), group 2 (1, 0) normalised to ±0.707
+    assert fixed.startswith("fixed reward [0.0, 0.0, 0.707, -0.707]")
+    # advantage level: each objective normalised in its group (±0.707), then A_acc + λ A_brev with the dual
+    # λ = dual_lr (0.01) × (target 0.9 - mean brevity 0.5) = 0.004 after before_update: 0.707 × (1 ∓ 0.004)
+    assert lagrangian.startswith("lagrangian advantage [0.704, -0.704, 0.71, -0.71]")

@@ -26,9 +26,9 @@ from morl.checkpoint import (
     weights_fingerprint,
 )
 from morl.cli import app
-from morl.controllers.gradients import select_parameters
 from morl.policy import ADAPTER_CONFIG, AdapterReference, LoraConfig, Policy, PolicyConfig
 from morl.recipe import load_data, load_recipe, pipeline_from_recipe
+from morl.statistics import select_parameters
 from morl.tinymath import default_model_path
 from morl.tinymath.task import make_split
 
@@ -148,7 +148,7 @@ def test_missing_peft_names_the_extra(tiny_model_dir, monkeypatch):
 
 def test_recipe_trains_only_the_adapters(lora_run):
     pipe, result, initial, _ = lora_run
-    rows = [row for row in result.history if row["kind"] == "train"]
+    rows = [row for row in result.history_ if row["kind"] == "train"]
     assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
     assert all("kl" in row and math.isfinite(row["kl"]) for row in rows)  # kl_coef > 0: the reference ran
     assert rows[-1]["kl"] > 0  # after one update the policy has left its adapter-disabled reference
@@ -184,7 +184,7 @@ def test_reference_is_the_base_with_adapters_disabled_and_no_copy(lora_run):
 
 def test_run_directory_holds_the_adapter_and_a_merged_export(lora_run):
     pipe, result, _, _ = lora_run
-    run = result.run_dir
+    run = result.run_dir_
     for folder in [run / "model", *list_checkpoints(run)[0]]:
         model_dir = folder if folder.name == "model" else folder / "model"
         assert (model_dir / "adapter_model.safetensors").is_file() and (model_dir / ADAPTER_CONFIG).is_file()
@@ -214,7 +214,7 @@ def test_run_directory_holds_the_adapter_and_a_merged_export(lora_run):
 def test_cli_eval_of_a_lora_run(lora_run, tmp_path):
     _, result, _, overrides = lora_run
     sets = [arg for o in overrides if not o.startswith("train.output_dir") for arg in ("--set", o)]
-    evaluated = CliRunner().invoke(app, ["eval", str(RECIPE), "--checkpoint", str(result.run_dir), *sets])
+    evaluated = CliRunner().invoke(app, ["eval", str(RECIPE), "--checkpoint", str(result.run_dir_), *sets])
     assert evaluated.exit_code == 0, evaluated.output
     assert "greedy/accuracy" in evaluated.output
 
@@ -305,7 +305,7 @@ def test_resume_restores_the_adapters_bit_identically(tmp_path, one_thread):
     def rows(result):
         return [
             {k: v for k, v in r.items() if not k.startswith("timing/") and k != "segment"}
-            for r in result.history
+            for r in result.history_
             if r["kind"] == "train" and r["step"] > 2
         ]
 
@@ -390,7 +390,7 @@ def test_mgda_on_adapter_parameters(two_layer_model_dir, tmp_path, params, one_t
     )
     assert isinstance(pipe.reference, AdapterReference)
     result = pipe.fit(make_split("train", 8, 0))
-    rows = [r for r in result.history if r["kind"] == "train"]
+    rows = [r for r in result.history_ if r["kind"] == "train"]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     assert all(f"weights/{name}" in rows[-1] for name in pipe.objectives)
     after = dict(policy.model.named_parameters())

@@ -42,7 +42,7 @@ def test_recipe_runs_two_steps(method, tiny_model_dir, tmp_path):
     pipeline = pipeline_from_recipe(recipe)
     train, evals = load_data(recipe)
     result = pipeline.fit(train, evals)
-    rows = [row for row in result.history if row["kind"] == "train"]
+    rows = [row for row in result.history_ if row["kind"] == "train"]
     assert len(rows) == 2 and all(f"weights/{name}" in rows[-1] for name in pipeline.objectives)
 
 
@@ -62,7 +62,7 @@ def test_loss_recipes_run_two_steps(recipe_name, tiny_model_dir, tmp_path):
     ]
     recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", overrides)
     result = pipeline_from_recipe(recipe).fit(*load_data(recipe))
-    rows = [row for row in result.history if row["kind"] == "train"]
+    rows = [row for row in result.history_ if row["kind"] == "train"]
     assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
     if recipe_name == "dapo":
         assert recipe.train.dynamic_sampling and "dynamic_sampling/kept_groups" in rows[-1]
@@ -93,6 +93,6 @@ def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
     else:
         recipe = load_recipe(RECIPES / "ctwa_auto.yaml", overrides)
     pipeline = pipeline_from_recipe(recipe)
-    rows = [row for row in pipeline.fit(*load_data(recipe)).history if row["kind"] == "train"]
+    rows = [row for row in pipeline.fit(*load_data(recipe)).history_ if row["kind"] == "train"]
     measured = [any(math.isfinite(row[f"ctwa/cov/{o}"]) for o in pipeline.objectives) for row in rows]
     assert measured == [False, False, False, True]  # the window opened at step 1 closes at step 4

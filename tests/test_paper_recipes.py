@@ -80,9 +80,10 @@ def test_kl_clip_and_advantage_are_the_authors(path):
     advantage = components["advantage"]
     if algo_name == "grpo" or method in GROUP_NORM_ONLY:
         assert isinstance(advantage, GroupNorm) and advantage.config.scale and advantage.config.unbiased
-    else:  # REINFORCE++: whitened over the whole batch, no per-group baseline
+    else:  # REINFORCE++: whitened over the whole batch's tokens (verl's masked whitening), no per-group baseline
         assert isinstance(advantage, BatchWhiten)
         assert advantage.config.group_baseline is False and advantage.config.center == "batch"
+        assert advantage.config.whiten_over == "tokens"
     if algo_name == "grpo" or method in CLIPPED_REINFORCE:
         assert algo["name"] == "grpo" and algo["clip_low"] == algo["clip_high"] == 0.2
     else:

@@ -69,11 +69,11 @@ def test_fit_writes_run_directory(tiny_policy, tmp_path):
 
     pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
     result = pipe.fit(make_split("train", 20, 0), make_split("eval", 4, 0))
-    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (result.run_dir_ / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["eval", "train", "train", "eval"]
     assert "eval/greedy/short" in rows[0] and "eval/sampled/mean_length" in rows[-1]
-    AutoModelForCausalLM.from_pretrained(result.run_dir / "model")
-    state = json.loads((result.run_dir / "training_state.json").read_text())
+    AutoModelForCausalLM.from_pretrained(result.run_dir_ / "model")
+    state = json.loads((result.run_dir_ / "training_state.json").read_text())
     assert state["step"] == 2 and len(state["parts"]["controller"]["state"]["u_"]) == 2
     assert state["parts"]["controller"]["class"] == "morl.controllers.ctwa.CTWA"
 
@@ -116,8 +116,9 @@ def test_reward_wrong_count_and_nan(tiny_policy, tmp_path):
 
 
 def test_duplicate_objective_names_rejected(tiny_policy):
+    pipe = Pipeline(policy=tiny_policy, rewards=[short, short])  # stores what it is given, as scikit-learn does
     with pytest.raises(ValueError, match="unique"):
-        Pipeline(policy=tiny_policy, rewards=[short, short])
+        pipe.validate()  # built and checked on first use (fit, step), or now
 
 
 def test_print_pipeline_shows_its_components(tiny_policy, tmp_path):
@@ -125,3 +126,53 @@ def test_print_pipeline_shows_its_components(tiny_policy, tmp_path):
     text = repr(pipe)
     assert text.startswith("Pipeline(\n") and "controller=CTWA(targets=[0.1, 0.2]" in text
     assert "algo=GRPO(" in text and "rewards=[<function short" in text and "config=TrainConfig(steps=2" in text
+
+
+# ---- a scikit-learn-style estimator --------------------------------------------------------------------------
+
+
+def test_init_stores_the_specs_and_builds_nothing(tiny_policy, tmp_path):
+    controller = {"name": "ctwa", "targets": [0.1, 0.1]}
+    pipe = _pipeline(tiny_policy, tmp_path, controller=controller, algo="grpo")
+    assert pipe.controller is controller and pipe.algo == "grpo"  # stored as given
+    assert "trainer_" not in vars(pipe)  # built on first use
+    assert pipe.get_params(deep=False)["controller"] is controller
+
+
+def test_get_params_deep_names_every_components_parameters(tiny_policy, tmp_path):
+    params = _pipeline(tiny_policy, tmp_path, controller="ctwa").get_params(deep=True)
+    assert params["controller__lr"] == 0.05 and params["algo__clip_low"] == 0.2
+    assert params["config__steps"] == 2 and params["rollout__max_new_tokens"] == 12
+
+
+def test_set_params_changes_a_components_parameter_and_rebuilds(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+    pipe.step(make_split("train", 2, 0))
+    assert pipe.set_params(controller__lr=0.25, config__steps=3) is pipe
+    assert pipe.get_params()["controller__lr"] == 0.25 and pipe.get_params()["controller__targets"] == [0.1, 0.1]
+    assert pipe.parts_.controller.config.lr == 0.25 and pipe.step_count == 0  # built again: nothing carried over
+    assert pipe.config.steps == 3
+    with pytest.raises(ValueError, match="no parameter 'controler'"):
+        pipe.set_params(controler__lr=1.0)
+
+
+def test_clone_is_unfitted_and_independent(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+    copy = pipe.clone()
+    assert repr(copy) == repr(pipe) and copy.policy is not pipe.policy
+    before = [p.detach().clone() for p in pipe.policy.model.parameters()]
+    copy.step(make_split("train", 2, 0))
+    assert copy.step_count == 1 and pipe.step_count == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, pipe.policy.model.parameters()))  # the original untouched
+
+
+def test_fit_returns_the_fitted_pipeline_and_fitresult_fields_warn(tiny_policy, tmp_path):
+    pipe = _pipeline(tiny_policy, tmp_path)
+    fitted = pipe.fit(make_split("train", 4, 0), make_split("eval", 2, 0))
+    assert fitted is pipe and pipe.run_dir_ == tmp_path / "run"
+    assert [row["step"] for row in pipe.evals_] == [0, 2] and pipe.hub_url_ is None
+    assert [row["step"] for row in pipe.history_ if row["kind"] == "train"] == [1, 2]
+    with pytest.warns(DeprecationWarning, match="run_dir_"):
+        assert pipe.run_dir == pipe.run_dir_  # FitResult's old field, for one release
+    with pytest.warns(DeprecationWarning, match="history_"):
+        assert pipe.history == pipe.history_

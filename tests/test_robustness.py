@@ -68,11 +68,9 @@ def test_a_batch_of_hostile_completions_is_scored_in_bounded_time(builtin_reward
     )
     assert time.perf_counter() - start < 3 * SAMPLE_WALL_S  # at most a few samples ever reach the checker
     assert set(matrix[:, 1:].flatten().tolist()) <= {0.0, 1.0}
-    accuracy = matrix[:, 0]
-    cut_off = torch.isnan(accuracy)
-    assert int(cut_off.sum()) == 1 and accuracy[~cut_off].tolist() == [0.0] * (n - 1)
+    assert matrix[:, 0].tolist() == [0.0] * n  # every hostile answer is wrong, the one cut off at its limit too
     assert skipped == {"accuracy": 0, "conciseness": 0, "clarity": 0}
-    assert acc.timeouts_ == timeouts_before + 1  # 10^{10^{10}}: cut off, not applicable (never a silent 0), counted
+    assert acc.timeouts_ == timeouts_before + 1  # 10^{10^{10}}: cut off, scored incorrect, and counted
 
 
 class HostileRollout(TransformersRollout):
@@ -228,7 +226,7 @@ def test_skip_policy_end_to_end(tiny_policy, tmp_path):
         ),
     )
     result = pipe.fit(make_split("train", 8, 0))
-    rows = [r for r in result.history if r["kind"] == "train"]
+    rows = [r for r in result.history_ if r["kind"] == "train"]
     assert len(rows) == 3
     assert sum(r.get("rewards/flaky/skipped", 0) for r in rows) > 0
     assert all(math.isfinite(r["loss"]) for r in rows)
@@ -293,10 +291,10 @@ def test_an_isolated_nonfinite_step_is_skipped_and_training_goes_on(tiny_policy,
     pipe = _nonfinite_pipeline(tiny_policy, tmp_path, steps=4, max_nonfinite_steps=2)
     _poison_training_forward(tiny_policy, {2}, [pipe])
     result = pipe.fit(make_split("train", 8, 0))
-    rows = [r for r in result.history if r["kind"] == "train"]
+    rows = [r for r in result.history_ if r["kind"] == "train"]
     assert [r["train/skipped_steps"] for r in rows] == [0, 1, 1, 1]
     assert rows[1].get("skipped_nonfinite") == 1.0 and pipe.nonfinite_streak == 0
-    assert [p.name for p in list_checkpoints(result.run_dir)[0]] == ["step-000004"]
+    assert [p.name for p in list_checkpoints(result.run_dir_)[0]] == ["step-000004"]
     assert all(torch.isfinite(p).all() for p in tiny_policy.model.parameters())
 
 

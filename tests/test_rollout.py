@@ -20,7 +20,7 @@ def test_trainer_logprobs_match_generation_logprobs(tiny_policy):
     assert lazy.old_logprobs is None
     assert torch.equal(lazy.input_ids, batch.input_ids)  # same samples: only where log-probs come from differs
     pipe = Pipeline(policy=tiny_policy, rewards=[lambda p, c, **k: [1.0] * len(c)], config=TrainConfig(progress=False))
-    recomputed = pipe.trainer.logprobs(tiny_policy, lazy) * lazy.completion_mask
+    recomputed = pipe.logprobs(tiny_policy, lazy) * lazy.completion_mask
     torch.testing.assert_close(recomputed, batch.old_logprobs, atol=1e-4, rtol=1e-4)
 
 

@@ -170,10 +170,9 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tiny_policy, tmp_
     )
     train = make_split("train", 40, 0)
     assert {len(ex["prompt"]) % 2 for ex in train} == {0, 1}  # both kinds of prompt are there
-    pipe.trainer._train_data = train  # as fit() sets it
     odd = next(ex for ex in train if len(ex["prompt"]) % 2)
     even = next(ex for ex in train if len(ex["prompt"]) % 2 == 0)
-    record, metrics = pipe.step([odd, even])  # the odd prompt's group has no signal: dropped, refilled
+    record, metrics = pipe.step([odd, even], train)  # the odd prompt's group has no signal: dropped, refilled
     rewards = record.rewards.view(-1, 4)
     kept = int(metrics["dynamic_sampling/kept_groups"])
     assert kept == rewards.shape[0] and 1 <= kept <= 2

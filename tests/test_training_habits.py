@@ -104,7 +104,7 @@ def test_cosine_with_warmup_counts_optimizer_steps(tiny_policy, tmp_path, one_th
     # 4 training steps × 2 mini-batches = 8 optimizer steps, 2 of warmup; a row logs its first optimizer step's lr
     assert [r["learning_rate"] for r in rows] == _expected_lrs(1e-3, "cosine", 2, 8, at=[0, 2, 4, 6])
     assert rows[0]["learning_rate"] == 0.0 and rows[1]["learning_rate"] == 1e-3
-    assert pipe.trainer.lr_scheduler.last_epoch == 8  # advanced by every optimizer step, inside the training steps
+    assert pipe.lr_scheduler.last_epoch == 8  # advanced by every optimizer step, inside the training steps
 
 
 def test_a_resumed_cosine_schedule_is_bit_identical(fresh_policy, tmp_path, one_thread):
@@ -113,7 +113,7 @@ def test_a_resumed_cosine_schedule_is_bit_identical(fresh_policy, tmp_path, one_
     clean.fit(make_split("train", 8, 0))
 
     killed = _pipeline(fresh_policy(), tmp_path / "killed", **schedule)
-    killed.callbacks.append(_SendSignal(at=2))
+    killed.set_params(callbacks=[_SendSignal(at=2)])
     with pytest.raises(Interrupted):
         killed.fit(make_split("train", 8, 0))
     resumed = _pipeline(fresh_policy(), tmp_path / "killed", **schedule)
@@ -124,7 +124,7 @@ def test_a_resumed_cosine_schedule_is_bit_identical(fresh_policy, tmp_path, one_
     assert len({r["learning_rate"] for r in a if r["kind"] == "train"}) == 4  # the schedule moved every step
     params_a, params_b = resumed.policy.model.state_dict(), clean.policy.model.state_dict()
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
-    assert resumed.trainer.lr_scheduler.state_dict() == clean.trainer.lr_scheduler.state_dict()
+    assert resumed.lr_scheduler.state_dict() == clean.lr_scheduler.state_dict()
     assert resumed.optimizer.param_groups[0]["lr"] == clean.optimizer.param_groups[0]["lr"]
 
 
@@ -249,7 +249,7 @@ def test_push_to_hub_uploads_the_model_with_a_card(tiny_policy, tmp_path, one_th
         ("create_repo", "me/tiny-ctwa", True, True),
         ("upload_folder", "me/tiny-ctwa", run / "model"),
     ]
-    assert result.hub_url == "https://huggingface.co/me/tiny-ctwa"
+    assert result.hub_url_ == "https://huggingface.co/me/tiny-ctwa"
     card = (run / "model" / "README.md").read_text()
     for text in (
         "library_name: transformers",
@@ -273,7 +273,7 @@ def test_a_failed_upload_is_reported_and_the_run_stays_finished(tiny_policy, tmp
     run = tmp_path / "run"
     result = _hub_pipeline(tiny_policy, run).fit(make_split("train", 8, 0))
     out = " ".join(capsys.readouterr().out.split())
-    assert result.hub_url is None
+    assert result.hub_url_ is None
     assert "upload to 'me/tiny-ctwa' failed" in out and "no network" in out and "hf upload me/tiny-ctwa" in out
     assert Manifest.load(run).current_segment.status == "finished"
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()

@@ -196,6 +196,13 @@ def test_all_zero_weights_are_refused(controller, pattern):
     refused({"controller": controller}, rf"(?s)controller: .*{pattern}")
 
 
+def test_k1_in_the_loss_is_refused_with_the_fix():
+    """On-policy the expected gradient of k1 is 0: a KL penalty that does nothing (tests/algos/test_loss.py)."""
+    raw = {"algo": {"name": "grpo", "kl_coef": 0.001, "kl_estimator": "k1"}}
+    refused(raw, r"(?s)algo: .*kl_estimator: k1 with kl_in: loss .*k3 in the loss, or kl_in: reward with k1")
+    validate_recipe(parse_recipe({"algo": {**raw["algo"], "kl_in": "reward"}}))
+
+
 def test_a_schedule_may_ramp_up_from_zero():
     raw = {"controller": {"name": "schedule", "start": [0, 0, 0], "end": [1, 1, 1]}}
     assert validate_recipe(parse_recipe(raw))[0]["controller"].config.start == [0, 0, 0]

@@ -311,9 +311,10 @@ def test_engine_seed_follows_the_training_seed(fake_vllm, tiny_policy):
     for seed in (0, 1):
         config = TrainConfig(seed=seed, progress=False)
         pipe = Pipeline(tiny_policy, OBJECTIVES, rollout="vllm", config=config, diagnostics=False)
-        llm = pipe.rollout._engine(pipe.policy)
+        rollout = pipe.validate().parts_.rollout  # built with the pipeline's components
+        llm = rollout._engine(pipe.policy)
         seeds.append(llm.kwargs["seed"])
-        pipe.rollout.close()
+        rollout.close()
     assert seeds == [0, 1]  # morl compare --seeds: each run samples from its own engine seed
     fixed = build("rollout", {"name": "vllm", "seed": 7})
     fixed.set_training_seed(1)
@@ -397,6 +398,7 @@ def test_fit_hands_the_seed_to_the_rollout_and_closes_it(tiny_policy, tmp_path):
         output_dir=str(tmp_path / "run"),
     )  # fmt: skip
     pipe = Pipeline(tiny_policy, OBJECTIVES, rollout=Recording(max_new_tokens=4), config=config, diagnostics=False)
+    pipe.validate()  # the components are built (and the rollout told the seed) once, here
     assert pipe.rollout.seed == 5
     pipe.fit(make_split("train", 4, 0))
     assert pipe.rollout.closed == 1

@@ -27,9 +27,29 @@ _EPS = 1e-6
 class AdvantageEstimator(Component):
     family = "advantage"
 
-    def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
-        """Advantages ``[N]``; ``scores`` may hold NaN (not applicable), to leave out of every statistic and give 0."""
+    def __call__(self, scores: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Advantages ``[N]``; ``scores`` may hold NaN (not applicable), to leave out of every statistic and give 0.
+
+        ``lengths`` ``[N]`` are the completions' token counts, for an estimator whose statistics weigh a completion by
+        its tokens (``batch_whiten`` with ``whiten_over: tokens``); the others ignore them. Callers go through
+        :func:`estimate_advantages`, which passes them only where :attr:`needs_lengths` says so, so an estimator
+        written with ``__call__(self, scores, group_size)`` keeps working.
+        """
         raise NotImplementedError
+
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether :meth:`__call__` needs the completions' token counts."""
+        return False
+
+
+def estimate_advantages(
+    estimator: AdvantageEstimator, scores: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``estimator``'s advantages ``[N]``, given the completions' token counts ``lengths`` ``[N]`` if it needs them."""
+    if estimator.needs_lengths:
+        return estimator(scores, group_size, lengths)
+    return estimator(scores, group_size)
 
 
 def _applicable_counts(grouped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,9 +88,22 @@ def group_normalize(scores: torch.Tensor, group_size: int, scale: bool = True, u
     return centered.reshape(scores.shape)
 
 
-def batch_whiten(values: torch.Tensor, center: bool = True, eps: float = _EPS) -> torch.Tensor:
+def batch_whiten(
+    values: torch.Tensor, center: bool = True, eps: float = _EPS, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(x - mean) / std`` over the batch (sample std; no centring when ``center`` is False); NaN entries are
-    left out of both statistics and get 0, and a batch that does not vary gets 0 everywhere."""
+    left out of both statistics and get 0, and a batch that does not vary gets 0 everywhere.
+
+    With ``lengths`` (token counts ``[N]``) the statistics are over tokens, each completion's value repeated on
+    each of its tokens: ``mean = Σ L_i x_i / T`` and ``var = Σ L_i (x_i - mean)² / (T - 1)`` with ``T = Σ L_i``
+    (verl's ``masked_whiten`` of a per-token value; a completion of 3 tokens weighs 3 times one of 1 token).
+
+    Example: lengths 1 and 3, values 1 and 0: mean 1/4, var (3/4 · 3/4 + 3 · 1/16) / 3 = 1/4, std 1/2.
+        >>> batch_whiten(torch.tensor([1.0, 0.0]), lengths=torch.tensor([1, 3]))
+        tensor([ 1.5000, -0.5000])
+    """
+    if lengths is not None:
+        return _token_whiten(values, lengths, center, eps)
     applicable = ~torch.isnan(values)
     if applicable.all():  # every value applies: the same operations as runs before NaN support, bit for bit
         values = values - values.mean() if center else values
@@ -85,15 +118,37 @@ def batch_whiten(values: torch.Tensor, center: bool = True, eps: float = _EPS) -
     return torch.where(applicable, centered / std, torch.zeros_like(values))
 
 
-def per_objective_advantages(estimator: AdvantageEstimator, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def _token_whiten(values: torch.Tensor, lengths: torch.Tensor, center: bool, eps: float) -> torch.Tensor:
+    """:func:`batch_whiten` over tokens: each completion weighs its token count in the mean and the std."""
+    if lengths.shape != values.shape:
+        raise ValueError(f"lengths {tuple(lengths.shape)} do not match the scores {tuple(values.shape)}")
+    applicable = ~torch.isnan(values)
+    zero = torch.zeros_like(values)
+    weight = torch.where(applicable, lengths.to(device=values.device, dtype=values.dtype), zero)
+    kept = torch.where(applicable, values, zero)
+    tokens = weight.sum()
+    if not tokens > 1:
+        return zero
+    mean = (weight * kept).sum() / tokens
+    std = ((weight * (kept - mean).square()).sum() / (tokens - 1)).sqrt()
+    if not std > eps:
+        return zero
+    return torch.where(applicable, ((values - mean) if center else values) / std, zero)
+
+
+def per_objective_advantages(
+    estimator: AdvantageEstimator, rewards: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[N, M]`` raw rewards (NaN = not applicable) -> ``[N, M]`` advantages, each objective on its own.
 
     Pass the raw rewards, not :func:`~morl.scalarize.base.fill_not_applicable`'s: a placeholder at the group mean
     adds nothing to the spread but counts in the std's K, which would inflate the applicable completions'
     advantages by ``sqrt((K-1)/(k-1))`` (k applicable out of K). Raw, a not-applicable completion gets 0 for that
-    objective and the others get what the applicable completions alone would give them.
+    objective and the others get what the applicable completions alone would give them. ``lengths``: the
+    completions' token counts, for an estimator that needs them (:func:`estimate_advantages`).
     """
-    return torch.stack([estimator(rewards[:, m], group_size) for m in range(rewards.shape[1])], dim=1)
+    columns = [estimate_advantages(estimator, rewards[:, m], group_size, lengths) for m in range(rewards.shape[1])]
+    return torch.stack(columns, dim=1)
 
 
 class GroupNorm(AdvantageEstimator):
@@ -111,7 +166,7 @@ class GroupNorm(AdvantageEstimator):
         )
         unbiased: bool = Field(True, description="sample std, n-1 (as TRL); False: population std, n")
 
-    def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return group_normalize(scores, group_size, self.config.scale, self.config.unbiased)
 
 
@@ -124,7 +179,7 @@ class RLOO(AdvantageEstimator):
 
     name = "rloo"
 
-    def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if group_size < 2:
             raise ValueError("rloo needs at least 2 completions per prompt (group_size >= 2)")
         _, count = _applicable_counts(scores.view(-1, group_size))
@@ -137,6 +192,26 @@ class BatchWhiten(AdvantageEstimator):
 
     With ``group_baseline`` (REINFORCE++-baseline) the group mean is subtracted first, so a
     zero-variance group stays at 0; without it, scores are whitened directly.
+
+    ``whiten_over`` says what the batch mean and std are taken over:
+
+    - ``completions`` (the default): one value per completion, ``mean = Σ_i x_i / N``, sample std over the N
+      completions;
+    - ``tokens``: over all completion tokens of the batch, as the REINFORCE++ authors' code (verl's
+      ``reinforce_plus_plus`` estimators whiten a per-token return with the response mask): ``mean = Σ_i L_i x_i /
+      T``, ``var = Σ_i L_i (x_i - mean)² / (T - 1)`` with ``L_i`` the completion's tokens and ``T = Σ_i L_i``, so a
+      long completion weighs more. Needs the completions' token counts (``lengths``).
+
+    Either way a not-applicable (NaN) score is left out of the statistics and gets 0, and the group baseline is
+    the plain mean of the group's completions.
+
+    Example: lengths 1 and 3 (one prompt, no group baseline): over completions the two values whiten to ±1/√2;
+    over tokens the mean is 1/4 and the std 1/2 (see :func:`batch_whiten`).
+        >>> scores, lengths = torch.tensor([1.0, 0.0]), torch.tensor([1, 3])
+        >>> BatchWhiten(group_baseline=False)(scores, 2, lengths)
+        tensor([ 0.7071, -0.7071])
+        >>> BatchWhiten(group_baseline=False, whiten_over="tokens")(scores, 2, lengths)
+        tensor([ 1.5000, -0.5000])
     """
 
     name = "batch_whiten"
@@ -148,9 +223,24 @@ class BatchWhiten(AdvantageEstimator):
         center: Literal["batch", "none"] = Field(
             "batch", description="subtract the batch mean before dividing by the batch std; 'none': scale only"
         )
+        whiten_over: Literal["completions", "tokens"] = Field(
+            "completions",
+            description="batch statistics over completions (one value each) or over tokens (the REINFORCE++ "
+            "authors' verl code: a completion weighs its token count)",
+        )
 
-    def __call__(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    @property
+    def needs_lengths(self) -> bool:
+        return self.config.whiten_over == "tokens"
+
+    def __call__(self, scores: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        over_tokens = self.needs_lengths
+        if over_tokens and lengths is None:
+            raise ValueError(
+                "advantage batch_whiten with whiten_over: tokens needs the completions' token counts (lengths);"
+                " this caller gives none. Use whiten_over: completions here"
+            )
         values = scores
         if self.config.group_baseline:  # NaN (not applicable) stays NaN, out of the batch statistics
             values = torch.where(torch.isnan(scores), scores, group_normalize(scores, group_size, scale=False))
-        return batch_whiten(values, center=self.config.center == "batch")
+        return batch_whiten(values, center=self.config.center == "batch", lengths=lengths if over_tokens else None)

@@ -34,7 +34,7 @@ The KL to a frozen reference — ``kl_coef`` (β, TRL's ``beta``), ``kl_estimato
 ``r = log π_ref - log π_θ``: ``k1 = -r``, ``k3 = exp(r) - r - 1``; Schulman, http://joschu.net/blog/kl-approx.html)
 and ``kl_in``: ``loss`` adds ``β·KL`` to each token's loss (GRPO); ``reward`` leaves it out of the loss, and the
 training step subtracts ``β ·`` :func:`sequence_kl` of the sampling policy from each completion's score instead
-(the PPO-RLHF reward penalty).
+(the PPO-RLHF reward penalty). ``k1`` in the loss is refused: its expected gradient is 0 (:func:`check_kl_placement`).
 
 The entropy bonus ``α · H`` (``entropy_coef``) and the importance correction ``c_{i,t}`` for a rollout engine that
 is not the trainer (:mod:`morl.algos.importance`) multiply or add per token as written above.
@@ -113,6 +113,24 @@ def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator 
     if estimator == "k3":
         return k3_kl(logp, ref_logp)
     raise ValueError(f"kl_estimator {estimator!r}; allowed: k1, k3")
+
+
+def check_kl_placement(kl_coef: float, estimator: str, kl_in: str) -> None:
+    """Refuse ``k1`` in the loss: it is a no-op.
+
+    On-policy the expected gradient of ``β · k1 = β (log π_θ - log π_ref)`` is ``β E_π[∇log π_θ] = 0`` (the score
+    has mean 0), while the gradient of ``KL(π_θ || π_ref)`` is ``E_π[(log π_θ - log π_ref) ∇log π_θ]``, not 0:
+    k1 estimates the KL's value, not its gradient. Subtracted from the reward (``kl_in: reward``) k1 multiplies the
+    score function and gives exactly that gradient. ``k3``'s gradient in the loss, ``(1 - π_ref/π_θ) ∇log π_θ``,
+    has expectation ``-E_{π_ref}[∇log π_θ] = ∇KL(π_ref || π_θ)``: the reverse KL, with the same minimiser and the
+    same gradient to first order near the reference, so it does regularise (GRPO's choice). TRL likewise offers
+    k1 only as a logged estimate.
+    """
+    if kl_coef > 0 and kl_in == "loss" and estimator == "k1":
+        raise ValueError(
+            "kl_estimator: k1 with kl_in: loss (kl_coef > 0) is a no-op: on-policy the expected gradient of"
+            " k1 = log π - log π_ref is 0. Use kl_estimator: k3 in the loss, or kl_in: reward with k1"
+        )
 
 
 def sequence_kl(
@@ -257,6 +275,7 @@ class PolicyLoss:
             raise ValueError(f"kl_estimator {self.kl_estimator!r}; allowed: k1, k3")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"kl_in {self.kl_in!r}; allowed: loss, reward")
+        check_kl_placement(self.kl_coef, self.kl_estimator, self.kl_in)
 
     @property
     def kl_in_loss(self) -> bool:

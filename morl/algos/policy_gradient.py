@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from morl.algos.importance import ImportanceCorrection, importance_weights
 from morl.algos.loss import (
@@ -39,6 +39,7 @@ from morl.algos.loss import (
     LossOutput,
     LossType,
     PolicyLoss,
+    check_kl_placement,
     k3_kl,
     masked_mean,
     sequence_kl,
@@ -101,6 +102,12 @@ class PolicyAlgoConfig(ComponentConfig):
         "token_truncate", description="rollout engine/trainer mismatch correction, when the engine is not the trainer"
     )
     importance_cap: float = Field(2.0, gt=0, description="cap C of the importance ratio (truncated or masked above)")
+
+    @model_validator(mode="after")
+    def _kl_in_the_loss_has_a_gradient(self) -> PolicyAlgoConfig:
+        """k1 in the loss trains nothing: see :func:`~morl.algos.loss.check_kl_placement`."""
+        check_kl_placement(self.kl_coef, self.kl_estimator, self.kl_in)
+        return self
 
 
 class PolicyAlgo(Component):

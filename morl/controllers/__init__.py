@@ -10,17 +10,18 @@ from morl.controllers.base import (
     per_objective,
 )
 from morl.controllers.cagrad import CAGrad
-from morl.controllers.ctwa import CTWA, group_covariances
+from morl.controllers.ctwa import CTWA
 from morl.controllers.dynamic import GradientWeighting, HypervolumeWeighting
 from morl.controllers.fixed import FixedWeights
 from morl.controllers.gdpo import GDPO
-from morl.controllers.gradients import GramWeighting, objective_gram, objective_losses
+from morl.controllers.gradients import GramWeighting
 from morl.controllers.gradnorm import GradNorm
 from morl.controllers.lagrangian import Lagrangian
 from morl.controllers.mgda import MGDA
 from morl.controllers.pama import PAMA
 from morl.controllers.pcgrad import PCGrad
 from morl.controllers.schedule import WeightSchedule
+from morl.statistics import group_covariances, objective_gram, objective_losses  # shared with the diagnostics
 
 __all__ = [
     "CTWA",

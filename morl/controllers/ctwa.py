@@ -42,6 +42,7 @@ from morl import metrics as M
 from morl.components import ComponentConfig
 from morl.controllers.base import RewardLevel, per_objective
 from morl.stages import Need, Scored, Updated
+from morl.statistics import group_covariances
 
 PAPER_TARGETS = [0.15, 0.08, 0.08]
 PAPER_LAMBDA0 = [0.333, 0.333, 0.334]
@@ -49,49 +50,6 @@ PAPER_LAMBDA0 = [0.333, 0.333, 0.334]
 # a gate threshold may be +inf, the same "never stop raising" as None (the form a sweep or an override can write);
 # every other CTWA number must be finite (ComponentConfig refuses NaN and inf)
 GateValue = Annotated[float, AllowInfNan(True)]
-
-
-def group_covariances(
-    rewards: np.ndarray, weights: np.ndarray, group_size: int, signal: str = "covariance", outlier_factor: float = 100.0
-) -> np.ndarray:
-    """``c_m``: mean over prompt groups of the within-group covariance (or correlation) of r_m and w.
-
-    ``rewards`` [N, M] (NaN = not applicable), ``weights`` [N]. Objectives with no usable group (2 or more
-    usable completions) get NaN. A flat group's covariance is exactly 0 and counts; its correlation is undefined,
-    so in correlation mode such a group is skipped, and an objective whose usable groups are all flat gets 0.0.
-    """
-    n, m = rewards.shape
-    usable = np.isfinite(weights)
-    if usable.any():
-        median = np.median(np.abs(weights[usable]))
-        if median > 0:
-            usable &= np.abs(np.where(usable, weights, 0.0)) <= outlier_factor * median
-    out = np.full(m, np.nan)
-    for j in range(m):
-        values, seen = [], False
-        for g in range(n // group_size):
-            rows = slice(g * group_size, (g + 1) * group_size)
-            keep = usable[rows] & np.isfinite(rewards[rows, j])
-            if keep.sum() < 2:
-                continue
-            seen = True
-            r, w = rewards[rows, j][keep], weights[rows][keep]
-            cov = np.mean((r - r.mean()) * (w - w.mean()))
-            if signal == "correlation":
-                if _flat(r) or _flat(w):
-                    continue
-                cov = cov / (r.std() * w.std())
-            values.append(cov)
-        if values:
-            out[j] = float(np.mean(values))
-        elif seen:  # correlation mode, every usable group flat: no correlation signal
-            out[j] = 0.0
-    return out
-
-
-def _flat(values: np.ndarray) -> bool:
-    """Constant up to rounding: a std at the level of float64 rounding error of the values' magnitude."""
-    return bool(values.std() <= 1e-12 * np.abs(values).max())
 
 
 FORECAST_CLIP = 3.0  # |z| beyond this is "certainly up/down": a larger z should not mean a larger step
@@ -148,29 +106,32 @@ class CTWA(RewardLevel):
 
     @property
     def needs(self) -> frozenset[Need]:  # type: ignore[override]
-        return frozenset() if self.config.signal == "forecast" else frozenset({Need.CLIPPED_WEIGHTS})
+        return frozenset({Need.FORECAST}) if self.config.signal == "forecast" else frozenset({Need.CLIPPED_WEIGHTS})
 
     @property
     def forecast_every(self) -> int:
         """Steps per forecast window when the signal is the forecast (the step measures it), else 0."""
         return self.config.forecast_every if self.config.signal == "forecast" else 0
 
+    forecast_params = "all"  # the forecast moves every trainable parameter
+
     def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
         targets = self.config.targets
         if isinstance(targets, int | float):
             targets = [float(targets)] * len(objectives)
         self._targets = np.array(per_objective("controller.targets", targets, objectives))
         self._gate = self._gate_thresholds(objectives)
-        if getattr(self, "u_", None) is None:
-            m = len(objectives)
-            lam0 = self.config.lambda0 or ([1 / m] * m if m != 3 else PAPER_LAMBDA0)
-            lam0 = np.array(per_objective("controller.lambda0", lam0, objectives))
-            if (lam0 <= 0).any():
-                raise ValueError(f"controller.lambda0 must be positive (λ = exp(u)); got {lam0.tolist()}")
-            self.u_ = np.log(lam0)
-            self.cov_ema_ = np.full(m, np.nan)
-            self.last_cov_ = np.full(m, np.nan)
+        super().start(objectives)
+
+    def initial_state(self, objectives: list[str]) -> None:
+        m = len(objectives)
+        lam0 = self.config.lambda0 or ([1 / m] * m if m != 3 else PAPER_LAMBDA0)
+        lam0 = np.array(per_objective("controller.lambda0", lam0, objectives))
+        if (lam0 <= 0).any():
+            raise ValueError(f"controller.lambda0 must be positive (λ = exp(u)); got {lam0.tolist()}")
+        self.u_ = np.log(lam0)
+        self.cov_ema_ = np.full(m, np.nan)
+        self.last_cov_ = np.full(m, np.nan)
 
     def _gate_thresholds(self, objectives: list[str]) -> np.ndarray:
         gate = self.config.gate

@@ -124,7 +124,6 @@ class HypervolumeWeighting(AdvantageLevel):
         )
 
     def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
         given = self.config.weights
         m = len(objectives)
         self._weights = torch.tensor(per_objective("controller.weights", given, objectives) if given else [1 / m] * m)
@@ -132,10 +131,12 @@ class HypervolumeWeighting(AdvantageLevel):
         unknown = sorted(set(self.config.minimize) - set(self._axes))
         if unknown:
             raise RecipeError(f"controller.minimize: {unknown} are not hypervolume axes {self._axes}")
-        if getattr(self, "multiplier_", None) is None:
-            self.multiplier_ = 1.0
-            self.reference_ = None
-            self.front_ = np.zeros((0, len(self._axes)))
+        super().start(objectives)
+
+    def initial_state(self, objectives: list[str]) -> None:
+        self.multiplier_ = 1.0
+        self.reference_ = None
+        self.front_ = np.zeros((0, len(self._axes)))
 
     def observe_validation(self, means: dict[str, float]) -> None:
         missing = [a for a in self._axes if a not in means]
@@ -203,13 +204,14 @@ class GradientWeighting(GramWeighting):
             None, description="initial positive weights (list or by name), normalised to the simplex; None: uniform"
         )
 
-    def start(self, objectives: list[str]) -> None:
-        if getattr(self, "weights_", None) is None and self.config.weights0 is not None:
-            w0 = np.array(per_objective("controller.weights0", self.config.weights0, objectives))
-            if (w0 <= 0).any():
-                raise RecipeError(f"controller.weights0 must be positive, got {w0.tolist()}")
-            self.weights_ = w0 / w0.sum()
-        super().start(objectives)
+    def initial_state(self, objectives: list[str]) -> None:
+        if self.config.weights0 is None:
+            super().initial_state(objectives)
+            return
+        w0 = np.array(per_objective("controller.weights0", self.config.weights0, objectives))
+        if (w0 <= 0).any():
+            raise RecipeError(f"controller.weights0 must be positive, got {w0.tolist()}")
+        self.weights_ = w0 / w0.sum()
 
     def weights_from_gram(self, gram: np.ndarray, losses: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
         self.weights_ = mirror_ascent_step(self.weights_, gram, self.config.lr)

@@ -43,12 +43,10 @@ class FixedWeights(RewardLevel):
 
         _some_weight = field_validator("weights")(not_all_zero)
 
-    def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
-        if getattr(self, "weights_", None) is None:
-            given = self.config.weights
-            m = len(objectives)
-            self.weights_ = np.array(per_objective("controller.weights", given, objectives) if given else [1 / m] * m)
+    def initial_state(self, objectives: list[str]) -> None:
+        given = self.config.weights
+        m = len(objectives)
+        self.weights_ = np.array(per_objective("controller.weights", given, objectives) if given else [1 / m] * m)
 
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(self.weights_, dtype=torch.float32)

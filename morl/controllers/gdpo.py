@@ -39,7 +39,7 @@ from morl.algos.advantages import batch_whiten, group_normalize
 from morl.components import ComponentConfig
 from morl.controllers.base import AdvantageLevel, per_objective
 from morl.controllers.fixed import not_all_zero
-from morl.scalarize.base import fill_not_applicable, mark_unscorable
+from morl.scalarize.base import fill_not_applicable, mark_not_comparable, mark_unscorable
 from morl.stages import Scored
 
 Aggregation = Literal["sum_then_normalize", "normalize_then_sum"]
@@ -66,14 +66,15 @@ def aggregate_advantages(
 
     As TRL: a completion no objective applies to (a row of NaN rewards) is left out of the group and batch
     statistics and gets 0; a not-applicable objective adds 0 to a completion's ``Σ_m w_m A_m`` (its per-objective
-    advantage is 0). Under ``sum_then_normalize`` a not-applicable reward is filled with its group mean
-    (:func:`~morl.scalarize.base.fill_not_applicable`, where TRL's ``nansum`` counts it as 0).
+    advantage is 0). Under ``sum_then_normalize`` the weighted sum is normalised in its group as at the reward
+    level: a completion that lacks a reward another completion of its group has is left out and gets 0
+    (:func:`~morl.scalarize.base.mark_not_comparable`; TRL's ``nansum`` counts the missing reward as 0 instead).
     """
     weights = weights.to(objective_advantages)
     if mode == "normalize_then_sum":
         return batch_zscore(mark_unscorable(objective_advantages @ weights, rewards))
     filled = fill_not_applicable(rewards, group_size).to(weights.dtype)
-    return group_normalize(mark_unscorable(filled @ weights, rewards), group_size)
+    return group_normalize(mark_not_comparable(filled @ weights, rewards, group_size), group_size)
 
 
 class GDPO(AdvantageLevel):

@@ -48,15 +48,16 @@ class Lagrangian(AdvantageLevel):
         lambda_max: float | None = Field(None, gt=0, description="cap on every dual λ_k; None: uncapped")
 
     def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
         if self.config.primary not in objectives:
             raise RecipeError(f"controller.primary: {self.config.primary!r} is not an objective; allowed: {objectives}")
         self._primary = objectives.index(self.config.primary)
         self._constraints = [i for i in range(len(objectives)) if i != self._primary]
         names = [objectives[i] for i in self._constraints]
         self._targets = np.array(per_objective("controller.targets", self.config.targets, names))
-        if getattr(self, "lambdas_", None) is None:
-            self.lambdas_ = np.zeros(len(names))
+        super().start(objectives)
+
+    def initial_state(self, objectives: list[str]) -> None:
+        self.lambdas_ = np.zeros(len(self._constraints))
 
     def before_update(self, scored: Scored) -> None:
         means = torch.nanmean(scored.rewards.double(), dim=0).cpu().numpy()[self._constraints]

@@ -66,10 +66,8 @@ class PAMA(GradientLevel):
     name = "pama"
     normalization = "simplex"
 
-    def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
-        if getattr(self, "weights_", None) is None:
-            self.weights_ = np.full(len(objectives), 1.0 / len(objectives))
+    def initial_state(self, objectives: list[str]) -> None:
+        self.weights_ = np.full(len(objectives), 1.0 / len(objectives))
 
     def weights(self) -> torch.Tensor:
         return torch.as_tensor(self.weights_, dtype=torch.float32)

@@ -69,7 +69,6 @@ class WeightSchedule(RewardLevel):
             return self
 
     def start(self, objectives: list[str]) -> None:
-        super().start(objectives)
         m = len(objectives)
         given = self.config.start
         self._start = np.array(per_objective("controller.start", given, objectives) if given else [1 / m] * m)
@@ -78,8 +77,10 @@ class WeightSchedule(RewardLevel):
         for field, values in (("start", self._start), ("end", self._end)):
             if not np.isfinite(values).all():
                 raise ValueError(f"controller.{field} must be finite numbers; got {values.tolist()}")
-        if getattr(self, "step_", None) is None:
-            self.step_ = 0
+        super().start(objectives)
+
+    def initial_state(self, objectives: list[str]) -> None:
+        self.step_ = 0
 
     def progress(self) -> float:
         """How far along the ramp the next step is, from 0 (start weights) to 1 (end weights)."""

@@ -11,9 +11,14 @@ a ten-character answer (``9^{9^{9}}``, ``(10^{6})!``). math-verify's own time li
 takes whole seconds, works only in the main thread (it raises ``ValueError`` anywhere else) and cannot stop
 work stuck inside C code. So the check runs in a child process (started on first use, shared by all
 :class:`Accuracy` objects): the child stops a sample at ``timeout_s`` with its own timer, and if the child does
-not answer within ``timeout_s + 1`` s it is killed and restarted. Either way the sample is not applicable (None) and
-``timeouts_`` counts it. Before anything reaches the child, cheap filters give 0 to answers that are too long
-(``max_answer_chars``) or nested too deeply; identical strings and plain integers are decided without a check.
+not answer within ``timeout_s + 1`` s it is killed and restarted. Either way ``timeouts_`` counts the sample, and
+it scores 0.0, incorrect (``on_timeout: incorrect``, the default), as math-verify and TRL's accuracy reward score
+a timed-out check. Not applicable (None) would exempt it from the accuracy comparison altogether, so an answer
+built to be slow to check (``\boxed{10^{10^{10^{10}}}}`` for a problem whose answer is 1) would escape the penalty a
+wrong answer gets, and a policy could learn to write them; ``on_timeout: not_applicable`` still offers that, for
+a checker too slow for some correct answers. Before anything reaches the child, cheap filters give 0 to answers
+that are too long (``max_answer_chars``) or nested too deeply; identical strings and plain integers are decided
+without a check.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import re
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -56,8 +61,12 @@ class Accuracy(RewardFn):
 
     Args:
         answer_column: dataset column with the ground-truth answer (LaTeX or plain text, no ``\boxed``).
-        timeout_s: per-sample time limit of the equivalence check; a sample over it is not applicable and is
-            counted in ``timeouts_`` (the pipeline logs it as ``rewards/accuracy/timeouts``).
+        timeout_s: per-sample time limit of the equivalence check; a sample over it (or one that crashes the
+            checker) is counted in ``timeouts_`` (the pipeline logs it as ``rewards/accuracy/timeouts``) and scored
+            as ``on_timeout`` says.
+        on_timeout: ``incorrect`` (default): a check cut off at its limit scores 0.0, as math-verify and TRL do,
+            so a slow-to-check answer is never a way out of the penalty for a wrong one; ``not_applicable``:
+            None, left out of the accuracy statistics.
         max_answer_chars: longer boxed answers score 0 without a check.
 
     State: ``timeouts_`` (int), samples whose check was cut off, over the life of the object.
@@ -77,7 +86,12 @@ class Accuracy(RewardFn):
             "answer", description="dataset column with the ground-truth answer (LaTeX or plain text, not boxed)"
         )
         timeout_s: float = Field(
-            1.0, gt=0, le=600, description="seconds per equivalence check; a slower one is not applicable (timeouts_)"
+            1.0, gt=0, le=600, description="seconds per equivalence check; a slower one is scored by on_timeout"
+        )
+        on_timeout: Literal["incorrect", "not_applicable"] = Field(
+            "incorrect",
+            description="a check cut off at timeout_s (counted in timeouts) scores 0.0 (incorrect, as math-verify "
+            "and TRL) or None (not_applicable)",
         )
         max_answer_chars: int = Field(
             1000, ge=1, description="longer boxed answers score 0 without a check (guards the checker)"
@@ -116,10 +130,11 @@ class Accuracy(RewardFn):
                 to_check.append((i, gold, pred))
         if to_check:
             verdicts = _checker().check([(g, p) for _, g, p in to_check], self.config.timeout_s)
+            timed_out = 0.0 if self.config.on_timeout == "incorrect" else None
             for (i, _, _), verdict in zip(to_check, verdicts, strict=True):
                 if verdict is None:
                     self.timeouts_ += 1
-                scores[i] = None if verdict is None else (1.0 if verdict else 0.0)  # timed out: not applicable
+                scores[i] = timed_out if verdict is None else (1.0 if verdict else 0.0)
         return scores
 
 

@@ -185,3 +185,57 @@ def test_without_not_applicable_scores_the_advantages_are_torchs_own_bit_for_bit
         v = s - s.mean()
         assert torch.equal(batch_whiten(s), v / v.std())
         assert torch.equal(batch_zscore(s), (s - s.mean()) / s.std())
+
+
+# ---- batch whitening over tokens (REINFORCE++ as its authors' verl code) ----------------------------------------
+
+
+def test_batch_whiten_over_tokens_hand_worked():
+    # one group, lengths 1 and 3, scores 1 and 0, no group baseline: the tokens are (1 | 0 0 0):
+    # mean 1/4, sample var (9/16 + 3 · 1/16) / 3 = 1/4, std 1/2 -> (1 - 1/4) / (1/2) = 3/2 and -1/2
+    scores, lengths = torch.tensor([1.0, 0.0]), torch.tensor([1, 3])
+    tokens = BatchWhiten(group_baseline=False, whiten_over="tokens")
+    torch.testing.assert_close(tokens(scores, 2, lengths), torch.tensor([1.5, -0.5]))
+    no_center = BatchWhiten(group_baseline=False, center="none", whiten_over="tokens")
+    torch.testing.assert_close(no_center(scores, 2, lengths), torch.tensor([2.0, 0.0]))
+    # over completions (the default) the lengths do not count: ±1/√2
+    torch.testing.assert_close(
+        BatchWhiten(group_baseline=False)(scores, 2, lengths), torch.tensor([1.0, -1.0]) / 2**0.5
+    )
+    # with the group baseline, two groups (1, 0 | 1, 1) of lengths (1, 3 | 2, 2): baselined (1/2, -1/2 | 0, 0);
+    # over 8 tokens the mean is (1/2 - 3/2) / 8 = -1/8 and the sample var (25/64 + 3 · 9/64 + 4 · 1/64) / 7 = 1/8
+    got = BatchWhiten(whiten_over="tokens")(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2, torch.tensor([1, 3, 2, 2]))
+    torch.testing.assert_close(got, torch.tensor([5 / 8, -3 / 8, 1 / 8, 1 / 8]) * 8**0.5)
+
+
+def test_batch_whiten_over_tokens_equals_whitening_every_token_of_a_ragged_batch():
+    """Independent: repeat each completion's value on each of its tokens and whiten the flat token array."""
+    rng = np.random.default_rng(6)
+    k = 4
+    for group_baseline in (False, True):
+        for _ in range(10):
+            scores = rng.normal(size=6 * k)
+            scores[rng.random(6 * k) < 0.2] = np.nan
+            lengths = rng.integers(0, 40, size=6 * k)  # 0: a completion with no token weighs nothing
+            values = scores.copy()
+            if group_baseline:
+                values -= np.repeat(np.nanmean(scores.reshape(-1, k), axis=1), k)
+            keep = ~np.isnan(values)
+            tokens = np.repeat(values[keep], lengths[keep])
+            expected = np.zeros_like(values)
+            expected[keep] = (values[keep] - tokens.mean()) / tokens.std(ddof=1)
+            est = BatchWhiten(group_baseline=group_baseline, whiten_over="tokens")
+            got = est(torch.tensor(scores), k, torch.tensor(lengths)).numpy()
+            np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_batch_whiten_over_tokens_needs_the_lengths_and_passes_them_per_objective():
+    est = BatchWhiten(whiten_over="tokens")
+    assert est.needs_lengths and not BatchWhiten().needs_lengths and not GroupNorm().needs_lengths
+    with pytest.raises(ValueError, match="whiten_over: tokens needs the completions' token counts"):
+        est(torch.tensor([1.0, 0.0]), 2)
+    # objective 0 as in the hand-worked example; objective 1 (0 | 1 1 1): mean 3/4, std 1/2 -> -3/2 and 1/2
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    est = BatchWhiten(group_baseline=False, whiten_over="tokens")
+    got = per_objective_advantages(est, rewards, 2, torch.tensor([1, 3]))
+    torch.testing.assert_close(got, torch.tensor([[1.5, -1.5], [-0.5, 0.5]]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from morl.algos import GRPO, PolicyLoss, Reinforce, sequence_kl
-from morl.algos.loss import aggregate, loss_normaliser
+from morl.algos.loss import aggregate, loss_normaliser, token_kl
 from morl.components import RecipeError
 from tests.batches import token_batch as _batch
 
@@ -108,8 +108,6 @@ def test_clip_higher_asymmetric(clip_high, objective, unclipped, high):
 @pytest.mark.parametrize(
     ("estimator", "kl", "grad"),
     [
-        # log π = log 0.5, log π_ref = log 0.25: k1 = log π - log π_ref = log 2, d/dlogp = 1
-        ("k1", math.log(2), 1.0),
         # r = log π_ref - log π = -log 2: k3 = e^r - r - 1 = 0.5 + log 2 - 1, d/dlogp = 1 - e^r = 0.5
         ("k3", 0.5 + math.log(2) - 1, 0.5),
     ],
@@ -117,6 +115,8 @@ def test_clip_higher_asymmetric(clip_high, objective, unclipped, high):
 def test_kl_estimators(estimator, kl, grad):
     logp = torch.full((1, 2), math.log(0.5), requires_grad=True)
     ref = torch.full((1, 2), math.log(0.25))
+    # log π = log 0.5, log π_ref = log 0.25: k1 = log π - log π_ref = log 2 (an estimate to log, not to train on)
+    torch.testing.assert_close(token_kl(logp, ref, "k1").detach(), torch.full((1, 2), math.log(2)))
     loss = PolicyLoss(kl_coef=0.1, kl_estimator=estimator)
     out = loss(logp, torch.zeros(1), torch.ones(1, 2), ref_logp=ref)  # zero advantage: the KL term alone
     assert out.loss.item() == pytest.approx(0.1 * kl)
@@ -124,6 +124,48 @@ def test_kl_estimators(estimator, kl, grad):
     assert out.regularizer.item() == pytest.approx(0.1 * kl) and out.policy_loss.item() == 0.0
     out.loss.backward()
     torch.testing.assert_close(logp.grad, torch.full((1, 2), 0.1 * grad / 2))  # token mean over 2 tokens
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GRPO(kl_coef=0.01, kl_estimator="k1"),
+        lambda: Reinforce(kl_coef=0.01, kl_estimator="k1", kl_in="loss"),
+        lambda: PolicyLoss(kl_coef=0.01, kl_estimator="k1"),
+    ],
+)
+def test_k1_in_the_loss_is_refused_naming_the_fields_and_the_fix(make):
+    with pytest.raises(
+        ValueError, match=r"kl_estimator: k1 with kl_in: loss .*no-op.*k3 in the loss, or kl_in: reward"
+    ):
+        make()
+
+
+def test_k1_is_allowed_where_it_means_something():
+    GRPO(kl_coef=0.01, kl_estimator="k1", kl_in="reward")  # a reward penalty: multiplies the score function
+    GRPO(kl_coef=0.0, kl_estimator="k1")  # no KL at all
+    GRPO(kl_coef=0.01, kl_estimator="k3")
+
+
+def test_why_k1_in_the_loss_is_refused_exact_expectations_on_a_categorical():
+    """Exact on-policy expectations over a 4-outcome softmax policy ``p = softmax(θ)`` and a reference ``q``: each
+    estimator's per-sample loss is differentiated at fixed samples and averaged with weights ``p`` (detached)."""
+    theta = torch.tensor([0.3, -1.2, 0.8, 0.1], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64)
+    logp, p = torch.log_softmax(theta, 0), torch.softmax(theta, 0).detach()
+
+    def expected_grad(per_sample_loss: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad((p * per_sample_loss).sum(), theta, retain_graph=True)[0]
+
+    forward_kl = torch.autograd.grad((torch.softmax(theta, 0) * (logp - q.log())).sum(), theta, retain_graph=True)[0]
+    reverse_kl = torch.autograd.grad((q * (q.log() - logp)).sum(), theta, retain_graph=True)[0]
+    assert forward_kl.abs().max() > 0.1
+    # k1 in the loss: E_p[∇ log p] = ∇ Σ p = 0, whatever q
+    torch.testing.assert_close(expected_grad(token_kl(logp, q.log(), "k1")), torch.zeros(4, dtype=torch.float64))
+    # k1 in the reward: the REINFORCE term k1 · log p (k1 a constant) gives E_p[k1 ∇log p] = ∇ KL(p || q)
+    torch.testing.assert_close(expected_grad(token_kl(logp, q.log(), "k1").detach() * logp), forward_kl)
+    # k3 in the loss: E_p[(1 - q/p) ∇log p] = -Σ q ∇log p = ∇ KL(q || p), the reverse KL: not 0, same minimiser p = q
+    torch.testing.assert_close(expected_grad(token_kl(logp, q.log(), "k3")), reverse_kl)
 
 
 def test_kl_in_reward_leaves_the_loss_and_sums_per_sequence():

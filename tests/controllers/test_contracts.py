@@ -78,3 +78,59 @@ def test_a_controller_of_no_family_is_refused_before_training():
         check_combination(
             Loose(), build("scalarizer", "linear"), build("rollout", "transformers"), build("algo", "grpo")
         )
+
+
+OBJECTIVES = ["accuracy", "conciseness", "clarity"]
+
+
+def _controller(name: str) -> WeightController:
+    return build("controller", {"name": "lagrangian", "primary": "accuracy"} if name == "lagrangian" else name)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_start_keeps_resumed_state_for_every_controller(name):
+    """Starting unless resumed is the base class's job: learned state loaded before ``start`` survives it, and a
+    fresh controller gets its initial state from ``start``."""
+    fresh = _controller(name)
+    assert not fresh.started()  # scikit-learn's rule: no learned state before start
+    fresh.start(OBJECTIVES)
+    if set(fresh.state_dict()) == {"objectives_"}:
+        pytest.skip(f"{name} learns nothing (its weights are parameters)")
+    assert fresh.started()
+    saved = dict(fresh.state_dict())
+    # change one learned number (a weight vector, a multiplier, a step count): a reset would put it back
+    marker = next(k for k, v in saved.items() if k != "objectives_" and isinstance(v, list | int | float))
+    value = saved[marker]
+    saved[marker] = [0.125] * len(value) if isinstance(value, list) else value + 7
+    resumed = _controller(name)
+    resumed.load_state_dict(saved)
+    resumed.start(OBJECTIVES)
+    assert resumed.state_dict()[marker] == saved[marker]
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_every_family_weighs_a_scored_batch_without_a_trainer(name):
+    """``controller.weigh`` turns rewards into the advantages the updater trains on, whatever the family, from
+    tensors alone; the gradient level combines losses in the update and says so through ``loss_combiner``."""
+    from morl.algos import per_objective_advantages
+    from morl.stages import Scored
+
+    controller = _controller(name)
+    controller.start(OBJECTIVES)
+    rewards = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    scored = Scored.from_rewards(rewards, group_size=2, objectives=OBJECTIVES)
+    estimator = build("advantage", "group_norm")
+    per_objective = per_objective_advantages(estimator, rewards, 2)
+    weighted = controller.weigh(
+        scored, scalarizer=build("scalarizer", "linear"), advantage=estimator, objective_advantages=per_objective
+    )
+    weights = controller.weights()
+    assert weighted.advantages.shape == (4,) and torch.equal(weighted.weights, weights)
+    if isinstance(controller, RewardLevel):  # scalarise, then normalise once
+        expected = estimator(rewards @ weights, 2)
+    elif isinstance(controller, GradientLevel):  # the weighted sum, for logging; the update combines losses
+        expected = per_objective @ weights
+    else:
+        expected = controller.combine_advantages(per_objective, scored)
+    assert torch.allclose(weighted.advantages, expected, atol=1e-6)
+    assert (controller.loss_combiner() is not None) == isinstance(controller, GradientLevel)

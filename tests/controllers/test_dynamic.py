@@ -169,23 +169,23 @@ def test_gradient_weights_stay_on_the_simplex(normalized):
 
 def test_fit_validates_on_training_prompts_not_on_the_eval_split(tiny_policy, tmp_path):
     seen_prompts: list[str] = []
-    from morl.evaluation import Evaluator
 
-    class Recording(Evaluator):
-        def means(self, policy, examples, mode, trainer_state=None):
-            seen_prompts.extend(ex["prompt"] for ex in examples)
-            return super().means(policy, examples, mode, trainer_state)
+    def seen(prompts, completions, training=True, **kwargs):  # records what it is asked to score outside training
+        if not training:
+            seen_prompts.extend(prompts)
+        return [0.0] * len(completions)
 
-    config = TrainConfig(steps=1, prompts_per_step=2, group_size=2, progress=False, eval_every=0)
+    config = TrainConfig(
+        steps=1, prompts_per_step=2, group_size=2, progress=False, eval_every=0, eval_greedy=False, eval_sampled=False
+    )
     pipe = Pipeline(
         policy=tiny_policy,
-        rewards=["accuracy", "clarity"],
+        rewards=["accuracy", seen],
         controller=HypervolumeWeighting(validation_size=3),
         rollout={"name": "transformers", "max_new_tokens": 4},
         config=TrainConfig(**{**config.model_dump(), "output_dir": str(tmp_path / "run")}),
     )
-    pipe.trainer.evaluator.__class__ = Recording
     train, held_out = make_split("train", 6, 0), make_split("eval", 2, 0)
-    pipe.fit(train, held_out)
+    pipe.fit(train, held_out)  # no evaluation modes: every call outside training is the controller's validation
     assert seen_prompts and set(seen_prompts) <= {ex["prompt"] for ex in train}
     assert not set(seen_prompts) & {ex["prompt"] for ex in held_out}

@@ -133,7 +133,7 @@ def test_not_applicable_rewards_as_trl():
         assert got[3] == 0 and got[14] == 0
 
         # sum_then_normalize: where a completion's objectives are all applicable or all not, as TRL; elsewhere morl
-        # fills a not-applicable reward with its group mean where TRL's nansum counts it as 0 (fill_not_applicable)
+        # leaves out a completion that lacks a reward its group has, where TRL's nansum counts it as 0
         whole = np.where(np.isnan(rewards).any(axis=1, keepdims=True), np.nan, rewards)
         c = GDPO(weights=weights.tolist(), multi_objective_aggregation="sum_then_normalize")
         c.start(["a", "b", "c"])
@@ -142,11 +142,13 @@ def test_not_applicable_rewards_as_trl():
         np.testing.assert_allclose(got.numpy(), _trl(whole, weights, k, "sum_then_normalize"), rtol=1e-3, atol=1e-9)
 
 
-def test_sum_then_normalize_fills_with_the_group_mean_hand_worked():
-    # group (a, b): (1, NaN), (0, 1), (1, 0); b's NaN becomes mean(1, 0) = 1/2: scores 1.5, 1, 1 (weights 1, 1);
-    # mean 7/6, sample std sqrt((1/9 + 1/36 + 1/36) / 2) = 1/(2√3): A = (1, -1/2, -1/2) · 2√3/3 = (2, -1, -1)/√3
-    rewards = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 0.0]])
+def test_sum_then_normalize_leaves_out_a_completion_missing_a_reward_hand_worked():
+    # group (a, b): (1, NaN), (0, 1), (1, 0), (1, 1); the first lacks b, which the others have: left out, 0.
+    # The others' sums 1, 1, 2 (weights 1, 1): mean 4/3, sample std sqrt((1/9 + 1/9 + 4/9) / 2) = 1/√3,
+    # A = (-1/3, -1/3, 2/3) · √3 = (-1, -1, 2)/√3 — those of the group of 3 alone. Filled at b's group mean (2/3)
+    # instead, the first would count in the std and shrink it.
+    rewards = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     c = GDPO(multi_objective_aggregation="sum_then_normalize")
     c.start(["a", "b"])
-    got = c.combine_advantages(per_objective_advantages(GroupNorm(), rewards, 3), scored_record(rewards, 3))
-    torch.testing.assert_close(got, torch.tensor([2.0, -1.0, -1.0]) / np.sqrt(3.0))
+    got = c.combine_advantages(per_objective_advantages(GroupNorm(), rewards, 4), scored_record(rewards, 4))
+    torch.testing.assert_close(got, torch.tensor([0.0, -1.0, -1.0, 2.0]) / np.sqrt(3.0))

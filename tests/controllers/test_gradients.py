@@ -5,8 +5,8 @@ import torch
 from morl.algos import GRPO
 from morl.components import RecipeError, build
 from morl.controllers import GradientLevel, objective_gram, objective_losses
-from morl.controllers.gradients import select_parameters
 from morl.stages import Need
+from morl.statistics import select_parameters
 
 OBJ = ["accuracy", "conciseness", "clarity"]
 GRAM_METHODS = ["mgda", "pcgrad", "cagrad", "gradnorm", "dynamic_gradient"]

@@ -182,27 +182,43 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_completion_is_wrong_or_timed_out_within_the_time_limit(name: str) -> None:
+def test_hostile_completion_is_wrong_within_the_time_limit(name: str) -> None:
     acc = Accuracy(timeout_s=TIMEOUT_S)
     acc(["p"], [r"\boxed{1}"], answer=["2"])  # checker process started before the clock runs
     start = time.perf_counter()
     scores = acc(["p"], [HOSTILE[name]], answer=["4"])
     assert time.perf_counter() - start < WALL_LIMIT_S
-    assert scores in ([0.0], [None])  # a cheap filter's 0, or a check cut off at the limit: not applicable
-    assert acc.timeouts_ == (1 if scores == [None] else 0)  # and then counted, never a silent 0
+    assert scores == [0.0]  # a cheap filter's 0, a failed check, or a check cut off at the limit (then counted)
+    assert acc.timeouts_ in (0, 1)
 
 
-def test_a_slow_check_times_out_is_not_applicable_and_is_counted() -> None:
+def test_a_slow_check_times_out_is_incorrect_and_is_counted() -> None:
     acc = Accuracy(timeout_s=TIMEOUT_S)
     start = time.perf_counter()
     assert acc(["p"] * 3, [r"\boxed{10^{10^{10}}}", r"\boxed{2}", r"\boxed{\dfrac{4}{2}}"], answer=["2"] * 3) == [
-        None,  # never a silent 0: the check did not finish
+        0.0,  # the check did not finish: incorrect, as math-verify and TRL score it
         1.0,
         1.0,
     ]
     assert time.perf_counter() - start < WALL_LIMIT_S
     assert acc.timeouts_ == 1
     assert acc.state_dict() == {"timeouts_": 1}
+    assert acc.counters() == {"timeouts": 1.0}  # logged as rewards/accuracy/timeouts
+
+
+def test_an_answer_built_to_time_out_does_not_escape_the_penalty() -> None:
+    """A power tower for a problem whose answer is 1: not applicable, it would be left out of the accuracy
+    comparison while a plain wrong answer scores 0; so by default a cut-off check scores 0 and is counted."""
+    tower = r"\boxed{10^{10^{10^{10^{10}}}}}"
+    acc = Accuracy(timeout_s=TIMEOUT_S)
+    assert acc(["p"] * 2, [tower, r"\boxed{2}"], answer=["1"] * 2) == [0.0, 0.0]
+    assert acc.timeouts_ == 1
+    lenient = Accuracy(timeout_s=TIMEOUT_S, on_timeout="not_applicable")  # the explicit option
+    assert lenient(["p"] * 2, [tower, r"\boxed{1}"], answer=["1"] * 2) == [None, 1.0]
+    assert lenient.timeouts_ == 1
+    assert Accuracy().config.on_timeout == "incorrect"
+    with pytest.raises(RecipeError, match="on_timeout"):
+        build("reward", {"name": "accuracy", "on_timeout": "skip"})
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
@@ -213,7 +229,7 @@ def test_a_stuck_checker_is_killed_and_restarted() -> None:
     pid = checker._proc.pid
     os.kill(pid, signal.SIGSTOP)  # like a check stuck in C code: it never answers, not even to its own timer
     start = time.perf_counter()
-    assert acc(["p"], [r"\boxed{\sqrt{4}}"], answer=["2"]) == [None]
+    assert acc(["p"], [r"\boxed{\sqrt{4}}"], answer=["2"]) == [0.0]  # never answered: incorrect, counted
     assert TIMEOUT_S <= time.perf_counter() - start < WALL_LIMIT_S
     assert acc.timeouts_ == 1
     assert acc(["p"], [r"\boxed{\sqrt{4}}"], answer=["2"]) == [1.0]  # a fresh checker took over
@@ -242,7 +258,9 @@ def test_no_state_before_first_call_and_state_dict_round_trip() -> None:
     assert fresh.timeouts_ == 3
     fresh(["p"], ["no box"], answer=["1"])
     assert fresh.timeouts_ == 3
-    assert repr(fresh) == "Accuracy(answer_column='answer', timeout_s=0.25, max_answer_chars=1000)"
+    assert (
+        repr(fresh) == "Accuracy(answer_column='answer', timeout_s=0.25, on_timeout='incorrect', max_answer_chars=1000)"
+    )
 
 
 def test_config_is_validated() -> None:
