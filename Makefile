@@ -9,7 +9,7 @@ BIN = $(VENV)/bin
 LOCK := requirements/test.lock
 INSTALL := PYTHON=$(PYTHON) scripts/install.sh
 
-.PHONY: install quickstart test check test-latest lock lint format docs bench bench-trl clean
+.PHONY: install quickstart quickstart-linear quickstart-ctwa test check test-latest lock lint format docs bench bench-trl clean
 
 # morl alone (what the quickstart runs), then its test and docs tools, both at the lock's versions
 $(VENV)/.installed-run: pyproject.toml $(LOCK)
@@ -25,10 +25,18 @@ install: $(VENV)/.installed-run
 # each quickstart writes a new folder, runs/quickstart-<date-time>/{linear,ctwa,plots}: a rerun never touches an earlier one
 QUICKSTART := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
+# the two runs are independent single-thread processes: side by side on 2 cores, each run's output printed whole when
+# it ends (same numbers as one after the other: each run seeds its own generators)
 quickstart: $(VENV)/.installed-run
-	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml --output-dir $(QUICKSTART)/linear
-	$(BIN)/morl fit cookbook/recipes/quickstart.yaml --output-dir $(QUICKSTART)/ctwa
+	@echo "training TinyMath with equal weights and with CTWA, side by side (about a minute) ..."
+	@$(MAKE) --no-print-directory -j2 --output-sync=target QUICKSTART=$(QUICKSTART) quickstart-linear quickstart-ctwa
 	$(BIN)/morl plot $(QUICKSTART)/linear $(QUICKSTART)/ctwa --out $(QUICKSTART)/plots
+
+quickstart-linear:
+	$(BIN)/morl fit cookbook/recipes/quickstart_linear.yaml --output-dir $(QUICKSTART)/linear
+
+quickstart-ctwa:
+	$(BIN)/morl fit cookbook/recipes/quickstart.yaml --output-dir $(QUICKSTART)/ctwa
 
 # the suite keeps its runs of the notebooks (outputs included) in build/executed, and the site shows them
 test: $(VENV)/.installed-test

@@ -61,3 +61,26 @@ def math500_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"MATH-500 data not found at {path}")
     return path
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_policy, tmp_path):
+    """Make a small pipeline over ``tiny_policy``: 2 prompts × 4 completions a step, 12 new tokens, 2 steps, no
+    evaluation schedule or progress bar, its run folder ``tmp_path/run``. Components are keyword arguments as for
+    ``Pipeline``; ``train={...}`` overrides ``TrainConfig`` fields. The one way tests build a pipeline by hand."""
+    from morl import Pipeline, TrainConfig
+
+    def make(rewards=("accuracy", "clarity"), train=None, **components):
+        defaults = {
+            "steps": 2,
+            "prompts_per_step": 2,
+            "group_size": 4,
+            "eval_every": 0,
+            "progress": False,
+            "output_dir": str(tmp_path / "run"),
+        }
+        config = TrainConfig(**{**defaults, **(train or {})})
+        options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, **components}
+        return Pipeline(policy=tiny_policy, rewards=list(rewards), config=config, **options)
+
+    return make

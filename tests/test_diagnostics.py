@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from morl import Pipeline, TrainConfig
 from morl.callbacks import FitContext, StepContext
 from morl.components import RecipeError, build, registered
 from morl.diagnostics import (
@@ -150,28 +149,22 @@ def test_alarm_state_round_trips():
     assert _stream(resumed, -1, 1)[0]["alarm/a"] == 1  # the third negative step in a row, across the resume
 
 
-def _pipeline(policy, tmp_path, **kwargs):
-    config = TrainConfig(steps=2, prompts_per_step=2, group_size=4, output_dir=str(tmp_path / "run"), progress=False)
-    options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, **kwargs}
-    return Pipeline(policy=policy, rewards=[short, digits], config=config, **options)
-
-
-def test_pipeline_installs_cheap_diagnostics_by_default(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path)
+def test_pipeline_installs_cheap_diagnostics_by_default(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits])
     assert isinstance(pipe.diagnostics_, Diagnostics)
     record, metrics = pipe.step(make_split("train", 2, 0))
     assert record.clipped_weights is None  # the forward pass is not paid for by default
     for key in ("cov/score/short", "corr/score/digits", "alarm/short", "clip_ratio/region_mean"):
         assert key in metrics
     assert not any(k.startswith(("cov/clipped_weight", "grad_cos", "clip/")) for k in metrics)
-    assert _pipeline(tiny_policy, tmp_path, diagnostics=False).diagnostics_ is None
-    assert _pipeline(tiny_policy, tmp_path, diagnostics={"enabled": False}).diagnostics_ is None
+    assert tiny_pipeline([short, digits], diagnostics=False).diagnostics_ is None
+    assert tiny_pipeline([short, digits], diagnostics={"enabled": False}).diagnostics_ is None
 
 
-def test_clipped_weight_diagnostics_when_paid_for(tiny_policy, tmp_path):
-    ctwa = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+def test_clipped_weight_diagnostics_when_paid_for(tiny_policy, tmp_path, tiny_pipeline):
+    ctwa = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.1]})
     _, metrics = ctwa.step(make_split("train", 2, 0))  # CTWA computes the clipped weights: free here
-    forced = _pipeline(tiny_policy, tmp_path, diagnostics={"clipped_weights": True})
+    forced = tiny_pipeline([short, digits], diagnostics={"clipped_weights": True})
     _, forced_metrics = forced.step(make_split("train", 2, 0))
     for m in (metrics, forced_metrics):
         for key in ("cov/clipped_weight/short", "corr/clipped_weight/digits", "clip/removed_mass"):
@@ -192,8 +185,8 @@ def _grads(policy, batch, advantages):
     return out
 
 
-def test_gradient_cosine_matches_separate_gradients(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path, diagnostics={"grad_cosine_every": 1})
+def test_gradient_cosine_matches_separate_gradients(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], diagnostics={"grad_cosine_every": 1})
     before = [p.detach().clone() for p in tiny_policy.model.parameters()]
     examples = make_split("train", 4, 0)
     for _ in range(3):

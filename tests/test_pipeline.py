@@ -17,14 +17,8 @@ def digits(prompts, completions, **kwargs):
     return [float(any(ch.isdigit() for ch in c)) for c in completions]
 
 
-def _pipeline(policy, tmp_path, **kwargs):
-    config = TrainConfig(steps=2, prompts_per_step=2, group_size=4, output_dir=str(tmp_path / "run"), progress=False)
-    options = {"rollout": {"name": "transformers", "max_new_tokens": 12}, "rewards": [short, digits], **kwargs}
-    return Pipeline(policy=policy, config=config, **options)
-
-
-def test_step_passes_typed_records(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+def test_step_passes_typed_records(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.1]})
     record, metrics = pipe.step(make_split("train", 2, 0))
     assert isinstance(record, Updated) and isinstance(record.weighted, Weighted) and isinstance(record.scored, Scored)
     assert record.rollout.size == 8 and record.rewards.shape == (8, 2) and record.objectives == ("short", "digits")
@@ -36,8 +30,8 @@ def test_step_passes_typed_records(tiny_policy, tmp_path):
     assert metrics["timing/rollout"] > 0 and metrics["timing/update"] > 0
 
 
-def test_fixed_controller_skips_clipped_weights(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path)
+def test_fixed_controller_skips_clipped_weights(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits])
     batch, _ = pipe.step(make_split("train", 2, 0))
     assert batch.clipped_weights is None  # nobody needs it, nobody pays for it
 
@@ -47,9 +41,9 @@ def parity(prompts, completions, **kwargs):
     return [float(sum(map(ord, c)) % 2) for c in completions]
 
 
-def test_update_changes_parameters_and_zero_advantage_does_not(tiny_policy, tmp_path):
+def test_update_changes_parameters_and_zero_advantage_does_not(tiny_policy, tmp_path, tiny_pipeline):
     before = [p.detach().clone() for p in tiny_policy.model.parameters()]
-    pipe = _pipeline(tiny_policy, tmp_path, rewards=[parity])
+    pipe = tiny_pipeline([parity])
     batch, _ = pipe.step(make_split("train", 2, 0))
     assert not torch.all(batch.advantages == 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, tiny_policy.model.parameters()))
@@ -58,16 +52,16 @@ def test_update_changes_parameters_and_zero_advantage_does_not(tiny_policy, tmp_
         return [1.0] * len(completions)
 
     frozen = [p.detach().clone() for p in tiny_policy.model.parameters()]
-    pipe = _pipeline(tiny_policy, tmp_path, rewards=[constant])
+    pipe = tiny_pipeline([constant])
     batch, _ = pipe.step(make_split("train", 2, 0))
     assert torch.all(batch.advantages == 0)  # no signal: the gradient is zero and AdamW (no decay) moves nothing
     assert all(torch.equal(a, b) for a, b in zip(frozen, tiny_policy.model.parameters()))
 
 
-def test_fit_writes_run_directory(tiny_policy, tmp_path):
+def test_fit_writes_run_directory(tiny_policy, tmp_path, tiny_pipeline):
     from transformers import AutoModelForCausalLM
 
-    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+    pipe = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.1]})
     result = pipe.fit(make_split("train", 20, 0), make_split("eval", 4, 0))
     rows = [json.loads(line) for line in (result.run_dir_ / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["eval", "train", "train", "eval"]
@@ -121,8 +115,8 @@ def test_duplicate_objective_names_rejected(tiny_policy):
         pipe.validate()  # built and checked on first use (fit, step), or now
 
 
-def test_print_pipeline_shows_its_components(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.2]})
+def test_print_pipeline_shows_its_components(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.2]})
     text = repr(pipe)
     assert text.startswith("Pipeline(\n") and "controller=CTWA(targets=[0.1, 0.2]" in text
     assert "algo=GRPO(" in text and "rewards=[<function short" in text and "config=TrainConfig(steps=2" in text
@@ -131,22 +125,22 @@ def test_print_pipeline_shows_its_components(tiny_policy, tmp_path):
 # ---- a scikit-learn-style estimator --------------------------------------------------------------------------
 
 
-def test_init_stores_the_specs_and_builds_nothing(tiny_policy, tmp_path):
+def test_init_stores_the_specs_and_builds_nothing(tiny_policy, tmp_path, tiny_pipeline):
     controller = {"name": "ctwa", "targets": [0.1, 0.1]}
-    pipe = _pipeline(tiny_policy, tmp_path, controller=controller, algo="grpo")
+    pipe = tiny_pipeline([short, digits], controller=controller, algo="grpo")
     assert pipe.controller is controller and pipe.algo == "grpo"  # stored as given
     assert "trainer_" not in vars(pipe)  # built on first use
     assert pipe.get_params(deep=False)["controller"] is controller
 
 
-def test_get_params_deep_names_every_components_parameters(tiny_policy, tmp_path):
-    params = _pipeline(tiny_policy, tmp_path, controller="ctwa").get_params(deep=True)
+def test_get_params_deep_names_every_components_parameters(tiny_policy, tmp_path, tiny_pipeline):
+    params = tiny_pipeline([short, digits], controller="ctwa").get_params(deep=True)
     assert params["controller__lr"] == 0.05 and params["algo__clip_low"] == 0.2
     assert params["config__steps"] == 2 and params["rollout__max_new_tokens"] == 12
 
 
-def test_set_params_changes_a_components_parameter_and_rebuilds(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+def test_set_params_changes_a_components_parameter_and_rebuilds(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.1]})
     pipe.step(make_split("train", 2, 0))
     assert pipe.set_params(controller__lr=0.25, config__steps=3) is pipe
     assert pipe.get_params()["controller__lr"] == 0.25 and pipe.get_params()["controller__targets"] == [0.1, 0.1]
@@ -156,8 +150,8 @@ def test_set_params_changes_a_components_parameter_and_rebuilds(tiny_policy, tmp
         pipe.set_params(controler__lr=1.0)
 
 
-def test_clone_is_unfitted_and_independent(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path, controller={"name": "ctwa", "targets": [0.1, 0.1]})
+def test_clone_is_unfitted_and_independent(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], controller={"name": "ctwa", "targets": [0.1, 0.1]})
     copy = pipe.clone()
     assert repr(copy) == repr(pipe) and copy.policy is not pipe.policy
     before = [p.detach().clone() for p in pipe.policy.model.parameters()]
@@ -166,8 +160,8 @@ def test_clone_is_unfitted_and_independent(tiny_policy, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, pipe.policy.model.parameters()))  # the original untouched
 
 
-def test_fit_returns_the_fitted_pipeline_and_fitresult_fields_warn(tiny_policy, tmp_path):
-    pipe = _pipeline(tiny_policy, tmp_path)
+def test_fit_returns_the_fitted_pipeline_and_fitresult_fields_warn(tiny_policy, tmp_path, tiny_pipeline):
+    pipe = tiny_pipeline([short, digits])
     fitted = pipe.fit(make_split("train", 4, 0), make_split("eval", 2, 0))
     assert fitted is pipe and pipe.run_dir_ == tmp_path / "run"
     assert [row["step"] for row in pipe.evals_] == [0, 2] and pipe.hub_url_ is None
