@@ -155,9 +155,12 @@ def open_loggers(run_dir: Path, names: Sequence[str] = (), config: dict[str, Any
 
 
 def _scalars(row: dict[str, Any]) -> dict[str, float]:
-    """Numeric, finite values of a metrics row, without its bookkeeping keys."""
+    """Numeric, finite values of a metrics row, without its bookkeeping keys, tagged as TRL's trackers tag them:
+    a training row's ``rewards/acc/mean`` is ``train/rewards/acc/mean`` (evaluation keys start with ``eval/``).
+    ``metrics.jsonl`` keeps the plain names."""
+    prefix = "" if row.get("kind") == "eval" else "train/"
     return {
-        k: float(v)
+        f"{prefix}{k}": float(v)
         for k, v in row.items()
         if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }

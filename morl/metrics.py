@@ -97,6 +97,15 @@ GRAD_NORM = "grad_norm"
 SKIPPED_NONFINITE = "skipped_nonfinite"
 COMPLETIONS_MEAN_LENGTH = f"{COMPLETIONS}/{MEAN_LENGTH}"
 COMPLETIONS_MAX_LENGTH = f"{COMPLETIONS}/max_length"
+COMPLETIONS_MIN_LENGTH = f"{COMPLETIONS}/min_length"
+# TRL's names: completions that hit max_new_tokens without an end-of-sequence token, and the lengths of the others
+COMPLETIONS_CLIPPED_RATIO = f"{COMPLETIONS}/clipped_ratio"
+COMPLETIONS_TERMINATED = {
+    stat: f"{COMPLETIONS}/{stat}_terminated_length" for stat in ("mean", "min", "max")
+}  # 0 when none terminated, as TRL logs it
+FRAC_REWARD_ZERO_STD = "frac_reward_zero_std"  # prompt groups whose score has no spread (no signal), TRL's name
+NUM_TOKENS = "num_tokens"  # prompt and completion tokens trained on since the run began (TRL's name)
+STEP_TIME = "step_time"  # seconds of the whole step (TRL's name)
 ADVANTAGES_ZERO_FRACTION = f"{ADVANTAGES}/zero_fraction"
 CLIP_RATIO_LOW = f"{CLIP_RATIO}/low_mean"
 CLIP_RATIO_HIGH = f"{CLIP_RATIO}/high_mean"

@@ -28,6 +28,7 @@ class TrainingState:
     data_position: int = 0  # training prompts drawn so far (the seeded per-epoch order is recomputed from it)
     skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
     nonfinite_streak: int = 0  # such steps in a row, up to now
+    num_tokens: int = 0  # prompt and completion tokens of every training batch so far (TRL's num_tokens)
     # per objective: steps in a row on which its reward timed out or failed on every sample (the stop rule's count)
     reward_failure_streaks: dict[str, int] = field(default_factory=dict)
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {"class": path, "state": {...}}

@@ -12,6 +12,7 @@ import torch
 from morl import metrics as M
 from morl.algos import PolicyAlgo
 from morl.algos.importance import importance_metrics
+from morl.batch import Batch
 from morl.controllers.base import WeightController
 from morl.rewards import RewardFn
 from morl.stages import Updated
@@ -24,6 +25,7 @@ def step_metrics(
     controller: WeightController,
     algo: PolicyAlgo,
     reward_timeouts: dict[str, int],
+    eos_token_id: int | None = None,
 ) -> dict[str, float]:
     """Per-objective reward means and spreads (NaN left out), the score, completion lengths, the update's own
     statistics, the controller's state and the weights this step trained with."""
@@ -41,9 +43,9 @@ def step_metrics(
     scores = updated.scores.detach().cpu()
     metrics[M.SCORE] = float(scores.mean())
     metrics[M.SCORE_STD] = float(scores.std())
-    lengths = updated.rollout.completion_lengths.float().cpu()
-    metrics[M.COMPLETIONS_MEAN_LENGTH] = float(lengths.mean())
-    metrics[M.COMPLETIONS_MAX_LENGTH] = float(lengths.max())
+    metrics.update(completion_metrics(updated.rollout, eos_token_id))
+    grouped = scores.view(-1, updated.group_size)
+    metrics[M.FRAC_REWARD_ZERO_STD] = float((grouped.std(dim=1, unbiased=False) < 1e-8).float().mean())
     metrics[M.ADVANTAGES_ZERO_FRACTION] = float((updated.advantages.abs() < 1e-8).float().mean())
     metrics.update(updated.stats)
     metrics.update(controller.metrics())
@@ -66,6 +68,26 @@ def step_metrics(
             )
         )
     return metrics
+
+
+def completion_metrics(rollout: Batch, eos_token_id: int | None) -> dict[str, float]:
+    """Completion lengths in tokens, as TRL logs them: mean, min and max; the share that hit ``max_new_tokens``
+    without an end-of-sequence token (``clipped_ratio``) and the lengths of those that did end (0 when none did)."""
+    lengths = rollout.completion_lengths.float().cpu()
+    out = {
+        M.COMPLETIONS_MEAN_LENGTH: float(lengths.mean()),
+        M.COMPLETIONS_MIN_LENGTH: float(lengths.min()),
+        M.COMPLETIONS_MAX_LENGTH: float(lengths.max()),
+    }
+    if eos_token_id is None:
+        return out
+    ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu().bool()
+    terminated = ((ids == eos_token_id) & mask).any(dim=1)
+    out[M.COMPLETIONS_CLIPPED_RATIO] = float((~terminated).float().mean())
+    ended = lengths[terminated]
+    for stat, value in (("mean", ended.mean), ("min", ended.min), ("max", ended.max)):
+        out[M.COMPLETIONS_TERMINATED[stat]] = float(value()) if ended.numel() else 0.0
+    return out
 
 
 def completion_rows(updated: Updated, count: int | None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +128,7 @@ class Trainer:
 
     def step(self, examples: list[dict[str, Any]]) -> tuple[Updated, dict[str, float]]:
         """One training step on these prompts; returns the step's last record and its metrics."""
-        p, timings = self.parts, {}
+        p, timings, start = self.parts, {}, time.perf_counter()
         self._begin_step()
         validation = Need.VALIDATION in self.needs
         with phase(timings, "validation", when=validation and self.state.step == 0):
@@ -155,9 +156,17 @@ class Trainer:
         with phase(timings, "validation", when=validation):
             self._observe_validation(when=validation)
         self.state.step += 1
-        metrics = step_metrics(updated, self.state.step, p.rewards, p.controller, p.algo, self._reward_timeouts)
+        self.state.num_tokens += int(updated.rollout.attention_mask.sum())
+        metrics = step_metrics(
+            updated, self.state.step, p.rewards, p.controller, p.algo, self._reward_timeouts, self._eos_token_id()
+        )
         metrics |= {M.SKIPPED_STEPS: self.state.skipped_steps, M.LEARNING_RATE: learning_rate, **filtered, **timings}
+        metrics |= {M.NUM_TOKENS: self.state.num_tokens, M.STEP_TIME: time.perf_counter() - start}
         return updated, self._end_step(updated, metrics)
+
+    def _eos_token_id(self) -> int | None:
+        eos = self.parts.policy.tokenizer.eos_token_id
+        return eos if isinstance(eos, int) else None
 
     def _begin_step(self) -> None:
         if self.fit_context is None:  # a step outside fit(): callbacks watch it as a fit without a run directory

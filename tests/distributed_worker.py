@@ -91,7 +91,9 @@ def main(out: Path) -> None:
             "params": {name: p.detach().clone() for name, p in policy.model.named_parameters()},
             "controller": pipe.parts_.controller.state_dict(),
             "rewards": {name: r.state_dict() for name, r in zip(pipe.objectives, pipe.parts_.rewards)},
-            "history": [{k: v for k, v in row.items() if not k.startswith("timing/")} for row in result.history_],
+            "history": [
+                {k: v for k, v in row.items() if not k.startswith(("timing/", "step_time"))} for row in result.history_
+            ],
         }
         torch.save(state, out / f"{world}proc-rank{distributed.rank()}-{method}.pt")
 

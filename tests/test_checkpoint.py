@@ -88,7 +88,8 @@ def _recipe(tmp_path: Path, model_dir: Path, out: Path, **train) -> Path:
 def _train_rows(run: Path) -> list[dict]:
     """The run's effective metric rows (a resumed run's superseded rows left out), without timings and segments."""
     return [
-        {k: v for k, v in row.items() if not k.startswith("timing/") and k != "segment"} for row in read_metrics(run)
+        {k: v for k, v in row.items() if not k.startswith(("timing/", "step_time")) and k != "segment"}
+        for row in read_metrics(run)
     ]
 
 

@@ -230,7 +230,7 @@ def test_every_controller_logs_its_weights(name):
         assert math.isfinite(metrics[f"weights/{objective}"])
 
 
-def test_tensorboard_logger_writes_the_same_names(tmp_path):
+def test_tensorboard_logger_writes_trls_tags(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -243,7 +243,7 @@ def test_tensorboard_logger_writes_the_same_names(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {"rewards/acc/mean", "eval/greedy/acc"}
+    assert set(events.Tags()["scalars"]) == {"train/rewards/acc/mean", "eval/greedy/acc"}  # as TRL's trackers tag
 
 
 def test_missing_logger_package_fails_before_training(tmp_path, monkeypatch):

@@ -170,3 +170,23 @@ def test_fit_returns_the_fitted_pipeline_and_fitresult_fields_warn(tiny_policy, 
         assert pipe.run_dir == pipe.run_dir_  # FitResult's old field, for one release
     with pytest.warns(DeprecationWarning, match="history_"):
         assert pipe.history == pipe.history_
+
+
+def test_trls_metric_names_are_logged_with_trls_meaning(tiny_pipeline):
+    pipe = tiny_pipeline([short, digits], algo={"name": "grpo", "minibatches": 2})
+    record, metrics = pipe.step(make_split("train", 2, 0))
+    rollout = record.rollout
+    lengths = rollout.completion_lengths.float()
+    eos = pipe.policy.tokenizer.eos_token_id
+    ended = ((rollout.completion_ids == eos) & rollout.completion_mask.bool()).any(dim=1)
+    assert metrics["completions/min_length"] == lengths.min().item()
+    assert metrics["completions/clipped_ratio"] == pytest.approx((~ended).float().mean().item())
+    expected_max = lengths[ended].max().item() if ended.any() else 0.0
+    assert metrics["completions/max_terminated_length"] == expected_max
+    flat = record.scores.view(-1, 4).std(dim=1, unbiased=False) < 1e-8
+    assert metrics["frac_reward_zero_std"] == pytest.approx(flat.float().mean().item())
+    assert metrics["num_tokens"] == int(rollout.attention_mask.sum()) and metrics["step_time"] > 0
+    assert metrics["clip_ratio/low_min"] <= metrics["clip_ratio/low_mean"] <= 1.0  # over the 2 optimizer steps
+    assert metrics["clip_ratio/high_max"] >= metrics["clip_ratio/high_mean"] >= 0.0
+    _, second = pipe.step(make_split("train", 2, 1))
+    assert second["num_tokens"] > metrics["num_tokens"]  # cumulative, as TRL's

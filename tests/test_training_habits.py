@@ -67,7 +67,10 @@ def _pipeline(policy: Policy, out: Path | None, controller=None, rewards=("conci
 
 
 def _rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("timing/") and k != "segment"} for r in read_metrics(run)]
+    return [
+        {k: v for k, v in r.items() if not k.startswith(("timing/", "step_time")) and k != "segment"}
+        for r in read_metrics(run)
+    ]
 
 
 def _expected_lrs(lr: float, kind: str, warmup: int, total: int, at: list[int]) -> list[float]:

@@ -39,6 +39,9 @@ MicroBatchLoss = Callable[[Policy, Batch], tuple[torch.Tensor, Mapping[str, torc
 Normaliser = Callable[[torch.Tensor], float]
 
 
+_EXTREMES = {"clip_ratio/low_mean": ("clip_ratio/low_min", min), "clip_ratio/high_mean": ("clip_ratio/high_max", max)}
+
+
 @dataclass(frozen=True)
 class Updater:
     """Epochs × mini-batches × micro-batches of optimiser steps with gradient accumulation.
@@ -72,15 +75,19 @@ class Updater:
         if batch.local_rows is not None:
             rows = rows[batch.local_rows]
         sums: dict[str, float] = {}
+        extremes: dict[str, float] = {}  # TRL's clip_ratio/low_min and high_max: over the step's optimizer steps
         count = 0
         for _ in range(self.epochs):
             order = rows[torch.randperm(len(rows), generator=generator)] if self.minibatches > 1 else rows
             for minibatch in order.chunk(self.minibatches):
                 for key, value in self.step(policy, optimizer, batch, minibatch, loss_fn, normaliser).items():
                     sums[key] = sums.get(key, 0.0) + value
+                    if key in _EXTREMES:
+                        name, pick = _EXTREMES[key]
+                        extremes[name] = pick(extremes.get(name, value), value)
                 count += 1
         policy.model.eval()
-        return {key: value / count for key, value in sums.items()}
+        return {key: value / count for key, value in sums.items()} | extremes
 
     def step(
         self,
