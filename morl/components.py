@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,24 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# TRL's GRPOConfig names where morl's differ (docs/trl.md maps every field): the hint an unknown field gets
+TRL_NAMES = {
+    "max_steps": "train.steps (TRL's max_steps counts optimizer steps: steps × algo.epochs × algo.minibatches)",
+    "learning_rate": "train.lr (TRL's learning_rate)",
+    "num_generations": "train.group_size (TRL's num_generations)",
+    "beta": "algo.kl_coef (TRL's beta)",
+    "epsilon": "algo.clip_low (TRL's epsilon)",
+    "epsilon_high": "algo.clip_high (TRL's epsilon_high)",
+    "num_iterations": "algo.epochs (TRL's num_iterations)",
+    "per_device_train_batch_size": "algo.micro_batch_size (TRL's per_device_train_batch_size)",
+    "max_completion_length": "rollout.max_new_tokens (TRL's max_completion_length)",
+    "save_steps": "train.checkpoint_every (TRL's save_steps)",
+    "report_to": "train.loggers (TRL's report_to)",
+    "reward_weights": "controller: {name: fixed, weights: [...]} (TRL's reward_weights)",
+    "use_vllm": "rollout: vllm (TRL's use_vllm)",
+}
+
+
 class RecipeError(ValueError):
     """A recipe or component spec is wrong; the message names the field and the allowed values."""
 
@@ -64,11 +83,19 @@ class Component:
         try:
             self.config = self.Config(**params)
         except ValidationError as err:
-            raise RecipeError(explain_validation_error(err, type(self).__name__, self.Config)) from None
+            raise RecipeError(explain_validation_error(err, type(self).__name__, self.Config, TRL_NAMES)) from None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name") and cls.family:
+            taken = _REGISTRY[cls.family].get(cls.name)
+            same = taken is not None and (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__)
+            if taken is not None and not same:  # a module imported again re-registers the same class: fine
+                raise RecipeError(
+                    f"{cls.family} name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}: "
+                    f"{cls.__module__}.{cls.__qualname__} would silently replace it in every recipe; give it "
+                    "another name (or none, and name it by its import path)"
+                )
             _REGISTRY[cls.family][cls.name] = cls
 
     def __repr__(self) -> str:
@@ -179,9 +206,54 @@ def build(family: str, spec: str | dict[str, Any] | Component, search: Sequence[
     target = check_family(family, resolve(family, name, search), name)
     if isinstance(target, type):
         return target(**params)
+    if params and family == "reward":
+        return _from_factory(name, target, params)
     if params:
         raise RecipeError(f"{family}: {name!r} is a plain function and takes no parameters, got {sorted(params)}")
+    if family == "reward" and not _takes_completions(target):
+        raise RecipeError(
+            f"reward: {name!r} does not take completions (its parameters: {', '.join(_parameters(target))}); if it "
+            f"is a reward factory (as TRL's get_soft_overlong_punishment), give its parameters: "
+            f"{{name: {name}, {_parameters(target)[0] if _parameters(target) else 'param'}: ...}}"
+        )
     return target
+
+
+FACTORY_SPEC = "__morl_spec__"  # on a reward made by a factory: the recipe node that makes it again
+
+
+def _from_factory(name: str, factory: Any, params: dict[str, Any]) -> Any:
+    """A reward function made by calling ``factory(**params)`` (TRL's reward factories), remembering how."""
+    try:
+        made = factory(**params)
+    except TypeError as err:
+        raise RecipeError(f"reward: {name!r} with parameters {sorted(params)}: {err}") from None
+    if not callable(made) or not _takes_completions(made):
+        raise RecipeError(
+            f"reward: {name!r} called with {sorted(params)} returned {_describe(made)}, not a reward function "
+            "(a callable taking completions); a plain reward function takes no parameters"
+        )
+    try:
+        setattr(made, FACTORY_SPEC, {"name": name, **params})
+    except (AttributeError, TypeError):  # an object without a __dict__: the recipe names the factory's result
+        pass
+    return made
+
+
+def _parameters(fn: Any) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _takes_completions(fn: Any) -> bool:
+    """Whether ``fn`` can be called as a reward: with ``completions`` by keyword (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: give it the benefit of the doubt
+        return True
+    return any(p.kind is p.VAR_KEYWORD or p.name == "completions" for p in parameters)
 
 
 def check_family(family: str, target: Any, name: str) -> Any:
@@ -244,20 +316,50 @@ def spec_of(family: str, component: Any) -> str | dict[str, Any]:
             component.name if registered(family).get(component.name) is cls else f"{cls.__module__}.{cls.__qualname__}"
         )
         return {"name": name, **component.config.model_dump(mode="json")}
+    made_by = getattr(component, FACTORY_SPEC, None)
+    if made_by is not None:
+        return dict(made_by)
     path = f"{component.__module__}.{getattr(component, '__qualname__', type(component).__qualname__)}"
     return path
 
 
-def explain_validation_error(err: ValidationError, owner: str, config: type[BaseModel]) -> str:
+def unimportable(spec: str | dict[str, Any]) -> str | None:
+    """Why a recipe node cannot be imported again by ``morl fit`` (a ``__main__`` or notebook function, one defined
+    inside another function), or None."""
+    name = spec if isinstance(spec, str) else spec.get("name", "")
+    if name.startswith("__main__.") or "<locals>" in name or "<lambda>" in name:
+        return f"{name} is defined in {'the running script' if name.startswith('__main__.') else 'a function'}"
+    return None
+
+
+def explain_validation_error(
+    err: ValidationError, owner: str, config: type[BaseModel], hints: dict[str, str] | None = None
+) -> str:
+    """One line per problem, naming the field; an unknown field lists the fields allowed where it stands (the
+    section's, not the top level's) and, from ``hints`` (another library's name -> ours), what was probably meant."""
     lines = [f"{owner}: invalid configuration"]
-    allowed = ", ".join(config.model_fields) or "(none)"
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(config)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field; allowed fields: {allowed}")
+            section = _model_at(config, item["loc"][:-1])
+            allowed = ", ".join(section.model_fields) or "(none)"
+            hint = (hints or {}).get(str(item["loc"][-1]))
+            meant = f" did you mean {hint}?" if hint else ""
+            lines.append(f"  {field}: unknown field;{meant} allowed fields: {allowed}")
         else:
             lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], path: Sequence[Any]) -> type[BaseModel]:
+    """The nested config class a location points into (``train`` -> ``TrainConfig``), as far as it goes."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        nested = field.annotation if field is not None else None
+        if not (isinstance(nested, type) and issubclass(nested, BaseModel)):
+            break
+        model = nested
+    return model
 
 
 def _to_plain(value: Any) -> Any:

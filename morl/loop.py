@@ -19,7 +19,7 @@ import torch
 
 from morl import distributed
 from morl.checkpoint import CheckpointError, GracefulStop, Interrupted, find_checkpoint, resume_intact, run_dir_of
-from morl.components import RecipeError
+from morl.components import RecipeError, unimportable
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 from morl.resume import Checkpointing
@@ -150,6 +150,7 @@ class FitLoop:
                 import yaml
 
                 (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+                _warn_unimportable(recipe, run_dir)
                 manifest = Manifest.create(run_dir, recipe, keeper.objectives_manifest(), self.manifest_method)
         else:
             checkpoint, accepted = resume_intact(checkpoint, lambda c: keeper.resume(c, identity, accept_changes))
@@ -324,6 +325,19 @@ class FitLoop:
             check_columns(p.rewards, rows, split)
             messages = [ex.get("messages") for ex in rows] if any("messages" in ex for ex in rows) else None
             p.rollout.check_prompts(p.policy, [ex["prompt"] for ex in rows], split, messages=messages)
+
+
+def _warn_unimportable(recipe: dict[str, Any], run_dir: Path) -> None:
+    """Say when the saved recipe cannot be re-run by ``morl fit``: it names a function it cannot import."""
+    nodes = [(f"rewards[{i}]", spec) for i, spec in enumerate(recipe.get("rewards") or [])]
+    nodes += [(role, recipe.get(role)) for role in ("scalarizer", "advantage", "algo", "controller", "rollout")]
+    for where, spec in nodes:
+        reason = unimportable(spec) if isinstance(spec, str | dict) else None
+        if reason is not None:
+            console.print(
+                f"[yellow]{run_dir / 'recipe.yaml'}: {where}: {reason}, which `morl fit` cannot import[/]: the run "
+                "trains, but to re-run it from the command line move that function into a module"
+            )
 
 
 class _NoWriter:

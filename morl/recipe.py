@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from morl.components import RecipeError, explain_validation_error
+from morl.components import TRL_NAMES, RecipeError, explain_validation_error
 from morl.diagnostics import DiagnosticsConfig
 from morl.pipeline import COMPONENT_ROLES, Pipeline, TrainConfig, build_parts
 from morl.policy import Policy, PolicyConfig, resolve_model_path
@@ -101,7 +101,7 @@ def parse_recipe(raw: dict[str, Any], source: str = "recipe", folder: str | Path
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(explain_validation_error(err, source, Recipe)) from None
+        raise RecipeError(explain_validation_error(err, source, Recipe, TRL_NAMES)) from None
     recipe._folder = Path(folder) if folder is not None else None
     return recipe
 

@@ -55,3 +55,17 @@ def test_import_path_component():
 
 def politeness(prompts, completions, **kwargs):
     return [float("please" in c) for c in completions]
+
+
+def test_a_user_component_cannot_take_a_built_in_name():
+    """A user reward registered as ``clarity`` would silently replace the built-in in every recipe: refused."""
+    from morl.components import RecipeError, registered
+    from morl.rewards import RewardFn
+
+    builtin = registered("reward")["clarity"]
+    with pytest.raises(RecipeError, match=r"reward name 'clarity' is taken by morl\.rewards\.clarity\.Clarity"):
+
+        class MyClarity(RewardFn):
+            name = "clarity"
+
+    assert registered("reward")["clarity"] is builtin

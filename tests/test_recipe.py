@@ -147,3 +147,13 @@ def test_set_reaches_one_reward_by_its_index():
     for bad, message in (("rewards.7.x=1", "index below 3"), ("train.steps.x=1", "is a value"), ("a=[", "YAML")):
         with pytest.raises(RecipeError, match=message):
             apply_override(raw, bad)
+
+
+def test_an_unknown_field_lists_its_sections_fields_and_trls_name_gets_a_hint():
+    with pytest.raises(RecipeError) as info:
+        parse_recipe({"train": {"max_steps": 10}})
+    message = str(info.value)
+    assert "train.max_steps: unknown field; did you mean train.steps (TRL's max_steps" in message
+    assert "allowed fields: steps, prompts_per_step" in message and "diagnostics" not in message.split("allowed")[1]
+    with pytest.raises(RecipeError, match=r"beta: unknown field; did you mean algo\.kl_coef"):
+        build_components(parse_recipe({"algo": {"name": "grpo", "beta": 0.1}}))

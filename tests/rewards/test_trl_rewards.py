@@ -215,3 +215,21 @@ def test_pipeline_passes_completion_ids_and_trainer_state(tiny_policy, tmp_path)
     assert seen == [(ids, 0)]
     assert record.rewards[:, 0].tolist() == rollout.completion_lengths.float().tolist()
     assert record.rewards[:, 1].tolist() == pytest.approx(overlong(completion_ids=ids))
+
+
+def test_a_trl_reward_factory_with_parameters_goes_in_a_recipe(tmp_path):
+    """TRL's reward factories take parameters and return the reward function; a recipe names the factory with its
+    parameters, builds the reward, and records the same node so the run's recipe.yaml re-runs it."""
+    from morl.components import build, spec_of
+    from morl.components import RecipeError as Refused
+
+    trl_rewards = pytest.importorskip("trl.rewards")
+    name = "trl.rewards.get_soft_overlong_punishment"
+    reward = build("reward", {"name": name, "max_completion_len": 64, "soft_punish_cache": 16})
+    assert reward(completion_ids=[[1] * 10, [1] * 60]) == [0.0, pytest.approx(-12 / 16)]
+    assert spec_of("reward", reward) == {"name": name, "max_completion_len": 64, "soft_punish_cache": 16}
+    assert trl_rewards.get_soft_overlong_punishment  # the factory itself, named bare, is refused with the fix:
+    with pytest.raises(Refused, match=r"does not take completions.*give its parameters.*max_completion_len"):
+        build("reward", name)
+    with pytest.raises(Refused, match="unexpected keyword"):
+        build("reward", {"name": name, "max_len": 64})

@@ -1,0 +1,25 @@
+"""The fit loop around the steps: what it writes and says about the run directory."""
+
+from __future__ import annotations
+
+import yaml
+
+from morl.tinymath.task import make_split
+
+
+def test_a_recipe_that_morl_fit_cannot_reimport_is_said_when_saved(tiny_pipeline, capsys):
+    def local_reward(prompts, completions, **kwargs):  # defined in a function: no import path reaches it
+        return [0.0] * len(completions)
+
+    pipe = tiny_pipeline(["clarity", local_reward], train={"steps": 1})
+    pipe.fit(make_split("train", 4, 0))
+    said = capsys.readouterr().out.replace("\n", " ")
+    assert "rewards[1]" in said and "cannot import" in said and "move that function into a module" in said
+    saved = yaml.safe_load((pipe.run_dir_ / "recipe.yaml").read_text())
+    assert saved["rewards"][1].endswith("<locals>.local_reward")  # recorded anyway, and said
+
+
+def test_an_importable_recipe_is_saved_without_a_word(tiny_pipeline, capsys):
+    pipe = tiny_pipeline(["clarity", "accuracy"], train={"steps": 1})
+    pipe.fit(make_split("train", 4, 0))
+    assert "cannot import" not in capsys.readouterr().out
