@@ -90,10 +90,14 @@ def completion_metrics(rollout: Batch, eos_token_id: int | None) -> dict[str, fl
     return out
 
 
+_ROW_KEYS = {"prompt", "completion", "rewards", "score", "advantage", "step", "segment"}
+
+
 def completion_rows(updated: Updated, count: int | None) -> list[dict[str, Any]]:
-    """The step's first ``count`` completions (None: all) with their prompt, raw per-objective rewards (NaN: not
-    applicable), score and advantage. Batch order keeps a prompt's K completions side by side, so the rows show
-    what the advantage compared; no random draw, so logging them leaves the run's random streams alone."""
+    """The step's first ``count`` completions (None: all) with their prompt, the example's other columns (the
+    ``answer``, ...: so ``morl score`` can score the file again), raw per-objective rewards (NaN: not applicable),
+    score and advantage. Batch order keeps a prompt's K completions side by side, so the rows show what the advantage
+    compared; no random draw, so logging them leaves the run's random streams alone."""
     rollout = updated.rollout
     n = rollout.size if count is None else min(count, rollout.size)
     rewards = updated.rewards[:n].detach().cpu().tolist()
@@ -103,6 +107,7 @@ def completion_rows(updated: Updated, count: int | None) -> list[dict[str, Any]]
         {
             "prompt": rollout.prompts[i],
             "completion": rollout.completions[i],
+            **{key: values[i] for key, values in rollout.columns.items() if key not in _ROW_KEYS},
             "rewards": dict(zip(updated.objectives, rewards[i])),
             "score": scores[i],
             "advantage": advantages[i],

@@ -186,7 +186,10 @@ def test_completions_are_logged_with_their_rewards(tiny_policy, tmp_path, one_th
     rows = effective_rows(read_jsonl(run / "completions.jsonl"), Manifest.load(run).segments)
     assert [(r["step"], r["segment"]) for r in rows] == [(2, 0)] * 3 + [(4, 0)] * 3
     for r in rows:
-        assert set(r) == {"step", "segment", "prompt", "completion", "rewards", "score", "advantage"}
+        # the example's columns too (TinyMath's answer and style), so `morl score` can score the file again
+        assert set(r) == {"step", "segment", "prompt", "completion", "rewards", "score", "advantage"} | set(
+            make_split("train", 1, 0)[0]
+        )
         assert set(r["rewards"]) == {"short", "odd_rows_na"}
     assert rows[0]["prompt"] == rows[1]["prompt"]  # a prompt's group side by side (group_size 2)
     assert rows[1]["rewards"]["odd_rows_na"] is None and rows[0]["rewards"]["odd_rows_na"] is not None
@@ -281,3 +284,22 @@ def test_a_failed_upload_is_reported_and_the_run_stays_finished(tiny_policy, tmp
     assert Manifest.load(run).current_segment.status == "finished"
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()
     assert "The run evaluated on no held-out prompts." in (run / "model" / "README.md").read_text()
+
+
+def test_morl_score_scores_a_runs_own_completions_again(tiny_policy, tmp_path, one_thread):
+    """completions.jsonl carries the example's columns (the answer), so the file re-scores as it is."""
+    from typer.testing import CliRunner
+
+    from morl.cli import app
+
+    run = tmp_path / "run"
+    pipe = _pipeline(tiny_policy, run, rewards=("accuracy", "clarity"), controller={"name": "fixed"}, steps=1)
+    pipe.set_params(config__log_completions=True).fit(make_split("train", 8, 0))
+    out = tmp_path / "scored.jsonl"
+    result = CliRunner().invoke(
+        app, ["score", str(run / "completions.jsonl"), "--rewards", "accuracy", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    logged = read_jsonl(run / "completions.jsonl")
+    scored = read_jsonl(out)
+    assert [r["rewards"]["accuracy"] for r in logged] == [r["rewards"]["accuracy"] for r in scored]  # same verdicts

@@ -220,8 +220,8 @@ def test_pipeline_passes_completion_ids_and_trainer_state(tiny_policy, tmp_path)
 def test_a_trl_reward_factory_with_parameters_goes_in_a_recipe(tmp_path):
     """TRL's reward factories take parameters and return the reward function; a recipe names the factory with its
     parameters, builds the reward, and records the same node so the run's recipe.yaml re-runs it."""
-    from morl.components import build, spec_of
     from morl.components import RecipeError as Refused
+    from morl.components import build, spec_of
 
     trl_rewards = pytest.importorskip("trl.rewards")
     name = "trl.rewards.get_soft_overlong_punishment"
