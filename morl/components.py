@@ -89,8 +89,8 @@ class Component:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name") and cls.family:
             taken = _REGISTRY[cls.family].get(cls.name)
-            same = taken is not None and (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__)
-            if taken is not None and not same:  # a module imported again re-registers the same class: fine
+            # a module imported again (even under another name) re-registers the same class: fine
+            if taken is not None and _defined_at(taken) != _defined_at(cls):
                 raise RecipeError(
                     f"{cls.family} name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}: "
                     f"{cls.__module__}.{cls.__qualname__} would silently replace it in every recipe; give it "
@@ -349,6 +349,12 @@ def explain_validation_error(
         else:
             lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
+
+
+def _defined_at(cls: type) -> tuple[str, str]:
+    """Where a class is written: its module's file (or name) and its qualified name."""
+    module = sys.modules.get(cls.__module__)
+    return str(getattr(module, "__file__", None) or cls.__module__), cls.__qualname__
 
 
 def _model_at(model: type[BaseModel], path: Sequence[Any]) -> type[BaseModel]:
