@@ -47,6 +47,7 @@ check:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MORL_EXECUTED_NOTEBOOKS=build/executed $(BIN)/python -m pytest
+	mkdir -p build/executed && touch build/executed/.done
 	MORL_EXECUTED_NOTEBOOKS=build/executed NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # drift seen on purpose: the newest releases pyproject.toml allows, in their own environment, then the whole check
@@ -64,9 +65,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# the documentation site (site/); strict, so a broken link, reference or docstring fails the build
-docs: $(VENV)/.installed-test
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+# the documentation site (site/); strict, so a broken link, reference or docstring fails the build. The notebooks
+# are run first (at small size, as the suite runs them) so the site shows their outputs
+docs: $(VENV)/.installed-test build/executed/.done
+	MORL_EXECUTED_NOTEBOOKS=build/executed NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+build/executed/.done: $(wildcard cookbook/*.ipynb)
+	MORL_EXECUTED_NOTEBOOKS=build/executed $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_notebooks.py
+	touch $@
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
