@@ -46,7 +46,7 @@ test: $(VENV)/.installed-test
 check:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	MORL_EXECUTED_NOTEBOOKS=build/executed $(BIN)/python -m pytest
+	MORL_EXECUTED_NOTEBOOKS=build/executed $(BIN)/python -m pytest -n auto
 	mkdir -p build/executed && touch build/executed/.done
 	MORL_EXECUTED_NOTEBOOKS=build/executed NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
