@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +43,12 @@ from morl.rewards import PlacedOnDevice, RewardFn, objective_name
 from morl.rollout import RolloutBackend, SamplingConfig
 from morl.scalarize import Scalarizer
 from morl.stages import Need, Updated
-from morl.trainer import Parts, Trainer
+from morl.trainer import Components, Parts, Trainer
 
 __all__ = ["FitResult", "NonFiniteError", "Pipeline", "TrainConfig", "build_parts", "check_temperatures"]
 
 RewardSpec = str | dict[str, Any] | RewardFn | Callable[..., Sequence[float | None]]
 COMPONENT_ROLES = ("scalarizer", "advantage", "algo", "controller", "rollout")
-
-
-@dataclass
-class Components:
-    """Every component but the policy, built and checked against each other."""
-
-    rewards: list[Any]
-    objectives: tuple[str, ...]
-    scalarizer: Scalarizer
-    advantage: AdvantageEstimator
-    algo: PolicyAlgo
-    controller: WeightController
-    rollout: RolloutBackend
 
 
 def build_parts(

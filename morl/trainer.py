@@ -44,7 +44,7 @@ from morl.statistics import select_parameters
 from morl.step_metrics import step_metrics
 from morl.timing import phase
 
-__all__ = ["Parts", "RewardFailure", "TrainConfig", "Trainer", "seed_everything"]
+__all__ = ["Components", "Parts", "RewardFailure", "TrainConfig", "Trainer", "seed_everything"]
 
 
 class RewardFailure(RewardError):
@@ -52,10 +52,10 @@ class RewardFailure(RewardError):
 
 
 @dataclass
-class Parts:
-    """The components of one run, built and checked once (:func:`morl.pipeline.build_parts`)."""
+class Components:
+    """Every component of a run but the policy, built and checked against each other once
+    (:func:`morl.pipeline.build_parts`)."""
 
-    policy: Policy
     rewards: list[Any]
     objectives: tuple[str, ...]
     scalarizer: Scalarizer
@@ -63,6 +63,13 @@ class Parts:
     algo: PolicyAlgo
     controller: WeightController
     rollout: RolloutBackend
+
+
+@dataclass
+class Parts(Components):
+    """The components of one run and the policy they train."""
+
+    policy: Policy
 
 
 class Trainer:
