@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.table import Table
 
 from morl.components import FAMILIES, RecipeError, registered
 from morl.theory.cli import theory_app
+
+if TYPE_CHECKING:
+    from morl.run import ResumeMismatch
 
 app = typer.Typer(help="Multi-objective RL fine-tuning of language models.", no_args_is_help=True)
 tinymath_app = typer.Typer(help="The embedded TinyMath task and model.", no_args_is_help=True)
@@ -95,15 +99,17 @@ def fit(
     from morl.pipeline import NonFiniteError
     from morl.recipe import build_components, check_runnable, load_data, load_recipe, pipeline_from_recipe
     from morl.rewards import RewardError
-    from morl.run import ResumeMismatch, RunDirError, check_new_run, check_resume
+    from morl.run import ResumeMismatch, RunDirError, check_resume
     from morl.run.directory import check_writable
 
     overrides = list(set_ or [])
     if output_dir:
         overrides.append(f"train.output_dir={output_dir}")
     checkpoint = None
+    main = _first_process()  # under a launcher every process runs this; one of them speaks and clears
     try:
         parsed = load_recipe(recipe, overrides)
+        _check_seed(parsed.train.seed, "train.seed")
         check_runnable(parsed, build_components(parsed))  # loggers installed, a local model fits, before it loads
         if resume is not None:  # before the data and the model: a wrong path or recipe fails fast
             if resume == "latest":
@@ -113,11 +119,20 @@ def fit(
                 run = Path(resume)
             checkpoint = find_checkpoint(run)
             check_writable(checkpoint.parent.parent)  # the resumed run writes its checkpoints and metrics there
-            saved = read_checkpoint(checkpoint).state.identity
+            saved = read_checkpoint(checkpoint).state
             mine = parsed.model_dump(mode="json")
-            check_resume({k: v for k, v in saved.items() if k in mine}, mine, accept_change or [])
+            try:
+                check_resume({k: v for k, v in saved.identity.items() if k in mine}, mine, accept_change or [])
+            except ResumeMismatch as err:
+                raise ResumeMismatch(f"{err}{_repeat_settings(err)}", err.differences, err.unknown) from None
+            plan, nothing_to_do = _resume_plan(checkpoint.parent.parent, saved.step, saved.identity, parsed.train.steps)
+            if main:
+                console.print(escape(plan), soft_wrap=True)
+            if nothing_to_do:
+                raise typer.Exit(code=0)
         elif parsed.train.output_dir:
-            check_new_run(Path(parsed.train.output_dir), overwrite=overwrite)
+            if main:
+                _claim(Path(parsed.train.output_dir), overwrite)
         else:
             check_writable(Path("runs"))  # where the fresh runs/<time> folder will be made
         train, evals = load_data(parsed)
@@ -148,6 +163,94 @@ def fit(
 
     if distributed.is_main():
         console.print(f"run directory: [bold]{result.run_dir_}[/]")
+
+
+def _first_process() -> bool:
+    """Whether this is process 0 of a launch (or the only process); read from the launcher's environment, since the
+    process group does not exist yet."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _claim(run_dir: Path, overwrite: bool) -> None:
+    """``check_new_run``, saying what it removed: the run ``--overwrite`` discards, or one that stopped before its
+    first step (a plain rerun takes its folder over)."""
+    from morl.run import check_new_run
+
+    removed = check_new_run(run_dir, overwrite=overwrite)
+    if removed:
+        why = "--overwrite" if overwrite else "its run stopped before its first step"
+        message = f"{run_dir}: {why}: removed that run's files ({', '.join(removed)}); any other file is kept"
+        console.print(escape(message), soft_wrap=True)
+
+
+#: Seeds are below 2**31: numpy takes seeds below 2**32, and a run adds an offset per process and per step to its seed.
+SEED_LIMIT = 2**31
+
+
+def _check_seed(seed: int, what: str) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise RecipeError(
+            f"{what}: {seed} is not a seed; give an integer from 0 to 2**31 - 1 (numpy takes seeds below 2**32, and "
+            "each process and step adds an offset)"
+        )
+
+
+def _resume_plan(run_dir: Path, step: int, identity: dict[str, Any], target: int) -> tuple[str, bool]:
+    """What resuming ``run_dir`` from its checkpoint at ``step`` to ``train.steps=target`` does, in words, and whether
+    there is nothing to do (the run finished at that target). ``ValueError`` for a target below ``step``; the
+    run's manifest is read here, so a damaged one stops the resume before the model loads."""
+    from morl.checkpoint import CheckpointError
+    from morl.run import Manifest
+
+    manifest = Manifest.load(run_dir)
+    if manifest is None:
+        raise CheckpointError(f"{run_dir} has checkpoints but no manifest.json: it was not written by fit")
+    if target < step:
+        raise ValueError(
+            f"cannot resume {run_dir} to train.steps={target}: it already reached step {step} (its newest "
+            f"checkpoint). Give train.steps={step} or more (--set train.steps=N) to continue it, or start a new run "
+            "in another output directory."
+        )
+    last = manifest.current_segment
+    if target == step:
+        if last.status == "finished" and last.to_step == step:
+            return (
+                f"nothing to do: {run_dir} already reached train.steps={target}. To train it further, resume it "
+                f"with --set train.steps=N, N > {step}.",
+                True,
+            )
+        return f"finishing {run_dir} at step {step} (train.steps={target}): its final evaluation and model", False
+    run_target = (identity.get("train") or {}).get("steps")
+    if not isinstance(run_target, int) or run_target == target:
+        return f"continuing {run_dir} from step {step} to step {target}", False
+    change = "extending" if target > run_target else "shortening"
+    return f"{change} {run_dir} from {run_target} to {target} steps (train.steps), resuming at step {step}", False
+
+
+def _repeat_settings(err: ResumeMismatch) -> str:
+    """For a refused resume: the ``--set`` options that give back the run's own values (settings it was started
+    with on the command line, most often), for each that ``--set`` can write."""
+    options = []
+    for difference in err.differences:
+        value = _as_set_value(difference.old)
+        if value is not None:
+            options.append("--set " + shlex.quote(f"{difference.path}={value}"))
+    if not options:
+        return ""
+    return "\nTo resume the run as it was started, give its values again: " + " ".join(options)
+
+
+def _as_set_value(value: Any) -> str | None:
+    """``value`` as ``--set`` reads it back (YAML); None for what is absent or a mapping."""
+    import yaml
+
+    if isinstance(value, str):
+        return value if yaml.safe_load(value) == value else json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, list) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return json.dumps(value, separators=(",", ":"))
+    return None
 
 
 def launch_command(
@@ -199,6 +302,7 @@ def validate(recipe: Path, set_: SetOption = None) -> None:
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))
+        _check_seed(parsed.train.seed, "train.seed")
         components, checks = validate_recipe(parsed)
     except (RecipeError, ValueError) as err:
         _fail(str(err))
@@ -532,6 +636,11 @@ def compare(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         _fail(f"--seeds expects comma-separated integers, got {seeds!r}")
+    for seed in seed_list:
+        try:
+            _check_seed(seed, "--seeds")
+        except RecipeError as err:
+            _fail(str(err))
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         ignored = [o.strip() for o in ignore.split(",") if o.strip()]
@@ -650,15 +759,22 @@ def _default(info: Any) -> str:
     return repr(info.default)
 
 
+#: ``morl score`` holds the whole file in memory, and its rows in Python: a bigger file is refused before it is read.
+SCORE_MAX_BYTES = 2**30
+
+
 def _read_jsonl(path: Path) -> tuple[list[int], list[Any]]:
     """The rows of a JSONL file and the line each came from (for messages), each line decoded as UTF-8 alone so an
-    undecodable byte is reported with its line."""
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give a JSONL file")
+    undecodable byte is reported with its line. Only a regular file is read (a named pipe or a device would block or
+    never end), of at most ``SCORE_MAX_BYTES``."""
+    from morl.run import read_regular_file
+
+    try:
+        data = read_regular_file(path, limit=SCORE_MAX_BYTES)
+    except ValueError as err:
+        raise ValueError(f"{err}; give a JSONL file") from None
     lines, rows = [], []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:

@@ -137,6 +137,10 @@ def _read(source: str, split: str | None, limit: int | None) -> list[dict[str, A
         return _read_file(_split_file(path, split or "train"), limit)
     if path.is_file():
         return _read_file(path, limit)
+    if path.exists():  # a named pipe or a device: reading it could block or never end
+        raise DataError(
+            f"{source}: not a regular file (a named pipe or a device); give a .jsonl, .json or .parquet file"
+        )
     if _looks_like_hub_name(source):
         return _read_hub(source, split or "train", limit)
     raise DataError(

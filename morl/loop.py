@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from morl import distributed
-from morl.checkpoint import CheckpointError, GracefulStop, Interrupted, find_checkpoint, resume_intact, run_dir_of
+from morl.checkpoint import (
+    CheckpointError,
+    GracefulStop,
+    Interrupted,
+    find_checkpoint,
+    read_checkpoint,
+    resume_intact,
+    run_dir_of,
+)
 from morl.components import RecipeError, unimportable
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
@@ -104,6 +112,11 @@ class FitLoop:
         if trainer.validation_data is None:  # a fixed sample of the training prompts; never the reported eval split
             trainer.validation_data = random.Random(cfg.seed).sample(train_data, len(train_data))
         checkpoint = find_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None and (reached := read_checkpoint(checkpoint).state.step) > cfg.steps:
+            raise CheckpointError(
+                f"{checkpoint}: the run already reached step {reached}, beyond train.steps={cfg.steps}; resume with "
+                f"train.steps >= {reached} (or start a new run from its model)"
+            )
         run_dir = run_dir_of(checkpoint) if checkpoint is not None else self._new_run_dir(overwrite)
         with RunLock(run_dir) if distributed.is_main() else _no_lock():
             run = self._open(run_dir, checkpoint, train_data, eval_data, accept_changes)

@@ -85,6 +85,9 @@ def build_parts(
     except (ValueError, KeyError) as err:
         raise RecipeError(str(err)) from None
     check_combination(parts.controller, parts.scalarizer, parts.rollout, parts.algo)
+    sampling = parts.rollout.config if isinstance(parts.rollout.config, SamplingConfig) else None
+    if sampling is not None:  # the sampling settings have one home, the rollout: the loss takes them from there
+        parts.algo.follow_rollout(sampling.temperature, sampling.max_new_tokens)
     return parts
 
 
@@ -459,11 +462,11 @@ def check_combination(
 
 def check_temperatures(rollout: RolloutBackend, algo: PolicyAlgo) -> None:
     """The trainer's log-probs must be taken at the sampling temperature, or every ratio is off from step one."""
-    if not isinstance(rollout.config, SamplingConfig):
+    if not isinstance(rollout.config, SamplingConfig) or algo.config.temperature is None:
         return
     sampled = rollout.config.temperature
     if sampled != algo.config.temperature:
         raise RecipeError(
-            f"rollout.temperature is {sampled} but algo.temperature is {algo.config.temperature}: "
-            "set both to the same value"
+            f"rollout.temperature is {sampled} but algo.temperature is {algo.config.temperature}: the temperature "
+            "has one home, rollout.temperature; drop algo.temperature (the loss takes the rollout's)"
         )

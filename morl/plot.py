@@ -173,10 +173,15 @@ def plot_runs(
 
     if not run_dirs:
         raise ValueError("no run directories given")
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "plots"
+    if out.exists() and not out.is_dir():  # before reading the runs: a wrong --out fails fast
+        raise ValueError(f"the output folder {out} is a file; give a folder for the figures (it is created if missing)")
     runs = [load_run(d, labels[i] if labels else None) for i, d in enumerate(run_dirs)]
     _disambiguate(runs)
-    out = Path(out) if out is not None else Path(run_dirs[0]) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on the way, no permission
+        raise ValueError(f"cannot create the output folder {out}: {err.strerror or err}") from None
     colors = _colors(runs)
     builders = {
         "objectives": objectives_figure,

@@ -31,6 +31,7 @@ from morl.diagnostics import DiagnosticsConfig
 from morl.pipeline import COMPONENT_ROLES, Pipeline, TrainConfig, build_parts
 from morl.policy import Policy, PolicyConfig, resolve_model_path
 from morl.rewards import objective_name
+from morl.run import read_regular_file
 
 ComponentSpec = str | dict[str, Any]
 
@@ -80,20 +81,51 @@ class Recipe(BaseModel):
         return self._folder
 
 
+#: A recipe is a few kilobytes; a bigger file is not one (and is refused before it is read).
+RECIPE_MAX_BYTES = 10 * 2**20
+#: Sections nest a few levels deep; far deeper nesting is no recipe, and would exhaust Python's stack downstream.
+RECIPE_MAX_DEPTH = 50
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Parse YAML safely, apply ``key.path=value`` overrides, validate every field."""
+    """Parse YAML safely, apply ``key.path=value`` overrides, validate every field.
+
+    Only a regular file of at most ``RECIPE_MAX_BYTES`` is read: a folder, a named pipe or a device (``/dev/zero``) is
+    refused before reading, so a wrong path never hangs or fills memory.
+    """
     path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"recipe not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = read_regular_file(path, limit=RECIPE_MAX_BYTES)
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except ValueError as err:
+        raise RecipeError(f"recipe {err}; give a recipe YAML file") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise RecipeError(f"{path}: nested too deeply (a recipe nests at most {RECIPE_MAX_DEPTH} levels)") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
+    _check_depth(raw, str(path))
     return parse_recipe(raw, source=str(path), folder=path.resolve().parent)
+
+
+def _check_depth(raw: Any, source: str) -> None:
+    """``RecipeError`` naming the first path nested deeper than ``RECIPE_MAX_DEPTH`` (walked without recursion)."""
+    pending: list[tuple[Any, list[str]]] = [(raw, [])]
+    while pending:
+        node, where = pending.pop()
+        if len(where) > RECIPE_MAX_DEPTH:
+            raise RecipeError(
+                f"{source}: {'.'.join(where[:5])}... nests more than {RECIPE_MAX_DEPTH} levels deep; no recipe setting "
+                "is nested so deep"
+            )
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        pending.extend((child, [*where, str(key)]) for key, child in items)
 
 
 def parse_recipe(raw: dict[str, Any], source: str = "recipe", folder: str | Path | None = None) -> Recipe:
@@ -115,7 +147,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RecipeError(f"--set {key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+        raise RecipeError(f"--set {key}: {text!r:.80} is not a YAML value ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise RecipeError(f"--set {key}: the value nests too deeply (at most {RECIPE_MAX_DEPTH} levels)") from None
     parts = key.strip().split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
@@ -273,10 +307,27 @@ def load_data(recipe: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     from morl.data import load_examples
 
     d = recipe.data
+    _check_data_source("data.train", d.train)
+    _check_data_source("data.eval", d.eval)
     options = {"columns": d.columns, "prompt_template": d.prompt_template}
     train = load_examples(d.train, d.train_split, limit=d.train_size, **options)
     evals = load_examples(d.eval, d.eval_split, limit=d.eval_size, **options) if d.eval else None
     return train, evals
+
+
+def _check_data_source(field: str, source: str | None) -> None:
+    """``DataError`` for a data path that exists but is neither a folder nor a regular file: a named pipe or a device
+    would block or never end when read."""
+    from morl.data import EMBEDDED_TASKS, DataError
+
+    if source is None or source in EMBEDDED_TASKS:
+        return
+    path = Path(source).expanduser()
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DataError(
+            f"{field}: {source} is not a regular file (a named pipe, a device or a socket); give a .jsonl, .json or "
+            ".parquet file, or a folder of them"
+        )
 
 
 def pipeline_from_recipe(recipe: Recipe, callbacks: list | None = None) -> Pipeline:

@@ -24,7 +24,7 @@ class SamplingConfig(ComponentConfig):
 
     max_new_tokens: int = Field(64, ge=1, description="completion length cap in tokens; longer completions are cut")
     temperature: float = Field(
-        1.0, gt=0, description="sampling temperature T; keep algo.temperature equal so the log-probs match"
+        1.0, gt=0, description="sampling temperature T; the algorithm takes its log-probs at it (its one home)"
     )
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus (top-p) probability mass kept when sampling; 1: off")
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: no top-k")

@@ -320,7 +320,7 @@ class Trainer:
             select_parameters(p.policy.model, self.forecast_owner.forecast_params),
             scored.rollout,
             scored.rewards,
-            p.algo.config.temperature,
+            p.algo.temperature,
             p.algo.config.micro_batch_size,
         )
         if result is not None and Need.FORECAST in p.controller.needs:
@@ -401,7 +401,7 @@ class Trainer:
                 batch.input_ids[rows],
                 batch.attention_mask[rows],
                 batch.prompt_width,
-                algo.config.temperature,
+                algo.temperature,
                 group_size=batch.group_size if start % batch.group_size == 0 and size % batch.group_size == 0 else 1,
             )
             parts.append(logp * batch.completion_mask[rows])

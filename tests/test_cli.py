@@ -1,7 +1,10 @@
 """The CLI end to end on the tiny model: fit, eval, score, components."""
 
 import json
+import shutil
+from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -86,3 +89,126 @@ def test_fit_into_a_run_stops_before_the_model_loads(tiny_model_dir, tmp_path):
     )
     text = " ".join(changed.output.split())
     assert changed.exit_code == 2 and "train.lr" in text and "policy.model" in text and "train.steps" not in text, text
+
+
+# ---- the run directory: what --overwrite removes, a run that failed before its first step ---------------------------
+
+
+def always_fails(prompts, completions, **kwargs):
+    """A reward that fails on every call (a bug fixed between two runs)."""
+    raise RuntimeError("this reward is broken")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fit(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["fit", *map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_overwrite_refuses_a_folder_of_the_users_own_model_and_data(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_model_dir))
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "my_weights.txt").write_text("my weights\n")
+    (mine / "data").mkdir()
+    (mine / "data" / "train.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n')
+    before = _tree(mine)
+    code, text = _fit(recipe, "--output-dir", mine, "--overwrite")
+    assert code == 2 and "not a morl run" in text and "model/" in text and "data/" in text, text
+    assert "Nothing was removed" in text, text
+    assert _tree(mine) == before
+
+
+def test_a_rerun_takes_over_the_folder_of_a_run_that_failed_on_its_first_step(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_model_dir))
+    run = tmp_path / "run"
+    code, text = _fit(recipe, "--output-dir", run, "--set", "rewards.2=tests.test_cli.always_fails")
+    assert code == 1 and "this reward is broken" in text, text
+    segment = json.loads((run / "manifest.json").read_text())["segments"][-1]
+    assert (segment["status"], segment["to_step"]) == ("failed", 0)
+    (run / "notes.txt").write_text("mine\n")
+
+    code, text = _fit(recipe, "--output-dir", run)  # the reward fixed: no --overwrite needed
+    assert code == 0 and "stopped before its first step" in text, text
+    assert (run / "notes.txt").read_text() == "mine\n"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["segments"]] == ["finished"]  # the new run's record alone
+    assert "always_fails" not in json.dumps(manifest["recipe"])
+
+
+# ---- --resume says what it does ------------------------------------------------------------------------------------
+
+RESUMABLE = RECIPE.replace("threads: 1}", "threads: 1, checkpoint_every: 1, keep_checkpoints: 10}")
+
+
+@pytest.fixture(scope="module")
+def three_step_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A finished three-step run with a checkpoint per step (its recipe, its directory); tests resume copies."""
+    home = tmp_path_factory.mktemp("resumable")
+    recipe = home / "recipe.yaml"
+    recipe.write_text(RESUMABLE.format(model=tiny_model_dir))
+    code, text = _fit(recipe, "--output-dir", home / "run")
+    assert code == 0, text
+    return recipe, home / "run"
+
+
+@pytest.fixture
+def run_copy(three_step_run, tmp_path) -> Path:
+    shutil.copytree(three_step_run[1], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_of_a_finished_run_to_its_own_target_has_nothing_to_do(three_step_run, run_copy):
+    before = _tree(run_copy)
+    code, text = _fit(three_step_run[0], "--resume", run_copy)
+    assert code == 0 and f"nothing to do: {run_copy} already reached train.steps=3" in text, text
+    assert _tree(run_copy) == before
+
+
+def test_resume_to_a_target_below_the_step_reached_is_refused(three_step_run, run_copy):
+    before = _tree(run_copy)
+    code, text = _fit(three_step_run[0], "--resume", run_copy, "--set", "train.steps=2")
+    assert code == 2 and "train.steps=2" in text and "already reached step 3" in text, text
+    assert _tree(run_copy) == before
+
+
+def test_resume_past_the_target_says_it_extends_the_run(three_step_run, run_copy):
+    code, text = _fit(three_step_run[0], "--resume", run_copy, "--set", "train.steps=4")
+    assert code == 0 and f"extending {run_copy} from 3 to 4 steps" in text and "resuming at step 3" in text, text
+    assert json.loads((run_copy / "training_state.json").read_text())["step"] == 4
+
+
+def test_resume_of_an_interrupted_run_says_it_continues(three_step_run, run_copy):
+    shutil.rmtree(run_copy / "checkpoints" / "step-000003")  # as if stopped after step 2
+    shutil.rmtree(run_copy / "model")
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    manifest["segments"][-1].update(status="interrupted", to_step=2)
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    code, text = _fit(three_step_run[0], "--resume", run_copy)
+    assert code == 0 and f"continuing {run_copy} from step 2 to step 3" in text, text
+
+
+def test_resume_latest_with_the_same_set_values_continues_and_names_those_it_lacks(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The README's lines: a run started with --set, resumed with --resume latest."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RESUMABLE.format(model=tiny_model_dir))
+    code, text = _fit(recipe, "--set", "train.steps=2", "--set", "controller.lr=0.25")
+    assert code == 0, text
+    run = next(Path("runs").iterdir())
+
+    code, text = _fit(recipe, "--resume", "latest", "--set", "controller.lr=0.25", "--set", "train.steps=2")
+    assert code == 0 and "nothing to do" in text, text
+    code, text = _fit(recipe, "--resume", "latest")  # the run's lr is not the recipe's: refused, and told how
+    assert code == 2 and "controller.lr" in text and "--set controller.lr=0.25" in text, text
+    code, text = _fit(recipe, "--resume", "latest", "--set", "controller.lr=0.25")  # the recipe's 3 steps
+    assert code == 0 and f"extending {run} from 2 to 3 steps" in text, text
+    assert json.loads((run / "training_state.json").read_text())["step"] == 3

@@ -1,13 +1,16 @@
 """Hostile inputs across the CLI: every bad input gets a short message naming what is wrong, an exit code of 1 or 2,
 no Python traceback, in bounded time, and no existing run directory loses a byte.
 
-One table, one row a case: the command line (``{run}`` is a finished run, ``{tmp}`` a scratch folder, ``{model}``
-the tiny model), the exit code, and a fragment the message must contain.
+One table, one row a case: the files to make in a scratch folder, the command line (``{run}`` is a finished run,
+``{tmp}`` the scratch folder, ``{model}`` the tiny model), the exit code, and a fragment the message must contain. No
+file a case made before the command changes either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +28,13 @@ rollout: {name: transformers, max_new_tokens: 6}
 train: {steps: 1, prompts_per_step: 2, group_size: 2, eval_every: 0, progress: false, threads: 1, output_dir: {out}}
 """
 
-# (id, files to write in {tmp}: name -> text or bytes, arguments, exit code, fragment of the message)
+FIFO = "<a named pipe>"  # a file's content: make a named pipe there (read, it waits for a writer forever)
+COPY_OF_RUN = "<a copy of the finished run>"  # a file's content: copy the finished run there
+NESTED = "[" * 10_000 + "]" * 10_000  # 10,000 lists in one another: Python's parser stack runs out far sooner
+USERS_FOLDER = {"mine/model/my_weights.txt": "my weights\n", "mine/data/train.jsonl": '{"prompt": "1+1"}\n'}
+DAMAGED_MANIFEST = {"dmg": COPY_OF_RUN, "dmg/manifest.json": b"\xc0\xff\x00\x81 not a manifest"}
+
+# (id, files to write in {tmp}: name -> text, bytes, FIFO or COPY_OF_RUN, arguments, exit code, fragment of the message)
 CASES = [
     # ---- recipes -----------------------------------------------------------------------------------------------
     ("recipe-missing", {}, "fit {tmp}/nope.yaml", 2, "recipe not found"),
@@ -73,7 +82,7 @@ CASES = [
     ),
     (
         "temperature-mismatch",
-        {"r.yaml": "rollout: {name: transformers, temperature: 0.7}\n"},
+        {"r.yaml": "rollout: {name: transformers, temperature: 0.7}\nalgo: {name: grpo, temperature: 1.0}\n"},
         "validate {tmp}/r.yaml",
         2,
         "temperature",
@@ -153,7 +162,64 @@ CASES = [
         2,
         "wandb",
     ),
+    ("recipe-a-directory", {"rdir/.keep": ""}, "fit {tmp}/rdir", 2, "is a directory"),
+    ("recipe-a-directory-validate", {"rdir/.keep": ""}, "validate {tmp}/rdir", 2, "is a directory"),
+    ("recipe-a-fifo", {"r.yaml": FIFO}, "fit {tmp}/r.yaml", 2, "named pipe"),
+    ("recipe-a-fifo-validate", {"r.yaml": FIFO}, "validate {tmp}/r.yaml", 2, "named pipe"),
+    ("recipe-dev-zero", {}, "validate /dev/zero", 2, "character device"),
+    ("recipe-dev-zero-fit", {}, "fit /dev/zero", 2, "character device"),
+    ("recipe-over-10-mb", {"r.yaml": "# " + "x" * 10 * 2**20 + "\n"}, "validate {tmp}/r.yaml", 2, "10.0 MB"),
+    ("recipe-nested-10000-deep", {"r.yaml": f"name: {NESTED}\n"}, "validate {tmp}/r.yaml", 2, "nested too deeply"),
+    (
+        "recipe-nested-100-deep",
+        {"r.yaml": "controller: {name: fixed, weights: " + "[" * 100 + "]" * 100 + "}\n"},
+        "fit {tmp}/r.yaml",
+        2,
+        "nests more than 50 levels",
+    ),
+    ("set-nested-10000-deep", {}, "validate cookbook/recipes/quickstart.yaml --set name=" + NESTED, 2, "nests too"),
+    ("seed-negative", {"r.yaml": GOOD}, "validate {tmp}/r.yaml --set train.seed=-1", 2, "train.seed"),
+    ("seed-negative-fit", {"r.yaml": GOOD}, "fit {tmp}/r.yaml --set train.seed=-1", 2, "train.seed"),
+    ("seed-2-to-the-70", {"r.yaml": GOOD}, f"fit {{tmp}}/r.yaml --set train.seed={2**70}", 2, "train.seed"),
+    ("seed-2-to-the-32", {"r.yaml": GOOD}, f"validate {{tmp}}/r.yaml --set train.seed={2**32}", 2, "train.seed"),
+    ("seed-as-text-2**70", {"r.yaml": GOOD}, "fit {tmp}/r.yaml --set train.seed=2**70", 2, "train.seed"),
+    ("compare-negative-seed", {"r.yaml": GOOD}, "compare {tmp}/r.yaml --seeds 0,-1 --out {tmp}/cmp", 2, "--seeds"),
     # ---- the run directory ---------------------------------------------------------------------------------------
+    (
+        "overwrite-a-users-folder",
+        {"r.yaml": GOOD, **USERS_FOLDER},
+        "fit {tmp}/r.yaml --output-dir {tmp}/mine --overwrite",
+        2,
+        "not a morl run",
+    ),
+    (
+        "fit-into-a-users-folder",
+        {"r.yaml": GOOD, **USERS_FOLDER},
+        "fit {tmp}/r.yaml --output-dir {tmp}/mine",
+        2,
+        "data/",
+    ),
+    (
+        "overwrite-a-damaged-manifest",
+        {"r.yaml": GOOD, **DAMAGED_MANIFEST},
+        "fit {tmp}/r.yaml --output-dir {tmp}/dmg --overwrite",
+        2,
+        "removes nothing",
+    ),
+    (
+        "resume-a-damaged-manifest",
+        {"r.yaml": GOOD, **DAMAGED_MANIFEST},
+        "fit {tmp}/r.yaml --resume {tmp}/dmg --set train.steps=2",
+        2,
+        "dmg/manifest.json",
+    ),
+    (
+        "resume-below-the-step-reached",
+        {"r.yaml": GOOD},
+        "fit {tmp}/r.yaml --resume {run} --set train.steps=0",
+        2,
+        "already reached step 1",
+    ),
     ("fit-into-a-finished-run", {"r.yaml": GOOD}, "fit {tmp}/r.yaml --output-dir {run}", 2, "--resume"),
     ("output-dir-is-a-file", {"r.yaml": GOOD, "afile": "x"}, "fit {tmp}/r.yaml --output-dir {tmp}/afile", 2, "afile"),
     (
@@ -219,6 +285,13 @@ CASES = [
         2,
         "context",
     ),
+    (
+        "data-file-a-fifo",
+        {"d.jsonl": FIFO, "r.yaml": "policy: {model: {model}}\ndata: {train: {tmp}/d.jsonl, eval: null}\n"},
+        "fit {tmp}/r.yaml --output-dir {tmp}/o",
+        2,
+        "not a regular file",
+    ),
     # ---- eval ------------------------------------------------------------------------------------------------------
     ("eval-missing-checkpoint", {"r.yaml": GOOD}, "eval {tmp}/r.yaml --checkpoint {tmp}/gone", 2, "gone"),
     (
@@ -268,8 +341,12 @@ CASES = [
         2,
         "politeness",
     ),
+    ("score-a-fifo", {"c.jsonl": FIFO}, "score {tmp}/c.jsonl", 2, "named pipe"),
+    ("score-dev-zero", {}, "score /dev/zero", 2, "character device"),
+    ("score-a-directory", {"d/.keep": ""}, "score {tmp}/d", 2, "is a directory"),
     # ---- plot and compare -------------------------------------------------------------------------------------------
     ("plot-missing-run", {}, "plot {tmp}/gone", 2, "gone"),
+    ("plot-out-is-a-file", {"afile": "x"}, "plot {run} --out {tmp}/afile", 2, "afile is a file"),
     ("plot-not-a-run", {"notrun/.keep": ""}, "plot {tmp}/notrun", 2, "manifest.json"),
     (
         "compare-unknown-method",
@@ -316,8 +393,16 @@ def test_hostile_input(name, files, line, code, fragment, tmp_path, finished_run
     for relative, content in files.items():
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(_fill(content, values))
+        if content == FIFO:
+            os.mkfifo(path)
+        elif content == COPY_OF_RUN:
+            shutil.copytree(finished_run, path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(_fill(content, values))
     before = _tree(finished_run)
+    made = _tree(tmp_path)
     start = time.monotonic()
     result = CliRunner().invoke(app, [_fill(part, values) for part in line.split()])
     elapsed = time.monotonic() - start
@@ -329,3 +414,5 @@ def test_hostile_input(name, files, line, code, fragment, tmp_path, finished_run
     assert len(result.output.strip().splitlines()) <= 30, result.output  # a message, not a dump
     assert elapsed < 120, f"{name} took {elapsed:.0f} s"
     assert _tree(finished_run) == before, f"{name} changed the finished run"
+    after = _tree(tmp_path)
+    assert {k: after.get(k) for k in made} == made, f"{name} changed or removed a file it was given"

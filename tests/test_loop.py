@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from morl.tinymath.task import make_split
@@ -23,3 +24,14 @@ def test_an_importable_recipe_is_saved_without_a_word(tiny_pipeline, capsys):
     pipe = tiny_pipeline(["clarity", "accuracy"], train={"steps": 1})
     pipe.fit(make_split("train", 4, 0))
     assert "cannot import" not in capsys.readouterr().out
+
+
+def test_a_resume_below_the_step_reached_is_refused_from_python_too(tiny_pipeline):
+    from morl.checkpoint import CheckpointError
+
+    train = make_split("train", 4, 0)
+    done = tiny_pipeline(["clarity"], train={"steps": 2, "checkpoint_every": 1}).fit(train)
+    shorter = tiny_pipeline(["clarity"], train={"steps": 1})
+
+    with pytest.raises(CheckpointError, match="already reached step 2, beyond train.steps=1"):
+        shorter.fit(train, resume_from=done.run_dir_)

@@ -181,6 +181,19 @@ def test_cli_plot(runs, tmp_path):
     assert result.exit_code == 2 and "old_run: no manifest.json" in message and "Traceback" not in message
 
 
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_output_folder_that_is_a_file_is_refused_and_kept(runs, tmp_path, where):
+    afile = tmp_path / "afile"
+    afile.write_text("a user's file\n")
+    out = afile if where == "file" else afile / "plots"
+    with pytest.raises(ValueError, match="afile"):
+        plot_runs(runs, out)
+    result = CliRunner().invoke(app, ["plot", *map(str, runs), "--out", str(out)])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "afile" in message and "Traceback" not in result.output, result.output
+    assert afile.read_text() == "a user's file\n"
+
+
 def test_labels_and_smoothing():
     kinds = {"weights_act_on": "reward", "normalization": "free", "advantage": "group_norm", "algo": "grpo"}
     assert method_name(Method(controller="fixed", scalarizer="tchebycheff", **kinds)) == "tchebycheff"

@@ -60,14 +60,18 @@ def test_invalid_yaml(tmp_path):
         load_recipe(_write(tmp_path, "train: [unclosed\n"))
 
 
-def test_sampling_and_training_temperatures_must_agree():
-    with pytest.raises(RecipeError, match=r"rollout.temperature is 0.7 but algo.temperature is 1.0"):
-        build_components(parse_recipe({"rollout": {"name": "transformers", "temperature": 0.7}}))
-    build_components(
-        parse_recipe(
-            {"rollout": {"name": "transformers", "temperature": 0.7}, "algo": {"name": "grpo", "temperature": 0.7}}
-        )
-    )
+def test_the_sampling_settings_have_one_home_the_rollout():
+    """The loss takes its log-probs at the rollout's temperature and dr_grpo's constant from its max_new_tokens; an
+    algo.temperature given as well must agree (old recipes), and says where the setting lives."""
+    rollout = {"name": "transformers", "temperature": 0.7, "max_new_tokens": 48}
+    algo = build_components(parse_recipe({"rollout": rollout, "algo": {"name": "grpo", "loss_type": "dr_grpo"}}))[
+        "algo"
+    ]
+    assert algo.temperature == 0.7 and algo.config.max_completion_length == 48
+    with pytest.raises(RecipeError, match=r"rollout.temperature is 0.7 but algo.temperature is 1.0.*one home"):
+        build_components(parse_recipe({"rollout": rollout, "algo": {"name": "grpo", "temperature": 1.0}}))
+    agreed = {"rollout": rollout, "algo": {"name": "grpo", "temperature": 0.7}}
+    assert build_components(parse_recipe(agreed))["algo"].temperature == 0.7
 
 
 # ---- import paths: a module beside the recipe ----------------------------------------------------------------------

@@ -76,7 +76,10 @@ class PolicyAlgoConfig(ComponentConfig):
         "token mean over the mini-batch step; dr_grpo = token sum / (sequences × max_completion_length)",
     )
     max_completion_length: int | None = Field(
-        None, ge=1, description="L_max of loss_type dr_grpo (set it to the rollout's max_new_tokens); None: batch width"
+        None,
+        ge=1,
+        description="L_max of loss_type dr_grpo; None: the rollout's max_new_tokens (its one home; the batch width "
+        "when the algorithm runs without a rollout)",
     )
     importance_sampling_level: ImportanceSamplingLevel = Field(
         "token",
@@ -91,8 +94,11 @@ class PolicyAlgoConfig(ComponentConfig):
     )
     entropy_coef: float = Field(0.0, ge=0, description="α of the entropy bonus; >0 against entropy collapse")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this; None: no clip")
-    temperature: float = Field(
-        1.0, gt=0, description="softmax temperature of the trained log-probs; match the rollout's sampling temperature"
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        description="softmax temperature of the trained log-probs; None: the rollout's sampling temperature (its one "
+        "home: set it there); 1 when the algorithm runs without a rollout",
     )
     log_entropy: bool = Field(True, description="log token entropy even when entropy_coef is 0 (small extra cost)")
     micro_batch_size: int | None = Field(
@@ -121,6 +127,21 @@ class PolicyAlgo(Component):
     def clip_range(self) -> tuple[float, float] | None:
         """``(ε_low, ε_high)``, or None for an unclipped objective."""
         return None
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the log-probs are taken at (``config.temperature``, filled from the rollout's)."""
+        return 1.0 if self.config.temperature is None else self.config.temperature
+
+    def follow_rollout(self, temperature: float | None, max_new_tokens: int | None) -> None:
+        """Take the sampling settings from the rollout, their one home, where this config leaves them unset."""
+        update = {}
+        if self.config.temperature is None and temperature is not None:
+            update["temperature"] = temperature
+        if self.config.max_completion_length is None and max_new_tokens is not None:
+            update["max_completion_length"] = max_new_tokens
+        if update:
+            self.config = self.config.model_copy(update=update)
 
     @property
     def needs_reference(self) -> bool:
@@ -240,7 +261,7 @@ class PolicyAlgo(Component):
             mb.input_ids,
             mb.attention_mask,
             mb.prompt_width,
-            self.config.temperature,
+            self.temperature,
             with_entropy=want_entropy,
             group_size=mb.group_size,
         )

@@ -270,7 +270,7 @@ class HostedStep:
             select_parameters(self.policy.model, self.forecast_owner.forecast_params),
             scored.rollout,
             scored.rewards,
-            self.algo.config.temperature,
+            self.algo.temperature,
             self.algo.config.micro_batch_size,
         )
         if result is not None and Need.FORECAST in self.controller.needs:

@@ -6,9 +6,6 @@ and ``identity`` (what a resume may change).
 
 from morl.run.directory import (
     RUN_MARKERS,
-    RUN_OUTPUTS,
-    RunDirError,
-    RunExistsError,
     RunLock,
     RunLockedError,
     check_new_run,
@@ -25,7 +22,18 @@ from morl.run.identity import (
     recipe_differences,
 )
 from morl.run.jsonl import JsonlWriter, effective_rows, read_events, read_jsonl, read_metrics
-from morl.run.manifest import MANIFEST_FILE, Manifest, Method, Objective, Segment, library_versions
+from morl.run.manifest import (
+    MANIFEST_FILE,
+    RUN_OUTPUTS,
+    Manifest,
+    Method,
+    Objective,
+    RunDirError,
+    RunExistsError,
+    Segment,
+    library_versions,
+    read_regular_file,
+)
 
 __all__ = [
     "ABSENT",
@@ -54,5 +62,6 @@ __all__ = [
     "read_events",
     "read_jsonl",
     "read_metrics",
+    "read_regular_file",
     "recipe_differences",
 ]

@@ -1,14 +1,19 @@
 """Claiming a run directory: a new run never lands on an old one, and two processes never share one.
 
 A run directory is an append-only record of one experiment. ``check_new_run`` refuses a folder that already
-holds morl output (unless told to discard it), ``fresh_run_dir`` picks a folder nobody uses, and ``RunLock``
+holds a run (unless told to discard it), ``fresh_run_dir`` picks a folder nobody uses, and ``RunLock``
 keeps a second process (or a second fit in the same process) out while a run writes.
+
+Only a run's manifest says which files are morl's: discarding a run removes the names its ``manifest.json`` lists,
+and a folder with names a run would write but no manifest claiming them (a folder of the user's, a run of an older
+morl, a damaged manifest) is refused, never cleared.
 
 Example:
     >>> import tempfile
     >>> parent = Path(tempfile.mkdtemp())
     >>> run_dir = fresh_run_dir(parent, stem="demo")
-    >>> check_new_run(run_dir)  # empty: fine
+    >>> check_new_run(run_dir)  # empty: fine, nothing removed
+    []
     >>> with RunLock(run_dir):
     ...     (run_dir / "metrics.jsonl").write_text("{}\\n")
     3
@@ -24,6 +29,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -32,37 +38,17 @@ from types import TracebackType
 from typing import Any
 
 from morl.run._plain import now_iso
+from morl.run.jsonl import METRICS_FILE, read_jsonl
+from morl.run.manifest import MANIFEST_FILE, RUN_OUTPUTS, Manifest, RunDirError, RunExistsError
 
 LOCK_FILE = ".lock"
 #: Entries whose presence means "a morl run wrote here".
 RUN_MARKERS = ("manifest.json", "metrics.jsonl", "recipe.yaml", "checkpoints", "model")
-#: Everything morl writes into a run directory; ``--overwrite`` removes these and nothing else (``.lock`` stays).
-RUN_OUTPUTS = (
-    "manifest.json",
-    "recipe.yaml",
-    "metrics.jsonl",
-    "events.jsonl",
-    "completions.jsonl",
-    "checkpoints",
-    "model",
-    "controller_state.json",
-    "training_state.json",
-    "reference-model",
-    "tensorboard",
-    "data",
-)
 _MANIFEST_TMP = ".manifest.json."  # prefix of a manifest write that a killed process left behind
+_STEP_ZERO = re.compile(r"step-0+")  # a checkpoint of the initial weights (a run that failed on its first step)
 
 # Locks held by this process, by resolved folder: lets this process's own checks tell "mine" from "someone else's".
 _held: dict[Path, RunLock] = {}
-
-
-class RunDirError(RuntimeError):
-    """The folder cannot be used as a run directory."""
-
-
-class RunExistsError(RunDirError):
-    """The folder already holds a run, and a new run would overwrite or mix with it."""
 
 
 class RunLockedError(RunDirError):
@@ -90,29 +76,50 @@ def holds_run(path: str | Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
 
 
-def check_new_run(path: Path, overwrite: bool = False) -> None:
-    """Make sure a new run may write to ``path``; with ``overwrite``, first remove an earlier run's outputs.
+def check_new_run(path: Path, overwrite: bool = False) -> list[str]:
+    """Make sure a new run may write to ``path``, removing an earlier run's files where that is allowed; returns the
+    names it removed.
 
-    Raises ``RunExistsError`` when the folder already holds a run (and ``overwrite`` is false), ``RunLockedError``
-    when a live run holds its lock, and ``RunDirError`` when the folder cannot be created or written.
-    Files that morl did not write (notes, a user's data) are never removed.
+    A folder that is missing, empty, or holds only names a run never writes is fine as it is. A folder whose
+    ``manifest.json`` records a run gives that run's files (the names the manifest lists) up when ``overwrite`` is
+    set, or without it when the run stopped before its first step (nothing learned: every segment ended at step 0,
+    no checkpoint past step 0); otherwise ``RunExistsError`` says how to go on. Files morl did not write (notes, a
+    user's data) are never removed: names a run writes that no readable manifest claims make ``RunExistsError`` or
+    ``RunDirError``, even with ``overwrite``, and nothing is removed. ``RunLockedError`` when a live run holds the
+    folder's lock, ``RunDirError`` when the folder cannot be created or written.
     """
     path = Path(path)
     _check_usable(path)
     if not path.exists():
-        return
+        return []
     _check_unlocked(path)
-    if not holds_run(path):
-        return
-    if not overwrite:
-        found = ", ".join(name for name in RUN_MARKERS if (path / name).exists())
+    taken = [name for name in RUN_OUTPUTS if _present(path / name)]
+    if not taken:
+        return []
+    if MANIFEST_FILE not in taken:
+        raise RunExistsError(_unclaimed_message(path, taken, overwrite))
+    try:
+        manifest = Manifest.load(path)
+    except RunDirError as err:
+        raise RunDirError(
+            f"{err}\nWithout a readable manifest morl cannot tell its files in {path} from yours, so it removes "
+            "nothing there (--overwrite, overwrite=True included). Start the new run in another output directory, "
+            "or restore or delete that manifest.json and its run's files yourself."
+        ) from None
+    if manifest is None:  # deleted since it was seen
+        raise RunExistsError(_unclaimed_message(path, taken, overwrite))
+    if not overwrite and not _stopped_before_first_step(path, manifest):
+        raise RunExistsError(_existing_run_message(path, taken))
+    ours = manifest.run_outputs(path)
+    foreign = [name for name in taken if name not in ours]
+    if foreign:
         raise RunExistsError(
-            f"{path} already holds a run ({found}); a new run would destroy or mix with it. Either\n"
-            f"  - continue it: --resume {path}\n"
-            "  - start the new run in another output directory: --output-dir DIR (train.output_dir in a recipe)\n"
-            "  - discard it: --overwrite (removes morl's files there, keeps any other file)"
+            f"{path} holds {_names(path, foreign)}, which its run's manifest does not list as morl's; a new run would "
+            "write into them, and morl removes only what a manifest lists. Nothing was removed. Move them away, or "
+            "start the new run in another output directory (--output-dir DIR, train.output_dir in a recipe or "
+            "TrainConfig)."
         )
-    _remove_outputs(path)
+    return _remove_outputs(path, ours)
 
 
 def check_writable(path: str | Path) -> None:
@@ -256,12 +263,72 @@ def _read_holder(lock_path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _remove_outputs(path: Path) -> None:
-    for name in RUN_OUTPUTS:
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _names(path: Path, names: list[str]) -> str:
+    return ", ".join(name + "/" if (path / name).is_dir() else name for name in names)
+
+
+def _stopped_before_first_step(path: Path, manifest: Manifest) -> bool:
+    """The run learned nothing: each segment started at step 0 and ended there (failed or interrupted), or died
+    without ending (still ``running``, its lock free) before logging a training step; no checkpoint past step 0 (a
+    reward that fails on the first step leaves one of the initial weights) and no final model."""
+    for segment in manifest.segments:
+        if segment.from_step != 0 or segment.status == "finished":
+            return False
+        if segment.to_step is None and (segment.status != "running" or _logged_a_step(path)):
+            return False
+        if segment.to_step not in (None, 0):
+            return False
+    checkpoints = path / "checkpoints"
+    if _present(checkpoints) and (
+        not checkpoints.is_dir() or any(not _STEP_ZERO.fullmatch(c.name) for c in checkpoints.iterdir())
+    ):
+        return False
+    return not _present(path / "model")
+
+
+def _logged_a_step(path: Path) -> bool:
+    metrics = path / METRICS_FILE
+    if not metrics.is_file():  # a named pipe is never read
+        return _present(metrics)
+    return any(row.get("kind", "train") == "train" and row.get("step") != 0 for row in read_jsonl(metrics))
+
+
+def _existing_run_message(path: Path, taken: list[str]) -> str:
+    return (
+        f"{path} already holds a run ({_names(path, taken)}); a new run would destroy or mix with it. Either\n"
+        f"  - continue it: --resume {path} (resume_from={str(path)!r} in Python)\n"
+        "  - start the new run in another output directory: --output-dir DIR (train.output_dir in a recipe, "
+        "TrainConfig(output_dir=...) in Python)\n"
+        "  - discard it: --overwrite (overwrite=True in Python; removes the files its manifest lists as morl's, keeps "
+        "any other file)"
+    )
+
+
+def _unclaimed_message(path: Path, taken: list[str], overwrite: bool) -> str:
+    discard = " --overwrite (overwrite=True) discards only a run whose manifest lists its files." if overwrite else ""
+    return (
+        f"{path} holds {_names(path, taken)} but no {MANIFEST_FILE}: it is not a morl run (your own files, or a run of "
+        f"a morl that did not record manifests), and a new run would write into them.{discard} Nothing was removed. "
+        "Start the new run in another output directory (--output-dir DIR, train.output_dir in a recipe or "
+        "TrainConfig), or move those away yourself."
+    )
+
+
+def _remove_outputs(path: Path, names: list[str]) -> list[str]:
+    removed = []
+    for name in names:
         target = path / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
+        elif _present(target):
             target.unlink()
+        else:
+            continue
+        removed.append(name)
     for leftover in path.glob(_MANIFEST_TMP + "*"):
         leftover.unlink()
+    return removed

@@ -2,8 +2,10 @@
 
 Readers (plots, reports, resume) learn the recipe, the objectives, the method and the library versions from
 here instead of parsing reprs or metric names. Each start or resume of the run is a *segment* that records
-the step it started from, the recipe it ran with and any recipe change it was allowed to make. The file is
-replaced atomically, so a kill leaves the previous version or the new one, never half of one.
+the step it started from, the recipe it ran with and any recipe change it was allowed to make. The manifest also
+lists the names the run writes in its folder (``outputs``): those, and nothing else, are morl's to remove when the
+folder is reused. The file is replaced atomically, so a kill leaves the previous version or the new one, never half
+of one.
 
 Example:
     >>> import tempfile
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -31,14 +34,37 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from morl.run._plain import now_iso, to_plain
-from morl.run.directory import RunDirError, RunExistsError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = 1
+#: Everything morl may write into a run directory; a manifest lists those of its run (``data`` only when the run keeps
+#: its rows there), and reusing the folder removes what it lists and nothing else (``.lock`` stays).
+RUN_OUTPUTS = (
+    MANIFEST_FILE,
+    "recipe.yaml",
+    "metrics.jsonl",
+    "events.jsonl",
+    "completions.jsonl",
+    "checkpoints",
+    "model",
+    "controller_state.json",
+    "training_state.json",
+    "reference-model",
+    "tensorboard",
+    "data",
+)
 #: Distributions whose versions a manifest records (those not installed are left out).
 VERSIONED = ("morl", "torch", "transformers", "accelerate", "pydantic", "numpy", "math-verify", "vllm", "peft")
 
 SegmentStatus = Literal["running", "finished", "interrupted", "failed"]
+
+
+class RunDirError(RuntimeError):
+    """The folder cannot be used as a run directory."""
+
+
+class RunExistsError(RunDirError):
+    """The folder already holds a run, and a new run would overwrite or mix with it."""
 
 
 class Objective(BaseModel):
@@ -89,6 +115,9 @@ class Manifest(BaseModel):
     method: Method
     versions: dict[str, str] = Field(default_factory=dict)
     segments: list[Segment] = Field(min_length=1)
+    outputs: list[str] | None = Field(
+        None, description="the names the run writes in its folder; None in manifests written before morl recorded them"
+    )
 
     @classmethod
     def create(
@@ -114,6 +143,7 @@ class Manifest(BaseModel):
             method=Method.model_validate(method),
             versions=library_versions(),
             segments=[Segment(index=0, kind="start", from_step=0, started=created, recipe=plain)],
+            outputs=_outputs_for(run_dir, plain),
         )
         manifest.save(run_dir)
         return manifest
@@ -123,20 +153,29 @@ class Manifest(BaseModel):
         """The manifest of ``run_dir``; None when it has none (runs of older morl versions)."""
         path = Path(run_dir) / MANIFEST_FILE
         try:
-            text = path.read_text(encoding="utf-8")
+            data = read_regular_file(path)
         except FileNotFoundError:
             return None
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise RunDirError(f"cannot read run manifest {path}: {err}") from err
         try:
-            manifest = cls.model_validate_json(text)
+            manifest = cls.model_validate_json(data)  # bytes: pydantic refuses what is not UTF-8 JSON
         except ValidationError as err:
-            raise RunDirError(f"unreadable run manifest {path}:\n{err}") from err
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in err.errors(include_url=False)[:3]
+            )
+            raise RunDirError(f"unreadable run manifest {path} ({problems})") from err
         if manifest.format > FORMAT:
             raise RunDirError(
                 f"run manifest {path} has format {manifest.format}; this morl reads up to {FORMAT}: upgrade morl"
             )
         return manifest
+
+    def run_outputs(self, run_dir: str | Path) -> list[str]:
+        """The names in ``run_dir`` that are this run's: those ``outputs`` lists (for a manifest without the list,
+        the ones morl writes, inferred from its recipe as ``create`` does), and only names morl ever writes."""
+        listed = self.outputs if self.outputs is not None else _outputs_for(Path(run_dir), self.recipe)
+        return [name for name in RUN_OUTPUTS if name in listed]
 
     @property
     def current_segment(self) -> Segment:
@@ -200,6 +239,34 @@ class Manifest(BaseModel):
         return path
 
 
+def read_regular_file(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, refused before reading when it is not a regular file or is over ``limit`` bytes.
+
+    A named pipe waits for a writer and ``/dev/zero`` never ends: both are refused, never read. Raises
+    ``FileNotFoundError`` when ``path`` does not exist and ``ValueError`` naming ``path`` and what it is otherwise.
+    """
+    path = Path(path)
+    try:  # O_NONBLOCK: opening a named pipe does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is {_file_kind(info.st_mode)}, not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise ValueError(f"{path} is {_megabytes(info.st_size)}, over the {_megabytes(limit)} it may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if limit is not None and len(data) > limit:  # it grew while being read
+        raise ValueError(f"{path} is over the {_megabytes(limit)} it may have")
+    return data
+
+
 def library_versions() -> dict[str, str]:
     """Python's version and those of the installed libraries that shape a run's numbers."""
     versions = {"python": platform.python_version()}
@@ -209,6 +276,34 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def _outputs_for(run_dir: Path, recipe: Any) -> list[str]:
+    """What a run with this recipe writes in ``run_dir``: every name of ``RUN_OUTPUTS``, but ``data`` only when the
+    recipe's data lives in ``run_dir/data`` (a pipeline built in Python keeps the rows it was handed there; data a
+    recipe names is the user's, wherever it lies)."""
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    sources = [data.get(split) for split in ("train", "eval")] if isinstance(data, dict) else []
+    own = (run_dir / "data").resolve()
+    keeps_data = any(isinstance(s, str) and Path(s).resolve().parent == own for s in sources)
+    return [name for name in RUN_OUTPUTS if name != "data" or keeps_data]
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "a special file")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size} bytes"
 
 
 def _fsync_dir(path: Path) -> None:

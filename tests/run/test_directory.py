@@ -14,6 +14,7 @@ import pytest
 
 from morl.run import (
     RUN_OUTPUTS,
+    Manifest,
     RunDirError,
     RunExistsError,
     RunLock,
@@ -24,18 +25,50 @@ from morl.run import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+METHOD = {
+    "controller": "fixed",
+    "weights_act_on": "reward",
+    "normalization": "free",
+    "scalarizer": "linear",
+    "advantage": "group_norm",
+    "algo": "grpo",
+}
+
+
+def start_run(path: Path, data: str | None = None, to_step: int | None = 2, status: str = "finished") -> Manifest:
+    """The manifest of a run in ``path`` whose data is ``data`` (default: rows kept in the run, as a pipeline built in
+    Python keeps them), its one segment ended at ``to_step`` with ``status`` (``to_step=None``: still running)."""
+    path.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else str(path / "data" / "train.jsonl")
+    recipe = {"train": {"steps": 3}, "data": {"train": data, "eval": None}}
+    manifest = Manifest.create(path, recipe, [{"name": "accuracy", "reward": "acc"}], METHOD)
+    if to_step is not None:
+        manifest.end_segment(path, to_step=to_step, status=status)
+    return manifest
 
 
 def make_run(path: Path) -> Path:
-    """A folder with every output a morl run writes, and a user's note."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "recipe.yaml", "metrics.jsonl", "events.jsonl", "controller_state.json"):
+    """A folder with every output a morl run writes (its manifest lists them), and a user's note."""
+    start_run(path)
+    files = (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "events.jsonl",
+        "completions.jsonl",
+        "controller_state.json",
+        "training_state.json",
+    )
+    for name in files:
         (path / name).write_text("{}\n")
     for name in ("checkpoints/step-000002/model", "model", "reference-model", "tensorboard", "data"):
         (path / name).mkdir(parents=True)
         (path / name / "file.bin").write_bytes(b"x")
     (path / "notes.txt").write_text("my notes\n")
     return path
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 # ---- holds_run / check_new_run -----------------------------------------------------------------------------------
@@ -68,6 +101,7 @@ def test_check_new_run_accepts_empty_and_missing_folders(tmp_path):
 
 
 def test_check_new_run_refuses_an_earlier_run_and_says_what_to_do(tmp_path):
+    start_run(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(RunExistsError) as info:
         check_new_run(tmp_path)
@@ -80,13 +114,23 @@ def test_check_new_run_refuses_an_earlier_run_and_says_what_to_do(tmp_path):
     assert isinstance(info.value, RunDirError)
 
 
+def test_the_refusal_names_the_python_arguments_too(tmp_path):
+    start_run(tmp_path)
+    with pytest.raises(RunExistsError) as info:
+        check_new_run(tmp_path)
+    message = " ".join(str(info.value).split())
+    assert f"resume_from={str(tmp_path)!r}" in message and "overwrite=True" in message, message
+    assert "TrainConfig(output_dir=" in message, message
+
+
 def test_overwrite_removes_morl_outputs_and_keeps_user_files(tmp_path):
     run = make_run(tmp_path / "run")
     (run / ".lock").write_text("")
     (run / ".manifest.json.abc.tmp").write_text("half")
-    check_new_run(run, overwrite=True)
+    removed = check_new_run(run, overwrite=True)
     for name in RUN_OUTPUTS:
         assert not (run / name).exists(), name
+    assert sorted(removed) == sorted(RUN_OUTPUTS)
     assert (run / "notes.txt").read_text() == "my notes\n"
     assert (run / ".lock").exists()
     assert not (run / ".manifest.json.abc.tmp").exists()
@@ -94,10 +138,148 @@ def test_overwrite_removes_morl_outputs_and_keeps_user_files(tmp_path):
     check_new_run(run)  # now a fresh run may start
 
 
-def test_overwrite_of_a_folder_without_a_run_changes_nothing(tmp_path):
-    (tmp_path / "events.jsonl").write_text("{}\n")  # not a marker: no run here
-    check_new_run(tmp_path, overwrite=True)
-    assert (tmp_path / "events.jsonl").exists()
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_the_users_own_model_and_data_is_refused_and_untouched(tmp_path, overwrite):
+    """No manifest, so no morl run: its model/ and data/ are the user's, whatever their names."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_weights.txt").write_text("weights\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"prompt": "1+1"}\n')
+    before = tree(tmp_path)
+    with pytest.raises(RunExistsError) as info:
+        check_new_run(tmp_path, overwrite=overwrite)
+    message = " ".join(str(info.value).split())
+    assert "model/" in message and "data/" in message and "no manifest.json" in message, message
+    assert "not a morl run" in message and "Nothing was removed" in message, message
+    assert tree(tmp_path) == before
+
+
+def test_overwrite_of_a_folder_with_only_files_a_run_never_writes_changes_nothing(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert check_new_run(tmp_path, overwrite=True) == []
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_overwrite_of_a_run_of_an_older_morl_without_a_manifest_is_refused(tmp_path):
+    for name in ("recipe.yaml", "metrics.jsonl", "events.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    before = tree(tmp_path)
+    with pytest.raises(RunExistsError, match="no manifest.json"):
+        check_new_run(tmp_path, overwrite=True)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", [b"\xc0\xff\x00garbage\x81", b"{not json", b'{"format": 1}'])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_damaged_manifest_is_never_taken_for_a_list_of_morls_files(tmp_path, damage, overwrite):
+    run = make_run(tmp_path / "run")
+    (run / "manifest.json").write_bytes(damage)
+    before = tree(run)
+    with pytest.raises(RunDirError) as info:
+        check_new_run(run, overwrite=overwrite)
+    message = " ".join(str(info.value).split())
+    assert str(run / "manifest.json") in message and "removes nothing" in message, message
+    assert tree(run) == before
+
+
+def test_a_manifest_that_is_a_named_pipe_is_refused_not_read(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "manifest.json").unlink()
+    os.mkfifo(run / "manifest.json")
+    with pytest.raises(RunDirError, match="named pipe"):
+        check_new_run(run, overwrite=True)
+    assert (run / "model" / "file.bin").exists()
+
+
+def test_overwrite_keeps_a_users_data_folder_the_run_never_wrote(tmp_path):
+    """A run from a recipe reads its data where the recipe says: a data/ beside it is the user's."""
+    run = tmp_path / "run"
+    start_run(run, data=str(tmp_path / "elsewhere.jsonl"))
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "data").mkdir()
+    (run / "data" / "train.jsonl").write_text("mine\n")
+    before = tree(run)
+    with pytest.raises(RunExistsError) as info:
+        check_new_run(run, overwrite=True)
+    assert "data/" in str(info.value) and "does not list" in str(info.value)
+    assert tree(run) == before
+    (run / "data" / "train.jsonl").rename(tmp_path / "moved.jsonl")
+    (run / "data").rmdir()
+    assert sorted(check_new_run(run, overwrite=True)) == ["manifest.json", "metrics.jsonl"]
+
+
+def test_overwrite_removes_only_names_morl_writes_whatever_the_manifest_lists(tmp_path):
+    run = tmp_path / "run"
+    manifest = start_run(run)
+    (run / "model").mkdir()
+    (run / "notes.txt").write_text("mine\n")
+    manifest.outputs = ["notes.txt", "../outside", "/etc", "model", "manifest.json"]
+    manifest.save(run)
+    (tmp_path / "outside").write_text("x\n")
+    assert sorted(check_new_run(run, overwrite=True)) == ["manifest.json", "model"]
+    assert (run / "notes.txt").exists() and (tmp_path / "outside").exists()
+
+
+# ---- a run that stopped before its first step ---------------------------------------------------------------------
+
+
+def _stopped_run(path: Path, to_step: int | None, status: str, checkpoint: str | None, rows: list[dict]) -> Path:
+    start_run(path, to_step=to_step, status=status)
+    (path / "recipe.yaml").write_text("train: {steps: 3}\n")
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if checkpoint:
+        (path / "checkpoints" / checkpoint).mkdir(parents=True)
+    (path / "notes.txt").write_text("mine\n")
+    return path
+
+
+EVAL_AT_0 = {"kind": "eval", "step": 0, "eval/greedy/accuracy": 0.5}
+TRAIN_AT_1 = {"kind": "train", "step": 1, "loss": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("to_step", "status", "checkpoint", "rows"),
+    [
+        (0, "failed", None, []),
+        (0, "failed", "step-000000", [EVAL_AT_0]),  # a reward failing on step 1 checkpoints the initial weights
+        (0, "interrupted", "step-000000", [EVAL_AT_0]),
+        (None, "running", None, [EVAL_AT_0]),  # killed before its first step ended: the manifest still says running
+    ],
+    ids=["failed", "failed-reward", "interrupted", "killed"],
+)
+def test_a_run_that_stopped_before_its_first_step_gives_its_folder_up(tmp_path, to_step, status, checkpoint, rows):
+    run = _stopped_run(tmp_path / "run", to_step, status, checkpoint, rows)
+    removed = check_new_run(run)  # no overwrite needed: nothing was learned
+    assert "manifest.json" in removed and "metrics.jsonl" in removed
+    assert not (run / "manifest.json").exists() and not (run / "checkpoints").exists()
+    assert (run / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("to_step", "status", "checkpoint", "rows"),
+    [
+        (2, "failed", None, [TRAIN_AT_1]),
+        (0, "finished", None, [EVAL_AT_0]),  # train.steps=0: an evaluation of the initial model, a result
+        (0, "failed", "step-000002", []),
+        (None, "running", None, [EVAL_AT_0, TRAIN_AT_1]),  # killed after logging a step
+    ],
+    ids=["failed-later", "finished-at-0", "later-checkpoint", "killed-after-a-step"],
+)
+def test_a_run_that_learned_something_keeps_its_folder(tmp_path, to_step, status, checkpoint, rows):
+    run = _stopped_run(tmp_path / "run", to_step, status, checkpoint, rows)
+    before = tree(run)
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        check_new_run(run)
+    assert tree(run) == before
+
+
+def test_a_resumed_run_that_failed_keeps_its_folder(tmp_path):
+    run = _stopped_run(tmp_path / "run", 0, "failed", None, [])
+    manifest = Manifest.load(run)
+    manifest.begin_segment(run, "resume", from_step=2, recipe={})
+    manifest.end_segment(run, to_step=2, status="failed")
+    with pytest.raises(RunExistsError):
+        check_new_run(run)
 
 
 def test_check_new_run_refuses_a_file(tmp_path):

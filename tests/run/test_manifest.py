@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from morl.run import (
+    RUN_OUTPUTS,
     Manifest,
     Method,
     Objective,
@@ -22,6 +23,7 @@ from morl.run import (
     check_new_run,
     holds_run,
     library_versions,
+    read_regular_file,
 )
 from morl.run.identity import check_resume
 
@@ -123,6 +125,67 @@ def test_load_unreadable_names_the_file(tmp_path, text):
     with pytest.raises(RunDirError) as info:
         Manifest.load(tmp_path)
     assert str(tmp_path / "manifest.json") in str(info.value)
+
+
+def test_load_of_garbage_bytes_names_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b"\xc0\xff\x00\x81garbage")
+    with pytest.raises(RunDirError) as info:
+        Manifest.load(tmp_path)
+    assert str(tmp_path / "manifest.json") in str(info.value)
+
+
+def test_load_refuses_a_manifest_that_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "manifest.json")  # read, it would wait for a writer forever
+    with pytest.raises(RunDirError, match="named pipe"):
+        Manifest.load(tmp_path)
+
+
+def test_create_lists_the_names_the_run_writes(tmp_path):
+    manifest = Manifest.create(tmp_path, RECIPE, OBJECTIVES, METHOD)
+    assert manifest.outputs == [name for name in RUN_OUTPUTS if name != "data"]  # the recipe's data is the user's
+    assert json.loads((tmp_path / "manifest.json").read_text())["outputs"] == manifest.outputs
+    assert Manifest.load(tmp_path).run_outputs(tmp_path) == manifest.outputs
+
+
+def test_a_run_that_keeps_its_rows_lists_its_data_folder(tmp_path):
+    """A pipeline built in Python saves the rows it was handed in run/data and points its recipe there."""
+    recipe = {**RECIPE, "data": {"train": str(tmp_path / "data" / "train.jsonl"), "eval": None}}
+    assert "data" in Manifest.create(tmp_path, recipe, OBJECTIVES, METHOD).outputs
+
+
+def test_a_manifest_written_before_outputs_were_listed_gets_the_same_list(tmp_path):
+    manifest = Manifest.create(tmp_path, RECIPE, OBJECTIVES, METHOD)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    del raw["outputs"]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    old = Manifest.load(tmp_path)
+    assert old.outputs is None and old.run_outputs(tmp_path) == manifest.outputs
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: os.mkfifo(p), "is a named pipe"),
+        (lambda p: p.mkdir(), "directory"),
+        (lambda p: p.write_bytes(b"x" * 2048), "over the"),
+    ],
+    ids=["fifo", "directory", "too-large"],
+)
+def test_read_regular_file_refuses_before_reading(tmp_path, make, fragment):
+    path = tmp_path / "f"
+    make(path)
+    with pytest.raises(ValueError, match=fragment) as info:
+        read_regular_file(path, limit=1024)
+    assert str(path) in str(info.value)
+
+
+def test_read_regular_file_refuses_a_device_and_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="character device"):
+        read_regular_file("/dev/zero")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_regular_file(tmp_path / "gone")
+    (tmp_path / "ok").write_bytes(b"abc")
+    assert read_regular_file(tmp_path / "ok", limit=3) == b"abc"
 
 
 def test_load_refuses_a_newer_format(tmp_path):
