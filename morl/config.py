@@ -22,7 +22,9 @@ class TrainConfig(BaseModel):
     prompts_per_step: int = Field(
         8, ge=1, description="P prompts per step (P × K completions); must divide evenly across processes"
     )
-    group_size: int = Field(8, ge=2, description="K completions per prompt; group methods need K >= 2")
+    group_size: int = Field(
+        8, ge=2, le=4096, description="K completions per prompt; group methods need K >= 2 (at most 4096)"
+    )
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     seed: int = Field(
@@ -34,6 +36,7 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(64, ge=1, description="eval prompts generated at once; lower it to save memory")
     output_dir: str | None = Field(
         None,
+        min_length=1,
         description="run directory; must not hold a run already (resume it, or overwrite explicitly); "
         "None: a fresh runs/<date-time>",
     )
@@ -48,6 +51,7 @@ class TrainConfig(BaseModel):
     reward_timeout_s: float | None = Field(
         60.0,
         gt=0,
+        le=86_400,  # a day: the watchdog's timer takes a C double of seconds, and a longer limit is no limit
         description="seconds one reward call (a batch) may take; past it its samples are not applicable (NaN) and "
         "counted as rewards/<name>/timeouts. A reward's own call_timeout_s wins; None: no limit",
     )
@@ -70,7 +74,7 @@ class TrainConfig(BaseModel):
         "once keeping the last complete step's checkpoint (as a second signal does); None: wait for the step",
     )
     save_model: bool = Field(True, description="write the final model (Hugging Face format) to the run directory")
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
         "auto",
         description="torch CPU threads. auto: 1 for a policy on the CPU with fewer than 5M parameters (tiny operators: "
         "more threads only wait on each other, and far longer on a busy machine; benchmarks/RESULTS.md), else "

@@ -59,6 +59,19 @@ CASES = [
         2,
         "targets",
     ),
+    # what validate must not call ok when fit cannot run it (a crash, an overflow, memory exhausted)
+    ("threads-100000", {}, "validate cookbook/recipes/quickstart.yaml --set train.threads=100000", 2, "threads"),
+    ("group-size-1e5", {}, "validate cookbook/recipes/quickstart.yaml --set train.group_size=100000", 2, "group_size"),
+    (
+        "reward-timeout-1e10",
+        {},
+        "validate cookbook/recipes/quickstart.yaml --set train.reward_timeout_s=1e10",
+        2,
+        "reward_timeout_s",
+    ),
+    ("empty-output-dir", {}, "validate cookbook/recipes/quickstart.yaml --set train.output_dir=''", 2, "output_dir"),
+    ("ctwa-lr-1e308", {}, "validate cookbook/recipes/quickstart.yaml --set controller.lr=1e308", 2, "lr"),
+    ("ctwa-u-max-negative", {}, "validate cookbook/recipes/quickstart.yaml --set controller.u_max=-5", 2, "u_max"),
     (
         "ctwa-unknown-objective",
         {"r.yaml": "controller: {name: ctwa, targets: {speed: 0.1}}\n"},

@@ -73,7 +73,9 @@ class CTWA(RewardLevel):
         lambda0: list[float] | dict[str, float] | None = Field(
             None, description="initial positive weights λ = exp(u); None: the paper's thirds for M = 3, else 1/M"
         )
-        lr: float = Field(0.05, ge=0, description="η_λ: log-weight step per unit of covariance deficit, per update")
+        lr: float = Field(
+            0.05, ge=0, le=1e3, description="η_λ: log-weight step per unit of covariance deficit, per update"
+        )
         ema: float = Field(0.1, gt=0, le=1, description="τ: EMA rate of the covariance; smaller is smoother but slower")
         signal: Literal["covariance", "correlation", "forecast"] = Field(
             "covariance",
@@ -83,7 +85,13 @@ class CTWA(RewardLevel):
         forecast_every: int = Field(
             3, ge=1, description="signal forecast: steps per forecast window (two forward passes per measurement)"
         )
-        u_max: float | None = Field(None, description="upper bound on the log-weights u = log λ; None: unbounded")
+        u_max: float | None = Field(
+            None,
+            ge=-20,
+            le=20,
+            description="upper bound on the log-weights u = log λ (within ±20, where λ = e^u stays a float32); "
+            "None: unbounded",
+        )
         gate: list[GateValue | None] | dict[str, GateValue | None] | None = Field(
             None, description="stop raising λ_m once the batch mean of r_m reaches this; None or .inf: never stop"
         )
@@ -129,6 +137,12 @@ class CTWA(RewardLevel):
         lam0 = np.array(per_objective("controller.lambda0", lam0, objectives))
         if (lam0 <= 0).any():
             raise ValueError(f"controller.lambda0 must be positive (λ = exp(u)); got {lam0.tolist()}")
+        if self.config.u_max is not None and self.config.u_max < np.log(lam0).max():
+            raise ValueError(
+                f"controller.u_max={self.config.u_max} is below the starting log-weights log(lambda0) = "
+                f"{np.round(np.log(lam0), 3).tolist()}: the first update would cut the weights it should bound; "
+                "use u_max >= 0 (lambda <= 1) or more"
+            )
         self.u_ = np.log(lam0)
         self.cov_ema_ = np.full(m, np.nan)
         self.last_cov_ = np.full(m, np.nan)

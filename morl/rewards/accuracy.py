@@ -36,8 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RESERVED_ARGUMENTS, RewardFn
+from morl.rewards.base import RESERVED_ARGUMENTS, RewardConfig, RewardFn
 from morl.rewards.boxed import boxed_answer
 
 #: Longest ``{ ( [`` nesting sent to the checker; real answers nest a few levels, hostile ones hundreds.
@@ -81,7 +80,7 @@ class Accuracy(RewardFn):
 
     name = "accuracy"
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         answer_column: str = Field(
             "answer", description="dataset column with the ground-truth answer (LaTeX or plain text, not boxed)"
         )

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+from pydantic import Field
 
-from morl.components import Component
+from morl.components import Component, ComponentConfig
 from morl.rewards.guard import DEFAULT_TIMEOUT_S, Isolation, RewardTimeout, call_limit, guarded_call, isolated
 
 RewardCallable = Callable[..., Sequence[float | None]]
@@ -66,6 +67,17 @@ class PlacedOnDevice(Protocol):
         """Use ``device`` unless the reward's own config names one."""
 
 
+class RewardConfig(ComponentConfig):
+    """Every built-in reward's settings start with this one: its own time limit per call."""
+
+    call_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="seconds one call may take before its samples count as timed out; None: train.reward_timeout_s",
+    )
+
+
 class RewardFn(Component):
     """Base class for configurable or stateful rewards; subclasses implement ``__call__``.
 
@@ -79,6 +91,7 @@ class RewardFn(Component):
     """
 
     family = "reward"
+    Config = RewardConfig
     # True when a held-out value is relative to the training history (conciseness: below the running mean length),
     # so start and end values are not comparable; tables and reports show mean length for it instead
     moving_target: ClassVar[bool] = False

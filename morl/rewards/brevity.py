@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RewardFn
+from morl.rewards.base import RewardConfig, RewardFn
 
 
 class Brevity(RewardFn):
@@ -33,7 +32,7 @@ class Brevity(RewardFn):
 
     name = "brevity"
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         max_chars: int = Field(24, ge=1, description="completions this long or longer score 0")
         scale: float = Field(
             10.0, gt=0, description="score of an empty completion; 10 makes brevity outweigh a 0/1 reward"

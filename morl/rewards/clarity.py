@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RewardFn
+from morl.rewards.base import RewardConfig, RewardFn
 from morl.rewards.boxed import boxed_answers
 
 _ENUMERATOR = re.compile(
@@ -65,7 +64,7 @@ class Clarity(RewardFn):
 
     name = "clarity"
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         pass
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:

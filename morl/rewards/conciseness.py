@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RewardFn
+from morl.rewards.base import RewardConfig, RewardFn
 
 
 class Conciseness(RewardFn):
@@ -44,7 +43,7 @@ class Conciseness(RewardFn):
     # at different steps are not comparable: ``morl compare`` scores interference on the mean length instead
     moving_target = True
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         pass
 
     def __call__(

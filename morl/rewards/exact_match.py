@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RESERVED_ARGUMENTS, RewardFn
+from morl.rewards.base import RESERVED_ARGUMENTS, RewardConfig, RewardFn
 
 
 class ExactMatch(RewardFn):
@@ -33,7 +32,7 @@ class ExactMatch(RewardFn):
 
     name = "exact_match"
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         answer_column: str = Field("answer", description="dataset column with the ground-truth string")
         pattern: str | None = Field(
             None,

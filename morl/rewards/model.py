@@ -22,8 +22,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from morl.components import ComponentConfig
-from morl.rewards.base import RewardFn
+from morl.rewards.base import RewardConfig, RewardFn
 
 
 class RewardModel(RewardFn):
@@ -43,7 +42,7 @@ class RewardModel(RewardFn):
     name = "reward_model"
     conversational = True
 
-    class Config(ComponentConfig):
+    class Config(RewardConfig):
         model: str = Field(description="local directory or hub name of a sequence-classification model")
         label: int = Field(0, ge=0, description="index of the logit that is the reward (for multi-logit heads)")
         output: Literal["logit", "sigmoid", "softmax"] = Field(

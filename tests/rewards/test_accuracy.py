@@ -259,7 +259,8 @@ def test_no_state_before_first_call_and_state_dict_round_trip() -> None:
     fresh(["p"], ["no box"], answer=["1"])
     assert fresh.timeouts_ == 3
     assert (
-        repr(fresh) == "Accuracy(answer_column='answer', timeout_s=0.25, on_timeout='incorrect', max_answer_chars=1000)"
+        repr(fresh) == "Accuracy(call_timeout_s=None, answer_column='answer', timeout_s=0.25, on_timeout='incorrect', "
+        "max_answer_chars=1000)"
     )
 
 

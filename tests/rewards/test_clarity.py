@@ -84,7 +84,7 @@ def test_adversarial_text_is_scored_in_linear_time(text: str) -> None:
 
 def test_stateless_and_registered() -> None:
     cla = build("reward", "clarity")
-    assert isinstance(cla, Clarity) and repr(cla) == "Clarity()"
+    assert isinstance(cla, Clarity) and repr(cla) == "Clarity(call_timeout_s=None)"
     cla(["p"], ["1.\n2.\n\\boxed{1}"], training=True, completion_lengths=[5], answer=["1"])
     assert cla.state_dict() == {}
 

@@ -73,7 +73,7 @@ def test_state_dict_round_trip_continues_the_same_mean() -> None:
 
 def test_registered_and_scored_through_score_rewards_with_token_lengths() -> None:
     con = build("reward", "conciseness")
-    assert isinstance(con, Conciseness) and repr(con) == "Conciseness()"
+    assert isinstance(con, Conciseness) and repr(con) == "Conciseness(call_timeout_s=None)"
     matrix, _ = score_rewards([con], ["p"] * 3, ["a", "b", "c"], {}, training=True, completion_lengths=[3, 9, 6])
     assert matrix[:, 0].tolist() == [1.0, 0.0, 0.0]
     matrix, _ = score_rewards([con], ["p"], ["a"], {}, training=False, completion_lengths=[5])

@@ -99,3 +99,16 @@ def test_lists_of_the_wrong_length_are_refused():
         score_rewards([Recorder()], ["p", "q"], ["c", "d"], {}, training=False, completion_ids=[[1]])
     with pytest.raises(ValueError, match=r"3 values in 'answer' for 2 completions"):
         score_rewards([Recorder()], ["p", "q"], ["c", "d"], {"answer": ["1", "2", "3"]}, training=False)
+
+
+def test_every_built_in_reward_takes_its_own_call_time_limit():
+    """The README's per-reward ``call_timeout_s`` is a setting of every built-in reward (a recipe field)."""
+    from morl.components import build, registered
+    from morl.rewards.guard import call_limit
+
+    for name in registered("reward"):
+        spec = {"name": name, "call_timeout_s": 5}
+        if name == "reward_model":
+            spec["model"] = "unused-until-called"
+        assert call_limit(build("reward", spec), 60.0) == 5.0, name
+    assert call_limit(build("reward", "accuracy"), 60.0) == 60.0  # none of its own: train.reward_timeout_s

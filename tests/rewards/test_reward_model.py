@@ -160,7 +160,7 @@ def test_registered_named_like_trl_and_placed_by_device(llama_rm):
     assert objective_name(rm) == llama_rm.name  # the model's last path component, as TRL logs it
     assert objective_name(RewardModel(model="org/helpful-rm")) == "helpful-rm"
     assert objective_name(RewardModel(model=str(llama_rm), objective="helpfulness")) == "helpfulness"
-    assert repr(rm).startswith(f"RewardModel(model={str(llama_rm)!r}, label=0, ")
+    assert repr(rm).startswith(f"RewardModel(call_timeout_s=None, model={str(llama_rm)!r}, label=0, ")
     assert rm.state_dict() == {} and rm.clone().get_params() == rm.get_params()
     assert rm._device() == torch.device("cpu")  # auto, alone: the CPU
     rm.place("meta")
