@@ -435,7 +435,13 @@ def score(
     values: dict[str, list[float | None]] = {}
     errors: dict[str, dict[int, str]] = {}
     table = Table(title=f"{file} ({len(rows)} completions)")
-    for heading in ("objective", "mean", "scored", "not applicable", "failed", "timed out"):
+    # every row is in exactly one of scored, not applicable, failed and timed out (its call ran past the limit);
+    # "checks cut off" counts a reward's own cut-off checks (accuracy's), already within scored or not applicable
+    table.caption = (
+        "n/a: not applicable; cut off: the reward's own checks stopped at their limit (counted within scored or n/a); "
+        "timed out: rows of a call past the time limit, not scored"
+    )
+    for heading in ("objective", "mean", "scored", "n/a", "failed", "cut off", "timed out"):
         table.add_column(heading, justify="left" if heading == "objective" else "right")
     limit = reward_timeout_s or None
     for fn, name in zip(fns, names):
@@ -445,8 +451,8 @@ def score(
             column, errors[name] = _score_one_reward(fn, rows, columns, limit, late)
         except ValueError as err:  # the rows cannot be handed to rewards at all (a column named like an argument)
             _fail(f"{file}: {err}")
-        timed_out = int((fn.counters().get("timeouts", 0.0) if hasattr(fn, "counters") else 0.0) - before)
-        timed_out += late.get(name, 0)
+        cut_off = int((fn.counters().get("timeouts", 0.0) if hasattr(fn, "counters") else 0.0) - before)
+        timed_out = late.get(name, 0)
         values[name] = column
         scored = [v for v in column if v is not None]
         n_failed = len(errors[name])
@@ -456,6 +462,7 @@ def score(
             str(len(scored)),
             str(len(rows) - len(scored) - n_failed - late.get(name, 0)),
             str(n_failed),
+            str(cut_off),
             str(timed_out),
         )
     console.print(table)

@@ -247,7 +247,7 @@ def test_score_reports_failed_rows_with_null_and_the_reason(tmp_path):
     assert "exploded" in scored[1]["reward_errors"]["boom"] and "nan" in scored[2]["reward_errors"]["boom"]
     assert [r["rewards"]["accuracy"] for r in scored] == [None, None, None, 1.0]  # columns from every row
     assert "reward_errors" not in scored[0] and "reward_errors" not in scored[3]
-    for heading in ("scored", "not applicable", "failed", "timed out"):
+    for heading in ("scored", "n/a", "failed", "cut off", "timed out", "not applicable"):  # the last in the caption
         assert heading in text
     cells = " ".join(text.replace("│", " ").split())  # the table's rows, cell by cell
     assert "accuracy 1.0000 1 3 0 0" in cells and "boom 1.0000 2 0 2 0" in cells, text
@@ -364,3 +364,15 @@ def test_data_errors_name_the_file_and_line(tiny_model_dir, tmp_path, case):
     recipe.write_text(yaml.safe_dump(data))
     code, text = _invoke("fit", recipe, "--output-dir", tmp_path / "run")
     assert code == 2 and all(e in text for e in expected), text
+
+
+def test_score_counts_each_row_once_and_says_which_checks_were_cut_off(tmp_path):
+    """A check cut off at its limit is scored (incorrect, by default) and said as such; it is not also a timed-out
+    row, so scored + not applicable + failed + timed out is the number of rows."""
+    tower = r"\boxed{10^{10^{10^{10^{10}}}}}"
+    rows = [{"prompt": "p", "completion": c, "answer": "1"} for c in (r"\boxed{1}", r"\boxed{2}", tower)]
+    source = _jsonl(tmp_path / "c.jsonl", rows)
+    code, text = _invoke("score", source, "--rewards", "accuracy")
+    assert code == 0, text
+    cells = " ".join(text.replace("│", " ").split())
+    assert "accuracy 0.3333 3 0 0 1 0" in cells, text  # 3 scored, 1 of them cut off (scored 0), none timed out
