@@ -9,6 +9,7 @@ resume), stops on non-finite or failing steps with the last good checkpoint kept
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from morl import distributed
+from morl import metrics as M
 from morl.checkpoint import (
     CheckpointError,
     GracefulStop,
@@ -87,6 +89,7 @@ class FitLoop:
         self.trainer = trainer
         self.checkpointing = Checkpointing(trainer, recipe)
         self.manifest_method = manifest_method
+        self._warned: set[str] = set()  # objectives already said to apply to no sample
 
     def fit(
         self,
@@ -254,6 +257,7 @@ class FitLoop:
         """Warn about a skipped update, evaluate and checkpoint on schedule, stop on too many non-finite steps."""
         trainer, cfg = self.trainer, self.trainer.config
         step, streak = trainer.state.step, trainer.state.nonfinite_streak
+        self._warn_inapplicable(metrics)
         if streak:
             console.print(
                 f"[yellow]step {step}: non-finite loss or gradient, update skipped[/] "
@@ -273,6 +277,18 @@ class FitLoop:
             )
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self._write_checkpoint(run)
+
+    def _warn_inapplicable(self, metrics: dict[str, float]) -> None:
+        """Say once per objective when its reward applied to no sample of a step (it returned None for all): that
+        objective gets no signal, which is rarely what the user meant (a missing dataset column, a wrong regex)."""
+        for name in self.trainer.parts.objectives:
+            mean = metrics.get(M.reward_mean(name))
+            if mean is not None and math.isnan(mean) and name not in self._warned:
+                self._warned.add(name)
+                console.print(
+                    f"[yellow]step {self.trainer.state.step}: reward {name!r} applied to no sample (it returned None "
+                    "for every completion)[/]: this objective gets no training signal; check the columns it reads"
+                )
 
     def _write_checkpoint(self, run: _Run) -> Path | None:
         """A checkpoint of the current step, unless one holds it already (a half-written one is none: a stop at

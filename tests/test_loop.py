@@ -35,3 +35,12 @@ def test_a_resume_below_the_step_reached_is_refused_from_python_too(tiny_pipelin
 
     with pytest.raises(CheckpointError, match="already reached step 2, beyond train.steps=1"):
         shorter.fit(train, resume_from=done.run_dir_)
+
+
+def test_a_reward_that_applies_to_nothing_is_said_once(tiny_pipeline, capsys):
+    def never(prompts, completions, **kwargs):  # e.g. a column it needs is missing: None for every row
+        return [None] * len(completions)
+
+    tiny_pipeline(["clarity", never], train={"steps": 2}).fit(make_split("train", 4, 0))
+    said = capsys.readouterr().out.replace("\n", " ")
+    assert said.count("reward 'never' applied to no sample") == 1 and "no training signal" in said
