@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from morl.integrity import safetensors_problem, short_reason
+from morl.integrity import follow_umask, safetensors_problem, short_reason
 from morl.policy import (
     ADAPTER_CONFIG,
     AdapterReference,
@@ -138,6 +138,7 @@ def save_checkpoint(
         if tensors:
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / STATE_TENSORS))
         _write_json(tmp / STATE_FILE, {**state.to_json(), "reference": reference})
+        follow_umask(tmp)
         _fsync_tree(tmp)
         marker = tmp / MARKER
         marker.write_text(json.dumps({"step": state.step, "time": time.time()}) + "\n")

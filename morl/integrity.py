@@ -7,6 +7,7 @@ lists more bytes than it holds.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -45,3 +46,13 @@ def short_reason(err: BaseException) -> str:
         return "missing"
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def follow_umask(path: Path) -> None:
+    """Give the files at or below ``path`` the mode a file the user creates would have (0644 under umask 022):
+    safetensors and ``mkstemp`` write 0600, which leaves a run's model unreadable to the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        os.chmod(file, 0o666 & ~umask)

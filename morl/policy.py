@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from morl.integrity import safetensors_problem
+from morl.integrity import follow_umask, safetensors_problem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
@@ -418,6 +418,8 @@ class Policy:
             merged = self.config.lora is not None and self.config.lora.merge_on_save
         if merged and self.has_adapters:
             self._save_merged(path / MERGED, write=write)
+        if write:
+            follow_umask(path)
         return path
 
     def _save_merged(self, path: Path, write: bool) -> None:

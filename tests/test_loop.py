@@ -44,3 +44,20 @@ def test_a_reward_that_applies_to_nothing_is_said_once(tiny_pipeline, capsys):
     tiny_pipeline(["clarity", never], train={"steps": 2}).fit(make_split("train", 4, 0))
     said = capsys.readouterr().out.replace("\n", " ")
     assert said.count("reward 'never' applied to no sample") == 1 and "no training signal" in said
+
+
+def test_a_runs_files_follow_the_users_umask(tiny_pipeline):
+    """safetensors and mkstemp write 0600; a run's model, checkpoints and manifest get what the user's umask gives
+    any file they create (0644 under 022), like the rest of the run."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        pipe = tiny_pipeline(["clarity"], train={"steps": 1, "checkpoint_every": 1}).fit(make_split("train", 4, 0))
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(pipe.run_dir_).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in pipe.run_dir_.rglob("*")}
+    files = {name: mode for name, mode in modes.items() if (pipe.run_dir_ / name).is_file() and name != ".lock"}
+    assert files["manifest.json"] == files["model/model.safetensors"] == 0o644
+    assert {mode for mode in files.values()} == {0o644}, files

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from morl.integrity import follow_umask
 from morl.run._plain import now_iso, to_plain
 
 MANIFEST_FILE = "manifest.json"
@@ -230,6 +231,7 @@ class Manifest(BaseModel):
                 f.write(self.model_dump_json(indent=2) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            follow_umask(Path(tmp))  # mkstemp's 0600 would hide the manifest from the user's group
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
