@@ -355,9 +355,11 @@ def eval_(
     state_file = source / "training_state.json"
     if state_file.exists():  # stateful rewards (the running mean of conciseness) as the run left them
         try:
-            saved = TrainingState.from_json(json.loads(state_file.read_text())).parts
+            trained = TrainingState.from_json(json.loads(state_file.read_text()))
+            saved = trained.parts
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             _fail(f"{state_file}: unreadable ({type(err).__name__}: {err}); it holds the rewards' running state")
+        _say_if_another_task(trained.identity, parsed.model_dump(mode="json"), checkpoint)
         for name, reward in zip([objective_name(r) for r in rewards], rewards):
             if isinstance(reward, RewardFn) and f"reward/{name}" in saved:
                 reward.load_state_dict(saved[f"reward/{name}"]["state"])
@@ -717,6 +719,25 @@ def tinysort_build(
     kwargs = {"steps": steps} if steps is not None else {}
     path = build_tinysort(out, seed=seed, **kwargs)
     console.print(f"saved {path}")
+
+
+def _say_if_another_task(trained: dict[str, Any], recipe: dict[str, Any], checkpoint: Path) -> None:
+    """Evaluating a model on another task than it trained on can be meant, but should never pass unsaid."""
+    differs = [
+        f"{key}: trained with {trained[key]!r}, evaluated with {recipe.get(key)!r}"
+        for key in ("rewards", "data")
+        if key in trained and _task_of(key, trained[key]) != _task_of(key, recipe.get(key))
+    ]
+    if differs:
+        said = escape("; ".join(differs))
+        err_console.print(f"[yellow]--checkpoint {escape(str(checkpoint))} was trained on another task[/]: {said}")
+
+
+def _task_of(key: str, value: Any) -> Any:
+    """What names a task in a recipe section: the rewards, or the training and evaluation data sources."""
+    if key == "data" and isinstance(value, dict):
+        return value.get("train"), value.get("eval")
+    return value
 
 
 def _eval_source(checkpoint: Path) -> Path:

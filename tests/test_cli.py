@@ -39,6 +39,20 @@ def test_fit_three_steps_then_eval(tiny_model_dir, tmp_path):
     evaluated = CliRunner().invoke(app, ["eval", str(recipe), "--checkpoint", str(run)])
     assert evaluated.exit_code == 0, evaluated.output
     assert "greedy/accuracy" in evaluated.output
+    assert "another task" not in evaluated.output
+
+    # a TinySort recipe on this TinyMath checkpoint: evaluated, but never without a word
+    other = tmp_path / "sort.yaml"
+    other.write_text(
+        RECIPE.format(model=tiny_model_dir)
+        .replace("train: tinymath, eval: tinymath", "train: tinysort, eval: tinysort")
+        .replace("[accuracy, conciseness, clarity]", "[exact_match, brevity]")
+        .replace("{name: ctwa}", "{name: fixed}")
+    )
+    elsewhere = CliRunner().invoke(app, ["eval", str(other), "--checkpoint", str(run)])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    said = " ".join(elsewhere.output.split())
+    assert "was trained on another task" in said and "tinysort" in said and "exact_match" in said
 
 
 def test_score_existing_completions(tmp_path):
