@@ -40,13 +40,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from morl.batch import Batch
 from morl.policy import Policy
+from morl.statistics import select_parameters
+
+if TYPE_CHECKING:
+    from morl.algos import PolicyAlgo
+    from morl.stages import Scored
 
 
 def group_centred_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -173,6 +178,18 @@ class ForecastWindow:
         """The snapshot, on the tensors' device (the caller loads them onto the policy's)."""
         if tensors and self.snapshot_step_ is not None:
             self.snapshot_ = [tensors[str(i)] for i in range(len(tensors))]
+
+    def measure(
+        self, step: int, policy: Policy, params: str, scored: Scored, algo: PolicyAlgo
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`observe` on a fresh scored batch, the parameters named by ``params`` (``all``, ``last_layers:N`` or
+        a regex), log-probs taken as ``algo`` takes them: what every trainer that hosts the forecast calls."""
+        if not self.due(step):
+            return None
+        selected = select_parameters(policy.model, params)
+        return self.observe(
+            step, policy, selected, scored.rollout, scored.rewards, algo.temperature, algo.config.micro_batch_size
+        )
 
     def due(self, step: int) -> bool:
         """Whether step ``step`` opens a window (and closes the previous one)."""

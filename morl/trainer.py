@@ -40,7 +40,6 @@ from morl.rollout import RolloutBackend
 from morl.scalarize import Scalarizer
 from morl.stages import Need, Scored, Updated, Weighted
 from morl.state import TrainingState, capture_parts, restore_parts
-from morl.statistics import select_parameters
 from morl.step_metrics import step_metrics
 from morl.timing import phase
 
@@ -312,17 +311,9 @@ class Trainer:
     def _forecast(self, scored: Scored) -> tuple[np.ndarray, np.ndarray] | None:
         """The forecast on the fresh batch when its window closes; the controller that needs it gets it now."""
         window, p = self.forecast_window, self.parts
-        if window is None or not window.due(self.state.step + 1):
+        if window is None:
             return None
-        result = window.observe(
-            self.state.step + 1,
-            p.policy,
-            select_parameters(p.policy.model, self.forecast_owner.forecast_params),
-            scored.rollout,
-            scored.rewards,
-            p.algo.temperature,
-            p.algo.config.micro_batch_size,
-        )
+        result = window.measure(self.state.step + 1, p.policy, self.forecast_owner.forecast_params, scored, p.algo)
         if result is not None and Need.FORECAST in p.controller.needs:
             p.controller.observe_forecast(*result)
         return result

@@ -44,7 +44,6 @@ from morl.controllers.base import WeightController, check_family, check_scalariz
 from morl.diagnostics import Diagnostics, DiagnosticsConfig, make_diagnostics
 from morl.forecast import ForecastWindow
 from morl.stages import Need, Scored, Updated, Weighted
-from morl.statistics import select_parameters
 
 __all__ = ["HostedStep", "check_hostable"]
 
@@ -262,17 +261,9 @@ class HostedStep:
 
     def _forecast(self, scored: Scored) -> tuple[np.ndarray, np.ndarray] | None:
         window = self.forecast_window
-        if window is None or not window.due(self.updates_ + 1):
+        if window is None:
             return None
-        result = window.observe(
-            self.updates_ + 1,
-            self.policy,
-            select_parameters(self.policy.model, self.forecast_owner.forecast_params),
-            scored.rollout,
-            scored.rewards,
-            self.algo.temperature,
-            self.algo.config.micro_batch_size,
-        )
+        result = window.measure(self.updates_ + 1, self.policy, self.forecast_owner.forecast_params, scored, self.algo)
         if result is not None and Need.FORECAST in self.controller.needs:
             self.controller.observe_forecast(*result)
         return result
