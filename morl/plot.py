@@ -8,6 +8,9 @@
 - ``grad_cosine.png`` (Figure 4): the upper triangle of the per-objective gradient-cosine matrix over steps, and
   ``grad_alignment.png``: the cosine of each objective's gradient with the update the step made.
 - ``clipping.png``: clipped-token fractions and the advantage mass clipping removed.
+- ``forecast.png``: per objective, the held-out sampled evaluation above the interference forecast's z (every
+  measurement, the alarm threshold dashed, the forecast alarms as triangles): the one signal that sees a held-out
+  collapse coming while the in-batch covariances stay positive.
 
 A run directory is read through its ``manifest.json`` (objectives, their directions, the method) and its
 ``metrics.jsonl``/``events.jsonl``; every metric is looked up by the name :mod:`morl.metrics` builds. A figure whose
@@ -78,6 +81,15 @@ class Run:
         if self.manifest.method.controller != M.CTWA:
             return None
         return "corr" if _controller_setting(self.manifest, "signal") == "correlation" else "cov"
+
+    def forecast_threshold(self) -> float | None:
+        """The forecast alarm's threshold as the run's recipe set it (the diagnostics' default otherwise)."""
+        diagnostics = self.manifest.recipe.get("diagnostics")
+        if isinstance(diagnostics, dict) and "forecast_threshold" in diagnostics:
+            return float(diagnostics["forecast_threshold"])
+        from morl.diagnostics import DiagnosticsConfig
+
+        return DiagnosticsConfig().forecast_threshold
 
 
 @dataclass
@@ -190,6 +202,7 @@ def plot_runs(
         "grad_cosine": grad_cosine_figure,
         "grad_alignment": grad_alignment_figure,
         "clipping": clipping_figure,
+        "forecast": forecast_figure,
     }
     written = []
     for name, builder in builders.items():
@@ -273,6 +286,12 @@ def weights_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
         for ax in axes[0]:
             ax.set_yscale("log")
             ax.set_ylabel("λ (log scale)")
+    elif values.size and values.max() - values.min() <= 1e-3 * max(abs(values.max()), 1e-12):
+        # constant weights: matplotlib would stretch a rounding difference (0.3334 to 0.334) over the whole axis
+        middle = float(values.mean())
+        pad = max(0.1 * abs(middle), 1e-3)
+        for ax in axes[0]:
+            ax.set_ylim(middle - pad, middle + pad)
     fig.suptitle("Objective weights over training")
     _legend(fig, runs, colors)
     return fig
@@ -310,7 +329,47 @@ def covariance_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
             ax.set_title(f"{what}({objective}, {signal.replace('_', ' ')})")
             ax.set_xlabel("step")
             ax.set_ylabel(f"{what} (dashed: target)" if j == 0 and signal == "clipped_weight" else what)
-    fig.suptitle("Covariance law: an objective improves iff its reward covaries positively with the signal (▼ alarm)")
+    fig.suptitle(
+        "Covariance law, to first order and on the batch trained on: positive covariance with the signal means that\n"
+        "batch improves; a held-out objective can still fall while it stays positive (forecast.png sees that) (▼ alarm)"
+    )
+    _legend(fig, runs, colors)
+    return fig
+
+
+def forecast_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
+    """The interference forecast beside what it forecasts: per objective, the held-out sampled evaluation (top) and
+    the forecast's z (bottom, every measurement, the alarm threshold dashed, ▼ where the forecast alarm fired)."""
+    objectives = [o for o in _union(r.objectives() for r in runs) if any(r.has(M.forecast("z", o)) for r in runs)]
+    if not objectives:
+        return None
+    fig, axes = _grid(2, len(objectives))
+    for j, objective in enumerate(objectives):
+        top, bottom = axes[0][j], axes[1][j]
+        bottom.axhline(0.0, color="0.6", lw=0.8)
+        for run in runs:
+            color = colors[run.label]
+            if run.has(M.eval_metric("sampled", objective), "eval"):
+                steps, values = run.series(M.eval_metric("sampled", objective), "eval")
+                top.plot(steps, values, color=color, lw=1.6, marker="o", ms=3, label=run.label)
+            steps, z = run.series(M.forecast("z", objective))
+            if steps.size:
+                bottom.plot(steps, z, color=color, lw=1.2, marker=".", ms=5, label=run.label)
+            threshold = run.forecast_threshold()
+            if threshold is not None:
+                bottom.axhline(threshold, color=color, lw=0.8, ls="--")
+            for step in _alarm_steps(run, objective, "forecast"):
+                bottom.plot([step], [0.0], marker="v", ms=9, color=color, ls="none")
+        top.set_title(f"{objective} — sampled eval")
+        top.set_ylabel("held-out mean reward")
+        bottom.set_title(f"{objective} — forecast z")
+        bottom.set_ylabel("z (dashed: alarm threshold)" if j == 0 else "z")
+        for ax in (top, bottom):
+            ax.set_xlabel("step")
+    fig.suptitle(
+        "Interference forecast: each objective's first-order change along the recent updates, on completions they\n"
+        "never trained on (z < 0: forecast to fall; ▼ forecast alarm), beside its held-out evaluation"
+    )
     _legend(fig, runs, colors)
     return fig
 

@@ -89,13 +89,16 @@ def _record(path, controller, steps=30, gradients=False, seed=0, signal="covaria
             row.update({M.correlation("clipped_weight", o): float(rng.normal(0.3, 0.1)) for o in OBJECTIVES})
             row.update({M.method_key(M.CTWA, "target", o): 0.08 for o in OBJECTIVES})
             row[M.CLIP_REMOVED_MASS] = 0.002
+        if step % 5 == 1:  # the forecast, measured every 5 steps
+            row.update({M.forecast("z", o): float(rng.normal(-0.2, 1.0)) for o in OBJECTIVES})
         if gradients and step % 5 == 0:
             row.update({M.grad_cos("accuracy", "conciseness"): -0.5, M.grad_cos("accuracy", "clarity"): 0.2})
             row.update({M.grad_cos("conciseness", "clarity"): 0.1, M.grad_align("accuracy"): -0.1})
         rows.append(row)
     write_rows(path, rows)
     event = {"event": "interference_alarm", "step": 12, "objective": "accuracy", "since_step": 3, "signal": "score"}
-    (path / "events.jsonl").write_text(json.dumps(event) + "\n")
+    forecast = {**event, "step": 16, "since_step": 6, "signal": "forecast"}
+    (path / "events.jsonl").write_text(json.dumps(event) + "\n" + json.dumps(forecast) + "\n")
     return path
 
 
@@ -109,7 +112,13 @@ def runs(tmp_path):
 
 def test_plot_writes_every_figure_with_its_panels(runs, tmp_path):
     written = {item.name: item for item in plot_runs(runs, tmp_path / "plots", dpi=40)}
-    assert set(written) == {"objectives", "weights", "covariances", "grad_cosine", "grad_alignment", "clipping"}
+    assert set(written) == {
+        "objectives", "weights", "covariances", "grad_cosine", "grad_alignment", "clipping", "forecast",
+    }  # fmt: skip
+    # the forecast beside what it forecasts, one column per objective
+    assert written["forecast"].panels == [f"{o} — sampled eval" for o in OBJECTIVES] + [
+        f"{o} — forecast z" for o in OBJECTIVES
+    ]
     for item in written.values():
         assert item.path.exists() and item.path.stat().st_size > 2_000
     assert written["objectives"].panels[:4] == [f"{o} — train batch" for o in OBJECTIVES] + ["length — train batch"]
@@ -200,3 +209,30 @@ def test_labels_and_smoothing():
     assert method_name(Method(controller="ctwa", scalarizer="linear", **kinds)) == "ctwa"
     smoothed = moving_average(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), 3)
     assert smoothed.tolist() == [0.5, 1.0, 2.0, 3.0, 3.5]  # centred: no lag
+
+
+def test_constant_weights_are_drawn_on_a_readable_axis(tmp_path):
+    """Equal fixed weights (1/3 each, stored as 0.3333 and 0.3334) must not fill the axis with a rounding difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from morl.plot import weights_figure
+
+    run_dir = write_manifest(tmp_path / "run", ["a", "b"])
+    rows = [{"kind": "train", "step": s, M.weight("a"): 0.3333, M.weight("b"): 0.3334} for s in range(1, 6)]
+    write_rows(run_dir, rows, torn=False)
+    run = load_run(run_dir)
+    fig = weights_figure([run], {run.label: "#000000"})
+    low, high = fig.axes[0].get_ylim()
+    assert high - low > 0.05 and low < 0.3333 < 0.3334 < high
+
+
+def test_the_covariance_figure_says_what_the_law_does_not_promise(runs, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from morl.plot import covariance_figure
+
+    fig = covariance_figure([load_run(r) for r in runs], {"linear": "#000", "ctwa": "#111"})
+    title = fig.get_suptitle()
+    assert "on the batch trained on" in title and "held-out objective can still fall" in title
