@@ -10,7 +10,7 @@
 #         pyproject.toml allows (make test-latest)
 #
 # uv is used from PATH, or else installed into VENV with pip; if neither works, pip does everything (slower, same
-# result). Local wheel folders that pip is configured with (PIP_FIND_LINKS, pip's global.find-links) are passed to uv
+# result). UV=none behaves as a machine without uv on PATH; UV=pip uses pip throughout. Local wheel folders that pip is configured with (PIP_FIND_LINKS, pip's global.find-links) are passed to uv
 # too, so a torch wheel that lies on disk is taken from there instead of downloaded.
 set -euo pipefail
 venv=$1
@@ -30,11 +30,13 @@ for dir in $links; do
 done
 
 uv=${UV:-$(command -v uv || true)}
-if [[ "$uv" == none ]]; then uv=""; fi  # UV=none: the pip route, as on a machine without uv
-if [[ -z "$uv" ]]; then
+if [[ "$uv" == none ]]; then uv=""; fi  # UV=none: as on a machine without uv on PATH (uv is bootstrapped with pip)
+if [[ -z "$uv" || "$uv" == pip ]]; then
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-  if "$venv/bin/python" -m pip install -q uv 2>/dev/null; then
+  if [[ "$uv" != pip ]] && "$venv/bin/python" -m pip install -q uv 2>/dev/null; then
     uv="$venv/bin/uv"
+  else
+    uv=""  # UV=pip, or uv could not be had: pip does everything
   fi
 elif [[ ! -x "$venv/bin/python" ]]; then
   "$uv" venv -q --python "$python" "$venv"
