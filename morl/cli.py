@@ -94,12 +94,12 @@ def fit(
                 launch, recipe, set_ or [], output_dir, resume, accelerate_config, accept_change or [], overwrite
             )
             raise typer.Exit(code=subprocess.run(command).returncode)
-    from morl.checkpoint import CheckpointError, Interrupted, find_checkpoint, latest_run, read_checkpoint
+    from morl.checkpoint import CheckpointError, Interrupted
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
     from morl.recipe import build_components, check_runnable, load_data, load_recipe, pipeline_from_recipe
     from morl.rewards import RewardError
-    from morl.run import ResumeMismatch, RunDirError, check_resume
+    from morl.run import ResumeMismatch, RunDirError
     from morl.run.directory import check_writable
 
     overrides = list(set_ or [])
@@ -109,27 +109,9 @@ def fit(
     main = _first_process()  # under a launcher every process runs this; one of them speaks and clears
     try:
         parsed = load_recipe(recipe, overrides)
-        _check_seed(parsed.train.seed, "train.seed")
         check_runnable(parsed, build_components(parsed))  # loggers installed, a local model fits, before it loads
         if resume is not None:  # before the data and the model: a wrong path or recipe fails fast
-            if resume == "latest":
-                out = parsed.train.output_dir
-                run = Path(out) if out else latest_run("runs")
-            else:
-                run = Path(resume)
-            checkpoint = find_checkpoint(run)
-            check_writable(checkpoint.parent.parent)  # the resumed run writes its checkpoints and metrics there
-            saved = read_checkpoint(checkpoint).state
-            mine = parsed.model_dump(mode="json")
-            try:
-                check_resume({k: v for k, v in saved.identity.items() if k in mine}, mine, accept_change or [])
-            except ResumeMismatch as err:
-                raise ResumeMismatch(f"{err}{_repeat_settings(err)}", err.differences, err.unknown) from None
-            plan, nothing_to_do = _resume_plan(checkpoint.parent.parent, saved.step, saved.identity, parsed.train.steps)
-            if main:
-                console.print(escape(plan), soft_wrap=True)
-            if nothing_to_do:
-                raise typer.Exit(code=0)
+            checkpoint = _checkpoint_to_resume(parsed, resume, accept_change or [], main)
         elif parsed.train.output_dir:
             if main:
                 _claim(Path(parsed.train.output_dir), overwrite)
@@ -163,6 +145,34 @@ def fit(
 
     if distributed.is_main():
         console.print(f"run directory: [bold]{result.run_dir_}[/]")
+
+
+def _checkpoint_to_resume(parsed: Any, resume: str, accept: list[str], main: bool) -> Path:
+    """The checkpoint ``--resume`` names (a run directory or ``latest``), once the recipe is checked against the run's
+    and what the resume will do is said; exits 0 when there is nothing to do."""
+    from morl.checkpoint import find_checkpoint, latest_run, read_checkpoint
+    from morl.run import ResumeMismatch, check_resume
+    from morl.run.directory import check_writable
+
+    if resume == "latest":
+        out = parsed.train.output_dir
+        run = Path(out) if out else latest_run("runs")
+    else:
+        run = Path(resume)
+    checkpoint = find_checkpoint(run)
+    check_writable(checkpoint.parent.parent)  # the resumed run writes its checkpoints and metrics there
+    saved = read_checkpoint(checkpoint).state
+    mine = parsed.model_dump(mode="json")
+    try:
+        check_resume({k: v for k, v in saved.identity.items() if k in mine}, mine, accept)
+    except ResumeMismatch as err:
+        raise ResumeMismatch(f"{err}{_repeat_settings(err)}", err.differences, err.unknown) from None
+    plan, nothing_to_do = _resume_plan(checkpoint.parent.parent, saved.step, saved.identity, parsed.train.steps)
+    if main:
+        console.print(escape(plan), soft_wrap=True)
+    if nothing_to_do:
+        raise typer.Exit(code=0)
+    return checkpoint
 
 
 def _first_process() -> bool:
@@ -302,7 +312,6 @@ def validate(recipe: Path, set_: SetOption = None) -> None:
 
     try:
         parsed = load_recipe(recipe, list(set_ or []))
-        _check_seed(parsed.train.seed, "train.seed")
         components, checks = validate_recipe(parsed)
     except (RecipeError, ValueError) as err:
         _fail(str(err))
