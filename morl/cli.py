@@ -618,6 +618,8 @@ def plot(
         _fail(str(err))
     for item in written:
         console.print(f"wrote [bold]{item.path}[/] ({len(item.panels)} panels)")
+        for note in item.notes:
+            console.print(f"  [dim]{escape(note)}[/]")
     if not written:
         console.print("[yellow]no figure: the runs have no metrics to plot[/]")
 

@@ -217,8 +217,8 @@ def print_eval_table(
 ) -> None:
     """Held-out objectives (greedy and sampled) and mean length, at the start and at the end.
 
-    Objectives whose reward is a moving target (conciseness: relative to the training history, 1.0 before any
-    length is known) are left out: their start and end are not comparable, and mean length says it instead.
+    Objectives whose reward is a moving target (conciseness: relative to the training history, to the batch itself
+    before any length is known) are left out: their start and end are not comparable, and mean length says it instead.
     """
     table = Table(title="held-out evaluation")
     table.add_column("metric")

@@ -94,11 +94,13 @@ class Run:
 
 @dataclass
 class PlotFile:
-    """A written figure: its name, path, and the titles of its panels."""
+    """A written figure: its name, path, the titles of its panels, and the notes written on it (a run a panel
+    lacks, a panel left out)."""
 
     name: str
     path: Path
     panels: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:
@@ -213,8 +215,10 @@ def plot_runs(
             path = out / f"{name}.png"
             fig.savefig(path, dpi=dpi)
         panels = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+        notes = [text.get_text() for text in fig.texts if text.get_gid() == _NOTE]
+        notes += [f"{ax.get_title()}: {t.get_text()}" for ax in fig.axes for t in ax.texts if t.get_gid() == _NOTE]
         plt.close(fig)
-        written.append(PlotFile(name=name, path=path, panels=panels))
+        written.append(PlotFile(name=name, path=path, panels=panels, notes=notes))
     return written
 
 
@@ -313,11 +317,14 @@ def covariance_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
         for j, objective in enumerate(objectives):
             ax = axes[i][j]
             ax.axhline(0.0, color="0.6", lw=0.8)
+            missing = []
             for run in runs:
                 color = colors[run.label]
                 steps, values = _cov_series(run, measure, signal, objective)
                 if steps.size:
                     _curve(ax, steps, values, color, run.label, smooth)
+                else:
+                    missing.append(run.label)
                 target_key = M.method_key(M.CTWA, "target", objective)
                 if signal == "clipped_weight" and run.ctwa_signal() == measure and run.has(target_key):
                     t_steps, targets = run.series(target_key)
@@ -325,6 +332,7 @@ def covariance_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10)
                 if measure == "cov":
                     for step in _alarm_steps(run, objective, signal):
                         ax.plot([step], [0.0], marker="v", ms=9, color=color, ls="none")
+            _note_missing(ax, missing)
             what = "correlation" if measure == "corr" else "covariance"
             ax.set_title(f"{what}({objective}, {signal.replace('_', ' ')})")
             ax.set_xlabel("step")
@@ -431,25 +439,40 @@ def grad_alignment_figure(runs: list[Run], colors: dict[str, str], smooth: int =
 
 
 def clipping_figure(runs: list[Run], colors: dict[str, str], smooth: int = 10):
-    """Clipped tokens during the update, under the updated policy, and the advantage mass clipping removed."""
+    """Clipped tokens during the update, under the updated policy, and the advantage mass clipping removed.
+
+    A panel that is 0 on every step of every run is left out and said in a note: with one update per batch the
+    importance ratio is exactly 1 during it, so nothing is clipped there, and a flat line at 0 only takes room.
+    """
     panels = [
         (M.CLIP_RATIO_REGION, "clipped tokens (in update)", "fraction of tokens"),
         (M.CLIP_TOKEN_FRACTION, "clipped tokens (updated policy)", "fraction of tokens"),
         (M.CLIP_REMOVED_MASS, "advantage mass clipped away", "Σ|Aρ|·1[clipped] / Σ|Aρ|"),
     ]
     panels = [p for p in panels if any(r.has(p[0]) for r in runs)]
+    zero = [p for p in panels if all(_all_zero(r, p[0]) for r in runs)]
+    panels = [p for p in panels if p not in zero]
     if not panels:
         return None
     fig, axes = _grid(1, len(panels))
     for ax, (key, title, ylabel) in zip(axes[0], panels):
+        missing = []
         for run in runs:
             if run.has(key):
                 steps, values = run.series(key)
                 _curve(ax, steps, values, colors[run.label], run.label, smooth)
+            else:
+                missing.append(run.label)
+        _note_missing(ax, missing)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
     fig.suptitle("Clipping")
+    for _, title, _ in zero:
+        fig.text(
+            0.01, 0.01, f"{title}: 0 on every step of every run (left out; one update per batch keeps the ratio at 1)",
+            fontsize=8, color="0.35", gid=_NOTE,
+        )  # fmt: skip
     _legend(fig, runs, colors)
     return fig
 
@@ -478,6 +501,28 @@ def _curve(ax, steps: np.ndarray, values: np.ndarray, color: str, label: str, wi
         return
     ax.plot(steps, values, color=color, lw=0.8, alpha=0.3)
     ax.plot(steps, moving_average(values, window), color=color, lw=1.8, label=label)
+
+
+#: marks the texts that are notes to the reader, listed in :class:`PlotFile`'s ``notes``
+_NOTE = "morl-note"
+
+
+def _note_missing(ax, labels: list[str]) -> None:
+    """Say in the panel which runs it lacks: a legend lists every run drawn somewhere in the figure, so a run absent
+    from one panel must not look as if it were hidden behind another's line."""
+    if labels:
+        ax.text(
+            0.02, 0.97, f"not logged by {', '.join(labels)}", transform=ax.transAxes, ha="left", va="top",
+            fontsize=8, color="0.35", gid=_NOTE, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )  # fmt: skip
+
+
+def _all_zero(run: Run, key: str) -> bool:
+    if not run.has(key):
+        return True
+    values = run.series(key)[1]
+    finite = values[np.isfinite(values)]
+    return bool(finite.size == 0 or not finite.any())
 
 
 def _legend(fig, runs: list[Run], colors: dict[str, str]) -> None:

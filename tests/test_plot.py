@@ -236,3 +236,32 @@ def test_the_covariance_figure_says_what_the_law_does_not_promise(runs, tmp_path
     fig = covariance_figure([load_run(r) for r in runs], {"linear": "#000", "ctwa": "#111"})
     title = fig.get_suptitle()
     assert "on the batch trained on" in title and "held-out objective can still fall" in title
+
+
+def test_a_panel_says_which_runs_it_lacks(runs, tmp_path):
+    """The legend lists both runs; a panel only one of them logs says so instead of looking complete."""
+    written = {item.name: item for item in plot_runs(runs, tmp_path / "plots", dpi=40)}
+    covariance_notes = written["covariances"].notes
+    for objective in OBJECTIVES:
+        assert f"covariance({objective}, clipped weight): not logged by linear" in covariance_notes
+    assert not any(note.startswith(f"covariance({o}, score)") for o in OBJECTIVES for note in covariance_notes)
+    assert written["clipping"].notes == ["advantage mass clipped away: not logged by linear"]
+    assert written["objectives"].notes == []
+
+
+def test_a_clipping_panel_at_zero_throughout_is_left_out_and_said(tmp_path):
+    run_dir = write_manifest(tmp_path / "run", ["a"])
+    rows = [
+        {"kind": "train", "step": s, M.CLIP_RATIO_REGION: 0.0, M.CLIP_TOKEN_FRACTION: 0.001 * (s % 3)}
+        for s in range(1, 30)
+    ]
+    write_rows(run_dir, rows, torn=False)
+    (clipping,) = [item for item in plot_runs([run_dir], tmp_path / "plots", dpi=40) if item.name == "clipping"]
+    assert clipping.panels == ["clipped tokens (updated policy)"]
+    assert len(clipping.notes) == 1 and clipping.notes[0].startswith("clipped tokens (in update): 0 on every step")
+
+    rows[3][M.CLIP_RATIO_REGION] = 0.02  # one step clipped something: the panel is drawn
+    write_rows(run_dir, rows, torn=False)
+    (clipping,) = [item for item in plot_runs([run_dir], tmp_path / "plots2", dpi=40) if item.name == "clipping"]
+    assert clipping.panels == ["clipped tokens (in update)", "clipped tokens (updated policy)"]
+    assert clipping.notes == []

@@ -23,12 +23,15 @@ class Conciseness(RewardFn):
 
     Only training batches (``training=True``, the default for callers such as TRL that do not pass it) move
     the mean, and they are added to it *before* their own completions are compared. Evaluation batches are
-    compared with the current mean and leave it unchanged. Before any training length is known, every
-    completion scores 1.0.
+    compared with the current mean and leave it unchanged. Before any training length is known (the evaluation
+    at step 0), a batch is compared with its own mean, as the first training batch is: scoring every completion
+    1.0 there would start each held-out curve at a ceiling no later evaluation can be compared with.
 
     State: ``count_`` (completions seen) and ``total_`` (sum of their lengths); mean = ``total_ / count_``.
 
     Example:
+        >>> Conciseness()(["p"] * 2, ["a", "b"], completion_lengths=[10, 30], training=False)  # own mean 20
+        [1.0, 0.0]
         >>> con = Conciseness()
         >>> con(["p"] * 3, ["a", "b", "c"], completion_lengths=[10, 20, 30])  # mean 20
         [1.0, 0.0, 0.0]
@@ -39,8 +42,9 @@ class Conciseness(RewardFn):
     """
 
     name = "conciseness"
-    # its held-out value is relative to the training history (1.0 before any training length is known), so values
-    # at different steps are not comparable: ``morl compare`` scores interference on the mean length instead
+    # its held-out value is relative to the training history (to the batch itself before any training length is
+    # known), so values at different steps are not comparable: ``morl compare`` scores interference on the mean
+    # length instead
     moving_target = True
 
     class Config(RewardConfig):
@@ -63,7 +67,7 @@ class Conciseness(RewardFn):
             self.total_ = getattr(self, "total_", 0.0) + float(sum(lengths))
         mean = self.mean_length
         if mean is None:
-            return [1.0] * len(lengths)
+            mean = sum(lengths) / len(lengths) if lengths else 0.0
         return [1.0 if length < mean else 0.0 for length in lengths]
 
     @property

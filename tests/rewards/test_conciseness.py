@@ -34,9 +34,12 @@ def test_running_mean_over_three_training_batches_with_an_eval_batch_between() -
     assert con.mean_length == pytest.approx(242 / 9)
 
 
-def test_every_completion_scores_one_before_any_training_length_is_known() -> None:
+def test_an_evaluation_before_any_training_length_is_compared_with_its_own_mean() -> None:
+    """Not 1.0 for everything (a held-out curve starting at a ceiling), and the mean is not learned from it."""
     con = Conciseness()
-    assert call(con, [5, 500], training=False) == [1.0, 1.0]
+    assert call(con, [5, 500], training=False) == [1.0, 0.0]  # own mean 252.5
+    assert call(con, [10, 20, 30, 40], training=False) == [1.0, 1.0, 0.0, 0.0]  # own mean 25
+    assert call(con, [7, 7], training=False) == [0.0, 0.0]  # strictly below: equal lengths are not shorter
     assert con.state_dict() == {} and con.mean_length is None
     assert call(con, []) == []
     assert con.state_dict() == {}
