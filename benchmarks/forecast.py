@@ -12,7 +12,9 @@ prompts:
 The covariance alarm (``alarm/{m}``, in-batch covariance with the score or the clipped weight) is scored the same way.
 Cost: the forecast's seconds per step (``timing/forecast``, 0 between measurements) over the step's other timings.
 
-Usage: ``python benchmarks/forecast.py [--seeds 0 1 2 3 4] [--out runs/forecast-study] [--recipe-dir DIR]``.
+Usage: ``python benchmarks/forecast.py [--seeds 0 1 2 3 4] [--out runs/forecast-study]``; TinySort:
+``--collapsing cookbook/recipes/tinysort_linear.yaml --healthy cookbook/recipes/tinysort.yaml --objective
+exact_match``.
 Finished runs in ``--out`` are read, not run again. Prints a table per recipe and a summary.
 """
 
@@ -92,20 +94,20 @@ def active_onset(run_dir: Path, objective: str, signal: str, at: int) -> int | N
     return onset
 
 
-def study(run_dir: Path) -> dict:
+def study(run_dir: Path, objective: str = "accuracy") -> dict:
     rows = read_metrics(run_dir)
-    evals = [(r["step"], r["eval/greedy/accuracy"]) for r in rows if r.get("kind") == "eval"]
+    evals = [(r["step"], r[M.eval_metric("greedy", objective)]) for r in rows if r.get("kind") == "eval"]
     collapse = next((s for s, acc in evals if acc < COLLAPSE), None)
     steps = [r for r in rows if r.get("kind") != "eval"]
     forecast = np.mean([r.get("timing/forecast", 0.0) for r in steps])
     other = np.mean([sum(v for k, v in r.items() if k.startswith("timing/") and k != "timing/forecast") for r in steps])
     out = {"collapse": collapse, "final": evals[-1][1], "overhead": forecast / other}
     for signal in ("forecast", "covariance"):
-        onsets = alarm_onsets(run_dir, "accuracy", signal)
+        onsets = alarm_onsets(run_dir, objective, signal)
         out[f"{signal}_onsets"] = onsets
         if collapse is not None:
             first = next((s for s in onsets if s <= collapse), None)
-            active = active_onset(run_dir, "accuracy", signal, collapse)
+            active = active_onset(run_dir, objective, signal, collapse)
             out[f"{signal}_lead_first"] = None if first is None else collapse - first
             out[f"{signal}_lead_active"] = None if active is None else collapse - active
     return out
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "forecast-study")
     parser.add_argument("--collapsing", default="cookbook/recipes/quickstart_linear.yaml")
     parser.add_argument("--healthy", default="cookbook/recipes/quickstart.yaml")
+    parser.add_argument("--objective", default="accuracy", help="the objective whose collapse is forecast")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="another recipe override")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {}
@@ -124,7 +127,7 @@ def main() -> None:
         results[kind] = []
         for seed in args.seeds:
             run_dir = run(REPO / recipe, args.out, seed, args.extra)
-            results[kind].append({"seed": seed, **study(run_dir)})
+            results[kind].append({"seed": seed, **study(run_dir, args.objective)})
     print(
         f"{'recipe':<11}{'seed':>5}{'collapse':>10}{'final':>7}  {'forecast alarms':<22}{'lead (first/active)':<21}"
         f"{'covariance alarms':<20}{'lead':<12}{'cost':>6}"

@@ -96,3 +96,31 @@ def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
     rows = [row for row in pipeline.fit(*load_data(recipe)).history_ if row["kind"] == "train"]
     measured = [any(math.isfinite(row[f"ctwa/cov/{o}"]) for o in pipeline.objectives) for row in rows]
     assert measured == [False, False, False, True]  # the window opened at step 1 closes at step 4
+
+
+@pytest.mark.parametrize("task", ["tinymath", "tinysort"])
+def test_lagrangian_auto_is_one_file_for_both_tasks(task, tmp_path):
+    """cookbook/recipes/lagrangian_auto.yaml names no objective and no scale: the first reward is improved, the
+    others are held at the levels measured on the first 3 batches, on either task's rewards."""
+    overrides = [
+        "train.steps=4",
+        "train.prompts_per_step=2",
+        "train.group_size=4",
+        "rollout.max_new_tokens=16",
+        "data.eval_size=4",
+        "data.train_size=16",
+        "train.progress=false",
+        f"train.output_dir={tmp_path}",
+    ]
+    if task == "tinysort":
+        sort = load_recipe(RECIPES / "tinysort.yaml")
+        overrides += [f"policy.model={task}", f"data.train={task}", f"data.eval={task}"]
+        recipe = load_recipe(RECIPES / "lagrangian_auto.yaml", overrides).model_copy(update={"rewards": sort.rewards})
+    else:
+        recipe = load_recipe(RECIPES / "lagrangian_auto.yaml", overrides)
+    pipeline = pipeline_from_recipe(recipe)
+    rows = [row for row in pipeline.fit(*load_data(recipe)).history_ if row["kind"] == "train"]
+    primary, *kept = pipeline.objectives
+    assert all(row[f"weights/{primary}"] == 1.0 for row in rows)
+    measured = [all(math.isfinite(row[f"lagrangian/target/{o}"]) for o in kept) for row in rows]
+    assert measured == [False, False, True, True]  # levels known once the third batch is in
