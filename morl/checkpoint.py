@@ -17,13 +17,20 @@ Layout of ``RUN_DIR/checkpoints/step-000123/``::
     rng.pt                  python ``random``, numpy, torch CPU (and CUDA) generator states
     state_tensors.safetensors  tensors of parts' state too large for JSON (the interference forecast's parameter
                             snapshot), only when some part has them
-    complete                written last; a directory without it is torn and is skipped on resume
+    complete                written last: the step and the sha256 of every other file; a directory without it is
+                            torn and is skipped on resume
 
 A checkpoint is written into a temporary directory beside the others, flushed to disk, marked ``complete``
 and then renamed into place, so a run killed while writing leaves either the previous checkpoints or a
-``.tmp-*`` directory that resuming reports and removes. Nothing a run wrote is deleted except the checkpoints that
-``train.keep_checkpoints`` retires: a run resumed from an older checkpoint moves the later ones (an abandoned
-timeline) to ``checkpoints/abandoned/`` instead of deleting them.
+``.tmp-*`` directory that resuming reports and removes. A write that fails (a full disk, a folder made read-only)
+raises :class:`CheckpointWriteError`, which says what failed, where and how to go on; the torn checkpoint is moved
+to ``checkpoints/abandoned/`` and the previous complete one stays the one a resume uses. Nothing a run wrote is
+deleted except the checkpoints that ``train.keep_checkpoints`` retires: a run resumed from an older checkpoint moves
+the later ones (an abandoned timeline, or damaged ones) to ``checkpoints/abandoned/`` instead of deleting them.
+
+Resuming checks a checkpoint before loading it (:func:`verify_checkpoint`): every file whole and, for checkpoints
+that record them, the same bytes as were written (sha256). A damaged file, or one copied in from another run or
+step, makes the resume fall back on the previous intact checkpoint, saying so.
 
 Example:
     >>> pipe.fit(train, evals)  # doctest: +SKIP
@@ -37,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -44,7 +52,6 @@ import signal
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +61,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from morl.integrity import follow_umask, safetensors_problem, short_reason
+from morl.integrity import (
+    follow_umask,
+    free_bytes,
+    is_disk_full,
+    os_error_of,
+    pickled_weights,
+    safetensors_problem,
+    short_reason,
+    size_text,
+    unpickling_reason,
+    zip_problem,
+)
 from morl.policy import (
     ADAPTER_CONFIG,
     AdapterReference,
@@ -71,6 +89,7 @@ ABANDONED = "abandoned"
 MARKER = "complete"
 STATE_FILE = "training_state.json"
 STATE_TENSORS = "state_tensors.safetensors"
+DIGESTS = "sha256"  # the marker's record of every file the checkpoint wrote: relative path -> sha256
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
 
@@ -84,6 +103,21 @@ class CorruptCheckpoint(CheckpointError):
 
     Kept apart from :class:`CheckpointError` because it is the one failure an older checkpoint of the same run can
     get around: :func:`find_checkpoint` and :func:`resume_intact` fall back on it, never on a recipe mismatch."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint, or the run's final model, could not be written: a full disk, a folder made read-only, an I/O
+    error. The message says what failed, where, on a full disk the space needed and left, what became of the torn
+    files and how to go on. ``run_dir`` is the run; ``resumable`` whether it holds a complete checkpoint to resume
+    from. An ``OSError`` carrying the failure's ``errno``: a disk fault, not a wrong recipe or checkpoint."""
+
+    def __init__(self, message: str, failure: OSError, run_dir: Path, resumable: bool) -> None:
+        super().__init__(failure.errno, message)
+        self.run_dir = run_dir
+        self.resumable = resumable
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 _T = TypeVar("_T")
@@ -133,17 +167,29 @@ def save_checkpoint(
     try:
         with _quiet_transformers():
             policy.save(tmp / "model", merged=False)  # a LoRA policy: the adapter only (merged at the end on request)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(rng_state(), tmp / "rng.pt")
         if tensors:
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / STATE_TENSORS))
         _write_json(tmp / STATE_FILE, {**state.to_json(), "reference": reference})
         follow_umask(tmp)
         _fsync_tree(tmp)
         marker = tmp / MARKER
-        marker.write_text(json.dumps({"step": state.step, "time": time.time()}) + "\n")
+        marker.write_text(json.dumps({"step": state.step, "time": time.time(), DIGESTS: _digests(tmp)}) + "\n")
         _fsync_file(marker)
         _fsync_dir(tmp)
+    except Exception as err:
+        failure = os_error_of(err)
+        if failure is None:  # not a disk fault: a bug to see whole
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shelved = _shelve_torn(tmp, final.name)
+        needed = checkpoint_bytes(policy, optimizer, tensors)
+        raise write_failed(f"checkpoint {final.name}", root, Path(run_dir), failure, needed, shelved) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         aside = None
         if final.exists():  # the same step again: a retry of a step whose checkpoint was torn or abandoned
             aside = final.with_name(f"{_TMP_PREFIX}old-{final.name}")
@@ -157,6 +203,113 @@ def save_checkpoint(
         raise
     _prune(root, keep, current=final)
     return final
+
+
+def write_failed(
+    what: str, where: Path, run_dir: Path, failure: OSError, needed: int | None, torn: str | None = None
+) -> CheckpointWriteError:
+    """The error for ``what`` (a checkpoint, the final model) that could not be written into ``where``: the
+    failure, on a full disk the space needed and left, what became of the ``torn`` files, the run's newest complete
+    checkpoint and what to do."""
+    text = f"cannot write {what} into {where}: {failure.strerror or failure}"
+    fix = "fix that"
+    if is_disk_full(failure):
+        free = free_bytes(where)
+        space = [
+            f"it needs about {size_text(needed)}" if needed else "",
+            f"{size_text(free)} free" if free is not None else "",
+        ]
+        text += f" ({'; '.join(s for s in space if s)})" if any(space) else ""
+        fix = "free space on that disk"
+    if torn:
+        text += f"; {torn}"
+    complete, _ = list_checkpoints(run_dir)
+    if complete:
+        text += (
+            f". The newest complete checkpoint, {complete[-1]}, is intact and is the one a resume uses: {fix}, then "
+            f"resume the run ({run_dir})"
+        )
+    else:
+        text += f". The run has no complete checkpoint yet: {fix}, then start it again"
+    return CheckpointWriteError(text, failure, run_dir, resumable=bool(complete))
+
+
+def _shelve_torn(tmp: Path, name: str) -> str:
+    """Move a checkpoint whose writing failed to ``checkpoints/abandoned/`` as ``name``; what became of it, in
+    words. On a disk that cannot even take the move, its files are removed instead (they hold nothing the run
+    needs)."""
+    size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+    try:
+        shelf = _shelve(run_dir_of(tmp), [tmp], [name])
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            return f"its torn files are left in {tmp} (a resume removes them)"
+        return "its torn files were removed"
+    return f"the torn checkpoint was moved to {shelf / name} ({size_text(size)}; delete it to free that space)"
+
+
+def _shelve(run_dir: Path, paths: list[Path], names: list[str] | None = None) -> Path:
+    """Move ``paths`` (under ``names``, else their own) into a fresh ``checkpoints/abandoned/<date-time>/`` folder
+    of ``run_dir``: kept, not deleted, and never picked by a resume."""
+    parent = run_dir / CHECKPOINTS / ABANDONED
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    shelf, n = parent / stamp, 1
+    while True:
+        try:
+            shelf.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            shelf = parent / f"{stamp}-{n}"
+    for path, name in zip(paths, names or [p.name for p in paths]):
+        os.rename(path, shelf / name)
+    return shelf
+
+
+def checkpoint_bytes(
+    policy: Policy, optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None
+) -> int:
+    """About how many bytes a checkpoint takes (the saved model alone without ``optimizer``): the weights (a LoRA
+    policy's adapters), the optimizer's moments and the parts' tensors; the small files aside."""
+    weights = [p for p in policy.model.parameters() if p.requires_grad or not policy.has_adapters]
+    state = optimizer.state.values() if optimizer is not None else []
+    moments = [t for s in state for t in s.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in [*weights, *moments, *(tensors or {}).values()])
+
+
+def _torch_save(value: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a full disk surfaces as its ``OSError`` (torch's own writer only
+    says "unexpected pos")."""
+    with open(path, "wb") as fh:
+        torch.save(value, fh)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by path relative to it."""
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(2**22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_checked: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def _checked_sha256(path: Path) -> str:
+    """:func:`_sha256`, remembered while the file is unchanged (same inode, size, mtime and ctime): the checks of
+    one resume, which look at the same checkpoint more than once, read each file once."""
+    info = path.stat()
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key not in _checked:
+        _checked[key] = _sha256(path)
+    return _checked[key]
 
 
 def _temporary_dir(prefix: str, parent: Path) -> Path:
@@ -209,9 +362,17 @@ def reference_pointer(reference: Policy, fingerprint: str, run_dir: Path) -> dic
         copy_dir = run_dir / "reference-model"
         if not (copy_dir / MARKER).exists():
             tmp = _temporary_dir(f"{_TMP_PREFIX}reference-", run_dir)
-            reference.save(tmp)
-            _fsync_tree(tmp)
-            (tmp / MARKER).write_text("reference\n")
+            try:
+                reference.save(tmp)
+                _fsync_tree(tmp)
+                (tmp / MARKER).write_text("reference\n")
+            except Exception as err:
+                shutil.rmtree(tmp, ignore_errors=True)
+                failure = os_error_of(err)
+                if failure is None:
+                    raise
+                needed = sum(p.numel() * p.element_size() for p in reference.model.parameters())
+                raise write_failed("the reference policy's copy", run_dir, run_dir, failure, needed) from None
             if copy_dir.exists():  # a copy torn while writing (no marker): ours to replace
                 shutil.rmtree(copy_dir)
             os.rename(tmp, copy_dir)
@@ -327,12 +488,14 @@ def _newest_intact(complete: list[Path], report: bool) -> Path:
 
 
 def verify_checkpoint(checkpoint: str | Path) -> None:
-    """``CorruptCheckpoint`` naming the first missing or unreadable file of a complete checkpoint.
+    """``CorruptCheckpoint`` naming the first missing, unreadable or changed file of a complete checkpoint.
 
-    Cheap enough to run on every resume: it reads the small files whole (training state, random-number states,
-    configs) and only the headers of the large ones (safetensors' JSON header against the file size, the zip
-    directory at the end of ``optimizer.pt``), which a truncated copy fails. It cannot see flipped bytes inside a
-    tensor; :func:`resume_intact` falls back when loading itself fails.
+    First the cheap checks: the small files read whole (training state, random-number states, configs), only the
+    headers of the large ones (safetensors' JSON header against the file size, the zip directory at the end of
+    ``optimizer.pt``), which a truncated copy fails. Then, when the ``complete`` marker records the sha256 of each
+    file the checkpoint wrote, every file is read and compared (about 1 s a GB): flipped bytes inside a tensor, or
+    a file copied in from another run or step, fail here. :func:`resume_intact` falls back when loading itself fails
+    (damage in a checkpoint written before digests were recorded).
     """
     checkpoint = Path(checkpoint)
     state = checkpoint / STATE_FILE
@@ -351,6 +514,33 @@ def verify_checkpoint(checkpoint: str | Path) -> None:
         torch.load(rng, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
         raise CorruptCheckpoint(f"{rng}: unreadable ({short_reason(err)})") from None
+    _verify_digests(checkpoint)
+
+
+def _verify_digests(checkpoint: Path) -> None:
+    """Every file the marker lists holds the bytes that were written (checkpoints written before morl recorded
+    digests list none)."""
+    marker = checkpoint / MARKER
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{marker}: unreadable ({short_reason(err)})") from None
+    if not isinstance(recorded, dict):
+        raise CorruptCheckpoint(f"{marker}: expected a JSON object, got {type(recorded).__name__}")
+    digests = recorded.get(DIGESTS, {})
+    if not isinstance(digests, dict):
+        raise CorruptCheckpoint(f"{marker}: {DIGESTS!r} is not a mapping of files to digests")
+    for name, digest in sorted(digests.items()):
+        path = checkpoint / name
+        try:
+            actual = _checked_sha256(path)
+        except OSError as err:
+            raise CorruptCheckpoint(f"{path}: {short_reason(err)} (the checkpoint wrote it)") from None
+        if actual != digest:
+            raise CorruptCheckpoint(
+                f"{path}: not the file this checkpoint wrote (its sha256 differs from the one {MARKER!r} records): "
+                "damaged, or copied in from another run or step"
+            )
 
 
 def resume_intact(checkpoint: Path, load: Callable[[Path], _T]) -> tuple[Path, _T]:
@@ -424,15 +614,9 @@ def verify_safetensors(path: Path) -> None:
 
 def _verify_zip(path: Path) -> None:
     """A ``torch.save`` file is a zip archive whose directory sits at its end: a truncated one has none."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            size = path.stat().st_size
-            if any(info.header_offset + info.compress_size > size for info in archive.infolist()):
-                raise zipfile.BadZipFile("an entry runs past the end of the file")
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{path}: missing") from None
-    except (OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CorruptCheckpoint(f"{path}: unreadable ({short_reason(err)})") from None
+    problem = zip_problem(path)
+    if problem is not None:
+        raise CorruptCheckpoint(f"{path}: {problem}")
 
 
 def latest_run(parent: str | Path = "runs") -> Path:
@@ -523,6 +707,8 @@ def load_weights(policy: Policy, model_dir: Path) -> None:
             )
     except (OSError, ValueError, RuntimeError, EOFError) as err:  # missing or damaged files
         raise CorruptCheckpoint(f"{model_dir}: cannot load the saved policy ({short_reason(err)})") from None
+    except pickle.UnpicklingError as err:  # a pickled weights file: damaged, or one the safe loader refuses
+        raise CorruptCheckpoint(f"{pickled_weights(model_dir)}: {unpickling_reason(err)}") from None
     except Exception as err:  # safetensors' own error type, whose module is private
         if type(err).__name__ != "SafetensorError":
             raise
@@ -602,10 +788,7 @@ def prepare_resume(checkpoint: Path) -> None:
     if later:
         from morl.logging import console
 
-        shelf = run_dir / CHECKPOINTS / ABANDONED / time.strftime("%Y%m%d-%H%M%S")
-        shelf.mkdir(parents=True, exist_ok=True)
-        for c in later:
-            os.rename(c, shelf / c.name)
+        shelf = _shelve(run_dir, later)
         names = ", ".join(c.name for c in later)
         console.print(f"[yellow]resuming from an older checkpoint[/]: {names} moved to {shelf}", soft_wrap=True)
 

@@ -133,7 +133,8 @@ def fit(
     except (RewardError, NonFiniteError) as err:
         _fail(str(err), code=1)
     except OSError as err:  # a full disk, a folder made read-only mid-run: the checkpoints written so far stay
-        _fail(f"the run stopped: {err}", code=1)
+        known = checkpoint.parent.parent if checkpoint is not None else parsed.train.output_dir
+        _fail(_stopped_by_disk(err, recipe, Path(known) if known else None), code=1)
     except Interrupted as stop:
         err_console.print(
             f"[yellow]{stop}[/]\nresume with: morl fit {recipe} --resume {stop.checkpoint.parent.parent}"
@@ -173,6 +174,41 @@ def _checkpoint_to_resume(parsed: Any, resume: str, accept: list[str], main: boo
     if nothing_to_do:
         raise typer.Exit(code=0)
     return checkpoint
+
+
+def _stopped_by_disk(err: OSError, recipe: Path, run_dir: Path | None) -> str:
+    """Why a run stopped on a failed write or read (a full disk, a folder made read-only), and how to go on from
+    the newest complete checkpoint it kept (or to start again when it has none)."""
+    from morl.checkpoint import CheckpointWriteError, list_checkpoints
+    from morl.integrity import free_bytes, is_disk_full, size_text
+
+    if isinstance(err, CheckpointWriteError):
+        return f"the run stopped: {err}\nthen: morl fit {recipe} " + (
+            f"--resume {err.run_dir}" if err.resumable else f"--output-dir {err.run_dir} --overwrite"
+        )
+    where = f"{err.filename}: " if err.filename else ""
+    text = f"the run stopped: {where}{err.strerror or err}"
+    if is_disk_full(err):
+        free = free_bytes(Path(err.filename or run_dir or "."))
+        text += f" ({size_text(free)} free)" if free is not None else ""
+    if run_dir is None and err.filename:
+        run_dir = _run_dir_above(Path(err.filename))
+    if run_dir is None:
+        return text
+    fix = "free space on that disk" if is_disk_full(err) else "fix that"
+    newest = list_checkpoints(run_dir)[0]
+    if newest:
+        go_on = f"then: morl fit {recipe} --resume {run_dir}"
+        return f"{text}\nits newest complete checkpoint is {newest[-1]}: {fix}, {go_on}"
+    return f"{text}\nit has no complete checkpoint: {fix}, then: morl fit {recipe} --output-dir {run_dir} --overwrite"
+
+
+def _run_dir_above(path: Path) -> Path | None:
+    """The run directory (the folder with a manifest.json) that holds ``path``, if any, a few levels up."""
+    for folder in list(path.parents)[:4]:
+        if (folder / "manifest.json").is_file():
+            return folder
+    return None
 
 
 def _first_process() -> bool:
@@ -223,7 +259,7 @@ def _resume_plan(run_dir: Path, step: int, identity: dict[str, Any], target: int
         )
     last = manifest.current_segment
     if target == step:
-        if last.status == "finished" and last.to_step == step:
+        if last.status == "finished" and last.to_step == step and _final_state_step(run_dir) == step:
             return (
                 f"nothing to do: {run_dir} already reached train.steps={target}. To train it further, resume it "
                 f"with --set train.steps=N, N > {step}.",
@@ -235,6 +271,15 @@ def _resume_plan(run_dir: Path, step: int, identity: dict[str, Any], target: int
         return f"continuing {run_dir} from step {step} to step {target}", False
     change = "extending" if target > run_target else "shortening"
     return f"{change} {run_dir} from {run_target} to {target} steps (train.steps), resuming at step {step}", False
+
+
+def _final_state_step(run_dir: Path) -> int | None:
+    """The step of a run's final ``training_state.json``, written after its final model: ``None`` when there is none
+    (the run stopped while writing them, on a full disk say)."""
+    try:
+        return json.loads((run_dir / "training_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _repeat_settings(err: ResumeMismatch) -> str:

@@ -32,6 +32,7 @@ import inspect
 import json
 import math
 import os
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from morl.integrity import follow_umask, safetensors_problem
+from morl.integrity import follow_umask, pickled_weights, safetensors_problem, unpickling_reason, zip_problem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
@@ -596,6 +597,10 @@ def _check_model_source(model: str, path: str, trust_remote_code: bool) -> None:
             problem = safetensors_problem(weights)
             if problem is not None:
                 raise ModelLoadError(f"policy.model={model!r}: {weights}: {problem}")
+        for weights in sorted(local.glob("pytorch_model*.bin")):  # the zip directory at the end of each
+            problem = zip_problem(weights)
+            if problem is not None:
+                raise ModelLoadError(f"policy.model={model!r}: {weights}: {problem}")
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -630,7 +635,10 @@ def _load_base(path: str, config: PolicyConfig) -> torch.nn.Module:
     if config.load_in_4bit:
         options["quantization_config"] = _four_bit(config)
         options["device_map"] = {"": resolve_device(config.device)}
-    net = AutoModelForCausalLM.from_pretrained(path, **options)
+    try:
+        net = AutoModelForCausalLM.from_pretrained(path, **options)
+    except pickle.UnpicklingError as err:  # a pickled weights file: damaged, or one the safe loader refuses
+        raise ModelLoadError(f"{pickled_weights(Path(path))}: {unpickling_reason(err)}") from None
     checkpointing = {"use_reentrant": False}  # works under DDP and FSDP and with inputs that need no gradient
     if config.load_in_4bit:
         # norms and head in float32, inputs that carry gradients to the adapters through the frozen base

@@ -23,6 +23,7 @@ from morl.callbacks import TensorStateful
 from morl.checkpoint import (
     CheckpointError,
     check_reference,
+    checkpoint_bytes,
     load_rng,
     load_state_tensors,
     load_tensors,
@@ -32,7 +33,9 @@ from morl.checkpoint import (
     run_dir_of,
     save_checkpoint,
     weights_fingerprint,
+    write_failed,
 )
+from morl.integrity import os_error_of
 from morl.rewards import is_moving_target
 from morl.run import check_resume
 from morl.state import StateMismatch, capture_parts, class_path, restore_parts
@@ -168,13 +171,25 @@ class Checkpointing:
                 group["weight_decay"] = self.trainer.config.weight_decay
 
     def save_final(self, run_dir: Path) -> None:
-        """The final model in Hugging Face format and the final training state (process 0 writes)."""
+        """The final model in Hugging Face format and the final training state (process 0 writes), the state last:
+        a run whose final ``training_state.json`` holds its last step has its final outputs.
+
+        A write that fails (a full disk) raises :class:`~morl.checkpoint.CheckpointWriteError` saying so; the run's
+        checkpoints are untouched, and resuming the run writes the final model again."""
         p = self.trainer.parts
-        if self.trainer.config.save_model and (p.policy.sharded or distributed.is_main()):
-            p.policy.save(run_dir / "model")  # sharded: every process takes part in gathering the weights
-        if distributed.is_main():
-            state = dataclasses.replace(self.trainer.state, parts=capture_parts(self.trainer.stateful_parts()))
-            (run_dir / "training_state.json").write_text(json.dumps(state.to_json(), indent=1) + "\n")
+        try:
+            if self.trainer.config.save_model and (p.policy.sharded or distributed.is_main()):
+                p.policy.save(run_dir / "model")  # sharded: every process takes part in gathering the weights
+            if distributed.is_main():
+                state = dataclasses.replace(self.trainer.state, parts=capture_parts(self.trainer.stateful_parts()))
+                (run_dir / "training_state.json").write_text(json.dumps(state.to_json(), indent=1) + "\n")
+        except Exception as err:
+            failure = os_error_of(err)
+            if failure is None:
+                raise
+            needed = checkpoint_bytes(p.policy)
+            torn = "what it holds is incomplete; a resume writes it again"
+            raise write_failed("the final model", run_dir / "model", run_dir, failure, needed, torn) from None
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -186,9 +186,13 @@ def test_every_checkpoint_damaged_is_an_error_that_names_them(trained_run, run_c
 
 
 def test_resume_intact_falls_back_when_loading_fails(run_copy, capsys):
-    """Damage the cheap check cannot see (a readable rng.pt that holds something else) fails while loading."""
+    """Damage the checks cannot see (a readable rng.pt that holds something else, in a checkpoint written before
+    checkpoints recorded their files' digests) fails while loading."""
     newest = run_copy / "checkpoints" / "step-000003"
     torch.save({"not": "rng states"}, newest / "rng.pt")
+    with pytest.raises(CorruptCheckpoint, match="rng.pt: not the file this checkpoint wrote"):
+        verify_checkpoint(newest)  # the digest the marker records catches it
+    (newest / "complete").write_text('{"step": 3}\n')  # the marker of an earlier morl: no digests
     verify_checkpoint(newest)  # passes: the file is whole
     state = torch.get_rng_state()
     used, _ = resume_intact(newest, load_rng)

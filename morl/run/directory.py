@@ -183,8 +183,12 @@ class RunLock:
                 raise RunLockedError(self.run_dir, _read_holder(lock_path)) from None
             raise
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError as err:  # a full disk: give the lock back, and name the file
+            os.close(fd)
+            raise OSError(err.errno, err.strerror, str(lock_path)) from None
         self._fd = fd
         _held[self.run_dir.resolve()] = self
         return self

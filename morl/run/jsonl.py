@@ -31,20 +31,28 @@ EVENTS_FILE = "events.jsonl"
 
 
 class JsonlWriter:
-    """One JSON object per line, appended and flushed at each write so a killed run keeps what it logged."""
+    """One JSON object per line, appended and written through at each write so a killed run keeps what it logged.
+
+    A write that fails (a full disk) raises an ``OSError`` naming the file and keeps nothing buffered, so closing
+    the writer cannot fail again; part of the line may be on disk, and the next row starts on a fresh line."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
-        if _ends_torn(self.path):
-            self._file.write("\n")
-            self._file.flush()
+        self._file = self.path.open("ab", buffering=0)
+        self._torn = _ends_torn(self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row`` as one line; non-finite floats become null (JSON has no NaN)."""
-        self._file.write(json.dumps(to_plain(row), allow_nan=False) + "\n")
-        self._file.flush()
+        line = json.dumps(to_plain(row), allow_nan=False) + "\n"
+        data = memoryview((("\n" if self._torn else "") + line).encode("utf-8"))
+        try:
+            while data:
+                data = data[self._file.write(data) :]  # a full disk can take part of it
+        except OSError as err:
+            self._torn = True
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
+        self._torn = False
 
     def close(self) -> None:
         self._file.close()

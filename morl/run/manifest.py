@@ -25,6 +25,7 @@ import contextlib
 import os
 import platform
 import stat
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -211,14 +212,25 @@ class Manifest(BaseModel):
         return segment
 
     def end_segment(self, run_dir: str | Path, to_step: int, status: SegmentStatus) -> Segment:
-        """Close the current segment at ``to_step`` with ``status`` and save."""
+        """Close the current segment at ``to_step`` with ``status`` and save.
+
+        Called on every way out of a run, failures included: a save that fails (the disk that stopped the run is
+        full) is said on stderr, not raised, so it never hides the error that ended the run. The segment then stays
+        ``running`` on disk, which the next resume records as ``interrupted``."""
         if status == "running":
             raise ValueError("end_segment needs a final status: finished, interrupted or failed")
         segment = self.current_segment
         segment.to_step = to_step
         segment.ended = now_iso()
         segment.status = status
-        self.save(run_dir)
+        try:
+            self.save(run_dir)
+        except OSError as err:
+            where = err.filename or Path(run_dir) / MANIFEST_FILE
+            print(
+                f"could not record the end of segment {segment.index} ({status}) in {where}: {err.strerror or err}",
+                file=sys.stderr,
+            )
         return segment
 
     def save(self, run_dir: str | Path) -> Path:
@@ -233,6 +245,12 @@ class Manifest(BaseModel):
                 os.fsync(f.fileno())
             follow_umask(Path(tmp))  # mkstemp's 0600 would hide the manifest from the user's group
             os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if err.errno is None or err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror, str(path)) from None  # a failed write names no file by itself
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -238,16 +239,20 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     assert len(Manifest.load(tmp_path).segments) == 6
 
 
-def test_failed_save_keeps_the_previous_manifest(tmp_path, monkeypatch):
+def test_failed_save_keeps_the_previous_manifest(tmp_path, monkeypatch, capsys):
     manifest = Manifest.create(tmp_path, RECIPE, OBJECTIVES, METHOD)
     before = (tmp_path / "manifest.json").read_text()
 
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError, match="disk full"):
-        manifest.end_segment(tmp_path, to_step=3, status="failed")
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        manifest.save(tmp_path)
+    assert failed.value.filename == str(tmp_path / "manifest.json")  # the message names the file
+    # ending a segment runs on every way out of a run, a full disk's too: said, not raised over the run's own error
+    manifest.end_segment(tmp_path, to_step=3, status="failed")
+    assert "manifest.json: No space left on device" in capsys.readouterr().err
     assert (tmp_path / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
 
