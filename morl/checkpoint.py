@@ -82,6 +82,7 @@ from morl.policy import (
     load_options,
     resolve_model_path,
 )
+from morl.processes import reset_on_delivery
 from morl.state import TrainingState
 
 CHECKPOINTS = "checkpoints"
@@ -823,6 +824,7 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+                reset_on_delivery(sig)  # a second signal ends the process even while C code holds the GIL
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -846,6 +848,7 @@ class GracefulStop:
     def _handle(self, signum: int, frame: Any) -> None:
         from morl.logging import console
 
+        reset_on_delivery(signum)  # this delivery restored the default action: keep the next signal for this handler
         if self.signum is None:
             self.signum = signum
             grace = f", or after {self.grace_s:g} s" if self.grace_s else ""

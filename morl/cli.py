@@ -34,6 +34,20 @@ err_console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a recipe field: key.path=value")]
 
 
+def _runs_rewards() -> None:
+    """For a command that calls rewards: the processes they leave running are killed when it exits, and a second
+    Ctrl-C ends it even while a reward holds the GIL (``morl.rewards.guard``, ``morl.processes``)."""
+    import signal
+    import threading
+
+    from morl.processes import reset_on_delivery
+    from morl.rewards.guard import stop_leftovers_at_exit
+
+    stop_leftovers_at_exit()
+    if threading.current_thread() is threading.main_thread():
+        reset_on_delivery(signal.SIGINT)
+
+
 def _fail(message: str, code: int = 2) -> None:
     """Exit with a message: code 2 for a wrong recipe, dataset or checkpoint, 1 for a run that failed."""
     # a message's [brackets] are text, not markup; soft_wrap: paths in it are never cut by a line break
@@ -94,6 +108,7 @@ def fit(
                 launch, recipe, set_ or [], output_dir, resume, accelerate_config, accept_change or [], overwrite
             )
             raise typer.Exit(code=subprocess.run(command).returncode)
+    _runs_rewards()
     from morl.checkpoint import CheckpointError, Interrupted
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
@@ -380,6 +395,7 @@ def eval_(
     from its own at that step), so they differ from the run's by sampling noise: about ±0.03 for an accuracy near
     0.7 on 200 prompts (one standard error).
     """
+    _runs_rewards()
     from morl.checkpoint import CheckpointError
     from morl.evaluation import Evaluator
     from morl.policy import Policy
@@ -465,6 +481,7 @@ def score(
     """Score completions that already exist and print, per objective, the mean and how many rows were scored, not
     applicable, failed or timed out. A failed row gets ``null`` and the reason in ``--out`` (never a silent 0);
     any failure makes the exit code 1, after everything is written."""
+    _runs_rewards()
     from morl.components import build
     from morl.rewards import Conciseness, objective_name
 

@@ -58,8 +58,9 @@ class TrainConfig(BaseModel):
     reward_isolation: Literal["thread", "process"] = Field(
         "thread",
         description="where rewards without an isolate attribute run. thread: in this process under a watchdog (state "
-        "and closures work; a call past its limit is abandoned, not killed); process: in a forked worker killed at "
-        "the limit (stops anything; closure state stays in the worker). RewardFn subclasses run in this process",
+        "and closures work; a call past its limit is abandoned, not killed, and one that holds the GIL past it ends "
+        "the process); process: in a forked worker killed at the limit (stops anything; closure state stays in the "
+        "worker). RewardFn subclasses run in this process",
     )
     max_failed_reward_steps: int = Field(
         3,

@@ -184,8 +184,9 @@ def score_rewards(
 
     ``on_error="raise"`` stops with the objective, prompt and completion in the message;
     ``on_error="skip"`` marks the offending sample not applicable for that objective and counts it.
-    Offending: the reward raised on it, or returned a non-finite value or a non-number for it; a reward that
-    returns the wrong number of values (or not a list) offends on every sample of the batch.
+    Offending: the reward raised on it (``sys.exit()`` and ``KeyboardInterrupt`` in a reward included: a reward
+    cannot end the run), or returned a non-finite value or a non-number for it; a reward that returns the wrong
+    number of values (or not a list) offends on every sample of the batch.
 
     Every call has a time limit (:mod:`morl.rewards.guard`): a reward's own ``call_timeout_s``, else ``timeout_s``
     (``None``: none). A batch call past it leaves the batch not applicable for that reward (NaN, whatever
@@ -326,7 +327,7 @@ class _Guarded:
     def __call__(self, kwargs: dict[str, Any], before: dict[str, Any] | None) -> Any:
         reward = self.reward
         undo = None if before is None else (lambda: _restore(reward, before))
-        return guarded_call(reward, kwargs, self.limit, isolate=self.isolate, undo=undo)
+        return guarded_call(reward, kwargs, self.limit, isolate=self.isolate, undo=undo, name=self.name)
 
     def timed_out(self, samples: int, err: RewardTimeout) -> None:
         from morl.logging import console
