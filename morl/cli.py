@@ -109,13 +109,14 @@ def fit(
             )
             raise typer.Exit(code=subprocess.run(command).returncode)
     _runs_rewards()
-    from morl.checkpoint import CheckpointError, Interrupted
+    from morl.checkpoint.errors import CheckpointError
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
     from morl.recipe import build_components, check_runnable, load_data, load_recipe, pipeline_from_recipe
     from morl.rewards import RewardError
     from morl.run import ResumeMismatch, RunDirError
     from morl.run.directory import check_writable
+    from morl.signals import Interrupted
 
     overrides = list(set_ or [])
     if output_dir:
@@ -166,7 +167,8 @@ def fit(
 def _checkpoint_to_resume(parsed: Any, resume: str, accept: list[str], main: bool) -> Path:
     """The checkpoint ``--resume`` names (a run directory or ``latest``), once the recipe is checked against the run's
     and what the resume will do is said; exits 0 when there is nothing to do."""
-    from morl.checkpoint import find_checkpoint, latest_run, read_checkpoint
+    from morl.checkpoint.find import find_checkpoint, latest_run
+    from morl.checkpoint.load import read_checkpoint
     from morl.run import ResumeMismatch, check_resume
     from morl.run.directory import check_writable
 
@@ -194,7 +196,8 @@ def _checkpoint_to_resume(parsed: Any, resume: str, accept: list[str], main: boo
 def _stopped_by_disk(err: OSError, recipe: Path, run_dir: Path | None) -> str:
     """Why a run stopped on a failed write or read (a full disk, a folder made read-only), and how to go on from
     the newest complete checkpoint it kept (or to start again when it has none)."""
-    from morl.checkpoint import CheckpointWriteError, list_checkpoints
+    from morl.checkpoint.errors import CheckpointWriteError
+    from morl.checkpoint.find import list_checkpoints
     from morl.integrity import free_bytes, is_disk_full, size_text
 
     if isinstance(err, CheckpointWriteError):
@@ -260,7 +263,7 @@ def _resume_plan(run_dir: Path, step: int, identity: dict[str, Any], target: int
     """What resuming ``run_dir`` from its checkpoint at ``step`` to ``train.steps=target`` does, in words, and whether
     there is nothing to do (the run finished at that target). ``ValueError`` for a target below ``step``; the
     run's manifest is read here, so a damaged one stops the resume before the model loads."""
-    from morl.checkpoint import CheckpointError
+    from morl.checkpoint.errors import CheckpointError
     from morl.run import Manifest
 
     manifest = Manifest.load(run_dir)
@@ -396,7 +399,7 @@ def eval_(
     0.7 on 200 prompts (one standard error).
     """
     _runs_rewards()
-    from morl.checkpoint import CheckpointError
+    from morl.checkpoint.errors import CheckpointError
     from morl.evaluation import Evaluator
     from morl.policy import Policy
     from morl.recipe import build_components, load_data, load_recipe
@@ -708,11 +711,11 @@ def compare(
     set_: SetOption = None,
 ) -> None:
     """Run one recipe under several methods and seeds; write comparison.md/.png with the interference score."""
-    from morl.checkpoint import Interrupted
     from morl.compare import compare as run_compare
     from morl.compare import mean_std
     from morl.pipeline import NonFiniteError
     from morl.rewards import RewardError
+    from morl.signals import Interrupted
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -820,7 +823,10 @@ def _eval_source(checkpoint: Path) -> Path:
     ``CheckpointError`` or ``FileNotFoundError`` naming the path when there is nothing to evaluate there, so the
     recipe's model never loads for nothing.
     """
-    from morl.checkpoint import CHECKPOINTS, MARKER, CheckpointError, find_checkpoint, verify_checkpoint
+    from morl.checkpoint.errors import CheckpointError
+    from morl.checkpoint.find import find_checkpoint
+    from morl.checkpoint.layout import CHECKPOINTS, MARKER
+    from morl.checkpoint.verify import verify_checkpoint
 
     if not checkpoint.exists():
         raise FileNotFoundError(

@@ -20,21 +20,16 @@ import torch
 
 from morl import distributed
 from morl import metrics as M
-from morl.checkpoint import (
-    CheckpointError,
-    GracefulStop,
-    Interrupted,
-    find_checkpoint,
-    read_checkpoint,
-    resume_intact,
-    run_dir_of,
-)
+from morl.checkpoint.errors import CheckpointError
+from morl.checkpoint.find import find_checkpoint, resume_intact, run_dir_of
+from morl.checkpoint.load import read_checkpoint
 from morl.components import RecipeError, unimportable
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
 from morl.resume import Checkpointing
 from morl.rewards import check_columns, is_moving_target
 from morl.run import JsonlWriter, Manifest, RunLock, check_new_run, fresh_run_dir, read_metrics
+from morl.signals import GracefulStop, Interrupted
 from morl.stages import Updated
 from morl.step_metrics import completion_rows
 from morl.trainer import RewardFailure, Trainer, seed_everything

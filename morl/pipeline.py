@@ -360,7 +360,7 @@ class Pipeline:
         every difference in the recipe, the components' classes or the data is listed and refused, unless named
         in ``accept_changes`` (``"train.lr"``, or a whole section such as ``"controller"``), which the manifest then
         records. Writes a checkpoint every ``checkpoint_every`` steps and at the end; on SIGINT/SIGTERM it finishes
-        the step, writes one and raises :class:`morl.checkpoint.Interrupted`.
+        the step, writes one and raises :class:`morl.signals.Interrupted`.
         """
         loop = FitLoop(self.trainer_, self.recipe_(), self.method())
         result = loop.fit(train_data, eval_data, resume_from, overwrite, accept_changes)

@@ -20,21 +20,11 @@ import torch
 
 from morl import distributed
 from morl.callbacks import TensorStateful
-from morl.checkpoint import (
-    CheckpointError,
-    check_reference,
-    checkpoint_bytes,
-    load_rng,
-    load_state_tensors,
-    load_tensors,
-    prepare_resume,
-    read_checkpoint,
-    reference_pointer,
-    run_dir_of,
-    save_checkpoint,
-    weights_fingerprint,
-    write_failed,
-)
+from morl.checkpoint.errors import CheckpointError
+from morl.checkpoint.find import run_dir_of
+from morl.checkpoint.load import load_rng, load_state_tensors, load_tensors, prepare_resume, read_checkpoint
+from morl.checkpoint.reference import check_reference, reference_pointer, weights_fingerprint
+from morl.checkpoint.write import checkpoint_bytes, save_checkpoint, write_failed
 from morl.integrity import os_error_of
 from morl.rewards import is_moving_target
 from morl.run import check_resume
@@ -174,8 +164,8 @@ class Checkpointing:
         """The final model in Hugging Face format and the final training state (process 0 writes), the state last:
         a run whose final ``training_state.json`` holds its last step has its final outputs.
 
-        A write that fails (a full disk) raises :class:`~morl.checkpoint.CheckpointWriteError` saying so; the run's
-        checkpoints are untouched, and resuming the run writes the final model again."""
+        A write that fails (a full disk) raises :class:`~morl.checkpoint.errors.CheckpointWriteError` saying so; the
+        run's checkpoints are untouched, and resuming the run writes the final model again."""
         p = self.trainer.parts
         try:
             if self.trainer.config.save_model and (p.policy.sharded or distributed.is_main()):

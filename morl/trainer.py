@@ -28,7 +28,6 @@ from morl.algos.advantages import per_objective_advantages
 from morl.algos.dynamic_sampling import informative_groups
 from morl.batch import Batch, concat_batches
 from morl.callbacks import Callback, FitContext, ScoredContext, StepContext
-from morl.checkpoint import GracefulStop
 from morl.config import TrainConfig
 from morl.controllers.base import WeightController
 from morl.evaluation import Evaluator, split_examples
@@ -38,6 +37,7 @@ from morl.prompt_order import PromptOrder
 from morl.rewards import RewardError, StepInfo, completion_token_ids, score_rewards
 from morl.rollout import RolloutBackend
 from morl.scalarize import Scalarizer
+from morl.signals import GracefulStop
 from morl.stages import Need, Scored, Updated, Weighted
 from morl.state import TrainingState, capture_parts, restore_parts
 from morl.step_metrics import step_metrics

@@ -108,7 +108,7 @@ def run_sweep(
 
     Every method is checked before any training starts, so a typo in the last method fails at once.
     """
-    from morl.checkpoint import _quiet_transformers
+    from morl.checkpoint.write import _quiet_transformers
     from morl.recipe import build_components, load_data, pipeline_from_recipe
 
     if not methods:
@@ -288,6 +288,6 @@ def _name(spec: Any) -> str | None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    from morl.checkpoint import list_checkpoints
+    from morl.checkpoint.find import list_checkpoints
 
     return run_dir.is_dir() and bool(list_checkpoints(run_dir)[0])
