@@ -13,7 +13,8 @@ shows.
 Seconds per step: the mean over steps of the step's own timings (rollout, rewards, update, controller,
 diagnostics), one thread; the sweeps shared the machine's 2 cores, so compare them within a table, not across.
 
-Usage: ``python benchmarks/methods_table.py FOLDER [FOLDER ...]``; prints one Markdown table per folder.
+Usage: ``python benchmarks/methods_table.py FOLDER [FOLDER ...]``; prints one Markdown table per folder, or with
+``--merge`` one table over all of them (further seeds of some methods swept into another folder).
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ def cell(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(folder: Path) -> str:
-    runs = read_sweep(folder)
+def table(folders: list[Path]) -> str:
+    """One table over the sweeps in ``folders`` (a method's seeds may come from several sweeps of one task)."""
     by_method: dict[str, list[dict[str, float]]] = {}
-    for ref in runs:
-        if (ref.run_dir / "training_state.json").exists():
-            by_method.setdefault(ref.method, []).append(run_row(ref.run_dir))
+    seen: set[Path] = set()
+    for folder in folders:
+        for ref in read_sweep(folder):
+            if (ref.run_dir / "training_state.json").exists() and ref.run_dir.resolve() not in seen:
+                seen.add(ref.run_dir.resolve())
+                by_method.setdefault(ref.method, []).append(run_row(ref.run_dir))
     columns = list(dict.fromkeys(k for rows in by_method.values() for r in rows for k in r))
     digits = {"length": 1, "seconds": 2}
     lines = ["| method | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
@@ -88,9 +92,11 @@ def table(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--merge", action="store_true", help="one table over every folder (sweeps of one task)")
     args = parser.parse_args()
-    for folder in args.folders:
-        print(f"## {folder}\n\n{table(folder)}\n")
+    groups = [args.folders] if args.merge else [[folder] for folder in args.folders]
+    for group in groups:
+        print(f"## {', '.join(map(str, group))}\n\n{table(group)}\n")
 
 
 if __name__ == "__main__":
