@@ -2,6 +2,7 @@
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,9 +74,8 @@ def test_every_method_is_listed():
     assert set(METHODS) <= names
 
 
-@pytest.mark.parametrize("task", ["tinymath", "tinysort"])
-def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
-    """cookbook/recipes/ctwa_auto.yaml names no objective: the same controller runs on TinySort's two rewards."""
+def _on_task(recipe_file: str, task: str, tmp_path) -> Any:
+    """A method recipe written on TinyMath, run small on ``task``: TinySort takes its model, data and rewards."""
     overrides = [
         "train.steps=4",
         "train.prompts_per_step=2",
@@ -86,12 +86,17 @@ def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
         "train.progress=false",
         f"train.output_dir={tmp_path}",
     ]
-    if task == "tinysort":
-        sort = load_recipe(RECIPES / "tinysort.yaml")
-        overrides += [f"policy.model={task}", f"data.train={task}", f"data.eval={task}"]
-        recipe = load_recipe(RECIPES / "ctwa_auto.yaml", overrides).model_copy(update={"rewards": sort.rewards})
-    else:
-        recipe = load_recipe(RECIPES / "ctwa_auto.yaml", overrides)
+    if task == "tinymath":
+        return load_recipe(RECIPES / recipe_file, overrides)
+    sort = load_recipe(RECIPES / "tinysort.yaml")
+    overrides += [f"policy.model={task}", f"data.train={task}", f"data.eval={task}"]
+    return load_recipe(RECIPES / recipe_file, overrides).model_copy(update={"rewards": sort.rewards})
+
+
+@pytest.mark.parametrize("task", ["tinymath", "tinysort"])
+def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
+    """cookbook/recipes/ctwa_auto.yaml names no objective: the same controller runs on TinySort's two rewards."""
+    recipe = _on_task("ctwa_auto.yaml", task, tmp_path)
     pipeline = pipeline_from_recipe(recipe)
     rows = [row for row in pipeline.fit(*load_data(recipe)).history_ if row["kind"] == "train"]
     measured = [any(math.isfinite(row[f"ctwa/cov/{o}"]) for o in pipeline.objectives) for row in rows]
@@ -102,22 +107,7 @@ def test_ctwa_auto_is_one_file_for_both_tasks(task, tmp_path):
 def test_lagrangian_auto_is_one_file_for_both_tasks(task, tmp_path):
     """cookbook/recipes/lagrangian_auto.yaml names no objective and no scale: the first reward is improved, the
     others are held at the levels measured on the first 3 batches, on either task's rewards."""
-    overrides = [
-        "train.steps=4",
-        "train.prompts_per_step=2",
-        "train.group_size=4",
-        "rollout.max_new_tokens=16",
-        "data.eval_size=4",
-        "data.train_size=16",
-        "train.progress=false",
-        f"train.output_dir={tmp_path}",
-    ]
-    if task == "tinysort":
-        sort = load_recipe(RECIPES / "tinysort.yaml")
-        overrides += [f"policy.model={task}", f"data.train={task}", f"data.eval={task}"]
-        recipe = load_recipe(RECIPES / "lagrangian_auto.yaml", overrides).model_copy(update={"rewards": sort.rewards})
-    else:
-        recipe = load_recipe(RECIPES / "lagrangian_auto.yaml", overrides)
+    recipe = _on_task("lagrangian_auto.yaml", task, tmp_path)
     pipeline = pipeline_from_recipe(recipe)
     rows = [row for row in pipeline.fit(*load_data(recipe)).history_ if row["kind"] == "train"]
     primary, *kept = pipeline.objectives
