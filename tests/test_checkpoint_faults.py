@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from morl.checkpoint import list_checkpoints, verify_checkpoint
 from morl.cli import app
 from morl.run import JsonlWriter, Manifest, read_jsonl
+from tests.small_runs import checkpointed_recipe
 
 
 def _invoke(*args: object) -> tuple[int, str]:
@@ -46,34 +46,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _recipe(folder: Path, model: Path) -> Path:
-    recipe = {
-        "policy": {"model": str(model)},
-        "data": {"train": "tinymath", "eval": "tinymath", "train_size": 8, "eval_size": 2},
-        "rewards": ["conciseness", "clarity"],
-        "controller": {"name": "ctwa", "targets": [0.1, 0.1]},
-        "rollout": {"name": "transformers", "max_new_tokens": 4},
-        "train": {
-            "steps": 3,
-            "prompts_per_step": 2,
-            "group_size": 2,
-            "eval_every": 0,
-            "checkpoint_every": 1,
-            "keep_checkpoints": 10,
-            "threads": 1,
-            "progress": False,
-        },
-    }
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A three-step run with a checkpoint per step (its recipe, its directory); tests damage copies of it."""
     home = tmp_path_factory.mktemp("faults")
-    recipe = _recipe(home, tiny_model_dir)
+    recipe = checkpointed_recipe(home, tiny_model_dir)
     code, text = _invoke("fit", recipe, "--output-dir", home / "run")
     assert code == 0, text
     return recipe, home / "run"

@@ -25,6 +25,7 @@ from morl.checkpoint import (
 from morl.cli import app
 from morl.data import DataError, load_examples
 from morl.policy import ModelLoadError, Policy
+from tests.small_runs import checkpointed_recipe
 
 ROOT = os.geteuid() == 0  # root writes anywhere: permission cases cannot fail for it
 
@@ -48,35 +49,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _recipe(tmp_path: Path, model: Path | str, **train) -> Path:
-    recipe = {
-        "policy": {"model": str(model)},
-        "data": {"train": "tinymath", "eval": "tinymath", "train_size": 8, "eval_size": 2},
-        "rewards": ["conciseness", "clarity"],
-        "controller": {"name": "ctwa", "targets": [0.1, 0.1]},
-        "rollout": {"name": "transformers", "max_new_tokens": 4},
-        "train": {
-            "steps": 3,
-            "prompts_per_step": 2,
-            "group_size": 2,
-            "eval_every": 0,
-            "checkpoint_every": 1,
-            "keep_checkpoints": 10,
-            "threads": 1,
-            "progress": False,
-            **train,
-        },
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A three-step run with a checkpoint per step (its recipe, its directory); tests damage copies of it."""
     home = tmp_path_factory.mktemp("errors")
-    recipe = _recipe(home, tiny_model_dir)
+    recipe = checkpointed_recipe(home, tiny_model_dir)
     run = home / "run"
     code, text = _invoke("fit", recipe, "--output-dir", run)
     assert code == 0, text
@@ -97,7 +74,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 def test_unusable_output_dir_stops_before_the_model_loads(tmp_path, where):
     if where == "read_only" and ROOT:
         pytest.skip("root can write into a read-only folder")
-    recipe = _recipe(tmp_path, "/no/such/model")  # had the model loaded, the error would name it instead
+    recipe = checkpointed_recipe(tmp_path, "/no/such/model")  # had the model loaded, the error would name it instead
     blocker = tmp_path / "blocker"
     blocker.write_text("a user's file\n")
     out = {"file": blocker, "under_file": blocker / "run", "read_only": tmp_path / "locked" / "run"}[where]
@@ -113,7 +90,7 @@ def test_unusable_output_dir_stops_before_the_model_loads(tmp_path, where):
 
 
 def test_default_runs_folder_that_is_a_file_stops_before_the_model_loads(tmp_path, monkeypatch):
-    recipe = _recipe(tmp_path, "/no/such/model")
+    recipe = checkpointed_recipe(tmp_path, "/no/such/model")
     monkeypatch.chdir(tmp_path)
     Path("runs").write_text("not a folder\n")
     code, text = _invoke("fit", recipe)
@@ -336,7 +313,7 @@ def test_policy_from_pretrained_names_what_is_wrong(bert_dir, tiny_model_dir, tm
 
 
 def test_fit_with_a_model_that_is_not_a_causal_lm_stops_with_a_message(bert_dir, tmp_path):
-    recipe = _recipe(tmp_path, bert_dir)
+    recipe = checkpointed_recipe(tmp_path, bert_dir)
     code, text = _invoke("fit", recipe, "--output-dir", tmp_path / "run")
     assert code == 2 and "not a causal language model" in text and str(bert_dir) in text, text
     assert not (tmp_path / "run").exists()
@@ -362,7 +339,7 @@ def test_data_errors_name_the_file_and_line(tiny_model_dir, tmp_path, case):
     with pytest.raises(DataError) as info:
         load_examples(str(path))
     assert all(e in str(info.value) for e in expected), str(info.value)
-    recipe = _recipe(tmp_path, "/no/such/model")
+    recipe = checkpointed_recipe(tmp_path, "/no/such/model")
     data = yaml.safe_load(recipe.read_text())
     data["data"] = {"train": str(path), "eval": str(path)}
     recipe.write_text(yaml.safe_dump(data))
