@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,18 +38,29 @@ err_console = Console(stderr=True)
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a recipe field: key.path=value")]
 
 
-def _runs_rewards() -> None:
+def _runs_rewards(command: Callable[..., None]) -> Callable[..., None]:
     """For a command that calls rewards: the processes they leave running are killed when it exits, and a second
-    Ctrl-C ends it even while a reward holds the GIL (``morl.rewards.guard``, ``morl.processes``)."""
-    import signal
-    import threading
+    Ctrl-C ends it even while a reward holds the GIL (``morl.rewards.guard``, ``morl.processes``). Ctrl-C's handler
+    is given back as it was when the command returns, so a process that runs commands in turn (a notebook, a test
+    runner calling the CLI) keeps its own, for every delivery."""
 
-    from morl.processes import reset_on_delivery
-    from morl.rewards.guard import stop_leftovers_at_exit
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from morl.processes import reset_on_delivery
+        from morl.rewards.guard import stop_leftovers_at_exit
 
-    stop_leftovers_at_exit()
-    if threading.current_thread() is threading.main_thread():
+        stop_leftovers_at_exit()
+        if threading.current_thread() is not threading.main_thread():
+            return command(*args, **kwargs)
+        previous = signal.getsignal(signal.SIGINT)
         reset_on_delivery(signal.SIGINT)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)  # installed afresh: no longer reset on delivery
+
+    return run
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -56,6 +71,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @app.command()
+@_runs_rewards
 def fit(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     set_: SetOption = None,
@@ -108,7 +124,6 @@ def fit(
                 launch, recipe, set_ or [], output_dir, resume, accelerate_config, accept_change or [], overwrite
             )
             raise typer.Exit(code=subprocess.run(command).returncode)
-    _runs_rewards()
     from morl.checkpoint.errors import CheckpointError
     from morl.data import DataError
     from morl.pipeline import NonFiniteError
@@ -387,6 +402,7 @@ def validate(recipe: Path, set_: SetOption = None) -> None:
 
 
 @app.command("eval")
+@_runs_rewards
 def eval_(
     recipe: Path,
     checkpoint: Annotated[Path, typer.Option(help="a run directory or a Hugging Face model directory")],
@@ -398,7 +414,6 @@ def eval_(
     from its own at that step), so they differ from the run's by sampling noise: about ±0.03 for an accuracy near
     0.7 on 200 prompts (one standard error).
     """
-    _runs_rewards()
     from morl.checkpoint.errors import CheckpointError
     from morl.evaluation import Evaluator
     from morl.policy import Policy
@@ -459,6 +474,7 @@ def eval_(
 
 
 @app.command()
+@_runs_rewards
 def score(
     file: Annotated[Path, typer.Argument(help="JSONL with prompt, completion, answer and any columns")],
     rewards: Annotated[str, typer.Option(help="comma-separated reward names or import paths")] = (
@@ -484,7 +500,6 @@ def score(
     """Score completions that already exist and print, per objective, the mean and how many rows were scored, not
     applicable, failed or timed out. A failed row gets ``null`` and the reason in ``--out`` (never a silent 0);
     any failure makes the exit code 1, after everything is written."""
-    _runs_rewards()
     from morl.components import build
     from morl.rewards import Conciseness, objective_name
 

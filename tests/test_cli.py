@@ -226,3 +226,29 @@ def test_resume_latest_with_the_same_set_values_continues_and_names_those_it_lac
     code, text = _fit(recipe, "--resume", "latest", "--set", "controller.lr=0.25")  # the recipe's 3 steps
     assert code == 0 and f"extending {run} from 2 to 3 steps" in text, text
     assert json.loads((run / "training_state.json").read_text())["step"] == 3
+
+
+def test_a_command_run_in_process_gives_ctrl_c_back_as_it_was(tmp_path):
+    """`score` makes a second Ctrl-C end it at once while it runs; a notebook or test runner that calls the CLI
+    in its own process must get its Ctrl-C handler back afterwards, every delivery of it, not only the first."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "1+1?", "completion": "\\boxed{2}"}) + "\n")
+    script = f"""
+import os, signal, time
+from typer.testing import CliRunner
+from morl.cli import app
+seen = []
+signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+result = CliRunner().invoke(app, ["score", {str(path)!r}, "--rewards", "clarity"])
+assert result.exit_code == 0, result.output
+for _ in range(3):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+print("handled", len(seen))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "handled 3" in done.stdout
