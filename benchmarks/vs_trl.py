@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 PROMPTS, K, NEW_TOKENS, LR, SEED = 8, 8, 64, 1e-4, 0
+MODEL: str | None = None  # a model directory (with its tokenizer) instead of the shipped TinyMath model
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,10 +73,12 @@ class MorlRun:
         from morl.policy import Policy
         from morl.recipe import build_components, load_data, load_recipe
 
-        recipe = load_recipe(ROOT / "cookbook/recipes/quickstart_linear.yaml", ["train.progress=false"])
+        overrides = ["train.progress=false", f"train.group_size={K}", f"rollout.max_new_tokens={NEW_TOKENS}"]
+        recipe = load_recipe(ROOT / "cookbook/recipes/quickstart_linear.yaml", overrides)
         self.train, _ = load_data(recipe)
         self.share_prompts = share_prompts
-        self.pipe = Pipeline(policy=Policy.from_pretrained("tinymath"), config=recipe.train, **build_components(recipe))
+        policy = Policy.from_pretrained(MODEL or "tinymath")
+        self.pipe = Pipeline(policy=policy, config=recipe.train, **build_components(recipe))
         self.record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
         generate = self.pipe.rollout.generate
 
@@ -121,7 +124,7 @@ def trl_trainer(steps: int, after_step=None):
     from morl.rewards import Accuracy, Clarity, Conciseness
     from morl.tinymath import default_model_path
 
-    path = default_model_path()
+    path = MODEL or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     accuracy_fn, conciseness_fn, clarity_fn = Accuracy(), Conciseness(), Clarity()
@@ -264,8 +267,16 @@ def summarize(runs: list[dict], warmup: int) -> dict[str, float]:
     }
 
 
-def run_worker(mode: str, steps: int) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--steps", str(steps)]
+def job_options(k: int | None = None, new_tokens: int | None = None, model: str | None = None) -> list[str]:
+    """The worker options of a job (default: this process's)."""
+    options = ["--k", str(k or K), "--new-tokens", str(new_tokens or NEW_TOKENS)]
+    model = model or MODEL
+    return options + (["--model", model] if model else [])
+
+
+def run_worker(mode: str, steps: int, job: list[str] | None = None) -> dict:
+    """One worker process; ``job``: the options that change the job (``--k``, ``--new-tokens``, ``--model``)."""
+    command = [sys.executable, __file__, "--worker", mode, "--steps", str(steps), *(job or [])]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -274,12 +285,17 @@ def run_worker(mode: str, steps: int) -> dict:
 
 
 def main() -> None:
+    global K, NEW_TOKENS, MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="fresh processes, each running both libraries in turn")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per library and process")
     parser.add_argument("--warmup", type=int, default=2, help="steps per process left out of the figures")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=K, help="completions per prompt")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="completion length limit")
+    parser.add_argument("--model", help="a model directory with its tokenizer (default: the shipped TinyMath model)")
     args = parser.parse_args()
+    K, NEW_TOKENS, MODEL = args.k, args.new_tokens, args.model
     if args.worker:
         worker(args.worker, args.steps)
         return
@@ -287,12 +303,12 @@ def main() -> None:
     libraries = ("morl", "trl", "morl-unshared")
     runs: dict[str, list[dict]] = {name: [] for name in libraries}
     for rep in range(args.reps):
-        result = run_worker("paired", args.steps + args.warmup)
+        result = run_worker("paired", args.steps + args.warmup, job_options())
         for name in libraries:
             runs[name].append(result[name])
         steps = {name: statistics.median(result[name]["step_s"][args.warmup :]) for name in libraries}
         print(f"rep {rep}: median seconds per step " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
-    peak = {name: run_worker(name, args.warmup + 3)[name]["peak_rss_mb"] for name in libraries}
+    peak = {name: run_worker(name, args.warmup + 3, job_options())[name]["peak_rss_mb"] for name in libraries}
     summary = {name: summarize(runs[name], args.warmup) | {"peak_rss_mb": peak[name]} for name in libraries}
     morl, trl, unshared = (summary[name] for name in libraries)
     print(
