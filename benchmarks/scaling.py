@@ -1,12 +1,14 @@
 """How a step's cost grows, morl against TRL's GRPOTrainer: seconds per step, tokens per second and peak memory
-against completions per prompt K, completion length and model size (CPU, 1 thread, at the sizes that fit).
+against completions per prompt K, the completion length limit and model size (CPU, 1 thread, at the sizes that fit).
 
 Each point is ``benchmarks/vs_trl.py``'s job (8 prompts, the quickstart's loss, optimiser and rewards, equal fixed
-weights) with one thing changed: K (the shipped TinyMath model, 64 new tokens), the completion length (a randomly
-initialised model of TinyMath's architecture with a 1152-token context: it rarely stops early, so every completion
-runs to the limit), or the model's width and depth (random initialisation, K 8, 64 new tokens). Timings: one
-process alternating TRL's and morl's steps (``--steps`` measured after one warm-up); peak RSS: one more process
-per library. The slope is the exponent b of time ∝ x^b between the first and the last point of a sweep.
+weights) with one thing changed: K (the shipped TinyMath model, 64 new tokens), the completion length limit (a
+randomly initialised model of TinyMath's architecture with a 1152-token context), or the model's width and depth
+(random initialisation, K 8, 64 new tokens). A random model ends a completion at its end-of-text token with
+probability about 1/vocabulary (99) per token, so long limits are seldom reached: the tokens per step printed say
+how long the completions were. Timings: one process alternating TRL's and morl's steps (``--steps`` measured after
+one warm-up); peak RSS: one more process per library. The slope is the exponent b of time ∝ x^b between the first
+and the last point of a sweep.
 
 Usage: ``python benchmarks/scaling.py [--steps 3]`` (TRL installed beside morl, as for ``vs_trl.py``).
 """
@@ -86,7 +88,8 @@ def main() -> None:
                 print(
                     f"{sweep} {label}: "
                     + ", ".join(
-                        f"{n} {r['step_s']:.2f} s/step {r['throughput_tok_s']:.0f} tok/s {r['peak_rss_mb']:.0f} MB"
+                        f"{n} {r['step_s']:.2f} s/step {r['tokens_per_step']:.0f} tok/step "
+                        f"{r['throughput_tok_s']:.0f} tok/s {r['peak_rss_mb']:.0f} MB"
                         for n, r in result.items()
                     ),
                     flush=True,
