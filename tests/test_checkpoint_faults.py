@@ -26,24 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from morl.checkpoint import list_checkpoints, verify_checkpoint
-from morl.cli import app
 from morl.run import JsonlWriter, Manifest, read_jsonl
-from tests.small_runs import checkpointed_recipe
-
-
-def _invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    text = " ".join(result.output.split())
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, text
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.small_runs import checkpointed_recipe, invoke_cli, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A three-step run with a checkpoint per step (its recipe, its directory); tests damage copies of it."""
     home = tmp_path_factory.mktemp("faults")
     recipe = checkpointed_recipe(home, tiny_model_dir)
-    code, text = _invoke("fit", recipe, "--output-dir", home / "run")
+    code, text = invoke_cli("fit", recipe, "--output-dir", home / "run")
     assert code == 0, text
     return recipe, home / "run"
 
@@ -136,7 +122,7 @@ def test_full_disk_stops_with_a_message_keeps_the_last_checkpoint_and_resumes(tr
     _fill(small_disk, leave=int(of_files * files + of_checkpoint * checkpoint + of_final * final))
     run = small_disk / "run"
 
-    code, text = _invoke("fit", recipe, "--output-dir", run)
+    code, text = invoke_cli("fit", recipe, "--output-dir", run)
     assert code == 1 and "No space left on device" in text and fails_in in text, text
     complete = list_checkpoints(run)[0]
     for c in complete:
@@ -153,10 +139,10 @@ def test_full_disk_stops_with_a_message_keeps_the_last_checkpoint_and_resumes(tr
 
     (small_disk / "filler").unlink()  # space freed, the run goes on as the message said
     if complete:
-        code, text = _invoke("fit", recipe, "--resume", run)
+        code, text = invoke_cli("fit", recipe, "--resume", run)
         assert code == 0 and f"from {complete[-1].name}" in text, text
     else:
-        code, text = _invoke("fit", recipe, "--output-dir", run, "--overwrite")
+        code, text = invoke_cli("fit", recipe, "--output-dir", run, "--overwrite")
         assert code == 0, text
     assert [c.name for c in list_checkpoints(run)[0]] == ["step-000001", "step-000002", "step-000003"]
     assert (run / "model" / "model.safetensors").is_file() and (run / "training_state.json").is_file()
@@ -228,15 +214,15 @@ def test_resume_past_pickled_weights_that_do_not_load(trained_run, run_copy, tmp
     _pickled_weights(newest / "model", kind, sentinel)
     if marker == "without-digests":  # a checkpoint of an earlier morl: only loading finds the fault
         (newest / "complete").write_text('{"step": 3, "time": 0}\n')
-    damaged = _snapshot(newest)
+    damaged = snapshot(newest)
 
-    code, text = _invoke("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
+    code, text = invoke_cli("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
     assert code == 0, text
     assert "step-000003/model/" in text and "previous intact checkpoint" in text, text
     if marker == "without-digests":
         assert "step-000003/model/pytorch_model.bin" in text and REASONS[kind] in text, text
     shelved = list((run_copy / "checkpoints" / "abandoned").glob("*/step-000003"))
-    assert len(shelved) == 1 and _snapshot(shelved[0]) == damaged  # moved aside whole, not deleted
+    assert len(shelved) == 1 and snapshot(shelved[0]) == damaged  # moved aside whole, not deleted
     assert [c.name for c in list_checkpoints(run_copy)[0]][-1] == "step-000004"
     assert not sentinel.exists()
 
@@ -246,7 +232,7 @@ def test_eval_of_pickled_weights_that_do_not_load_names_the_file(trained_run, ru
     sentinel = tmp_path / "code-ran"
     newest = run_copy / "checkpoints" / "step-000003"
     _pickled_weights(newest / "model", kind, sentinel)
-    code, text = _invoke("eval", trained_run[0], "--checkpoint", newest)
+    code, text = invoke_cli("eval", trained_run[0], "--checkpoint", newest)
     assert code == 2 and "step-000003/model/model.safetensors: missing" in text, text  # the digests' check
 
     (newest / "complete").write_text('{"step": 3, "time": 0}\n')  # a checkpoint of an earlier morl
@@ -254,7 +240,7 @@ def test_eval_of_pickled_weights_that_do_not_load_names_the_file(trained_run, ru
     shutil.copytree(trained_run[1] / "model", model)
     _pickled_weights(model, kind, sentinel)
     for folder, weights in ((newest, newest / "model" / "pytorch_model.bin"), (model, model / "pytorch_model.bin")):
-        code, text = _invoke("eval", trained_run[0], "--checkpoint", folder)
+        code, text = invoke_cli("eval", trained_run[0], "--checkpoint", folder)
         assert code == 2 and f"{weights}: " in text and REASONS[kind] in text, text
     assert not sentinel.exists()
 
@@ -266,7 +252,7 @@ def test_eval_of_pickled_weights_that_do_not_load_names_the_file(trained_run, ru
 def other_run(trained_run, tmp_path_factory) -> Path:
     """The same recipe with another learning rate, which its optimizer state records (a resume would take it)."""
     out = tmp_path_factory.mktemp("other") / "run"
-    code, text = _invoke(
+    code, text = invoke_cli(
         "fit", trained_run[0], "--output-dir", out, "--set", "train.lr=0.0042", "--set", "train.seed=7"
     )
     assert code == 0, text
@@ -277,16 +263,16 @@ def test_another_runs_optimizer_state_is_refused_and_shelved(trained_run, other_
     newest = run_copy / "checkpoints" / "step-000003"
     shutil.copy(other_run / "checkpoints" / "step-000003" / "optimizer.pt", newest / "optimizer.pt")
     assert torch.load(newest / "optimizer.pt")["param_groups"][0]["initial_lr"] == 0.0042
-    copied = _snapshot(newest)
-    before = _snapshot(run_copy)
+    copied = snapshot(newest)
+    before = snapshot(run_copy)
 
-    code, text = _invoke("fit", trained_run[0], "--resume", newest, "--set", "train.steps=4")
+    code, text = invoke_cli("fit", trained_run[0], "--resume", newest, "--set", "train.steps=4")
     assert code == 2 and "step-000003/optimizer.pt: not the file this checkpoint wrote" in text, text
     assert "copied in from another run or step" in text, text
-    assert _snapshot(run_copy) == before  # named directly: refused, nothing touched
+    assert snapshot(run_copy) == before  # named directly: refused, nothing touched
 
-    code, text = _invoke("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
+    code, text = invoke_cli("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
     assert code == 0 and "step-000003/optimizer.pt: not the file" in text, text
     assert "resuming from the previous intact checkpoint" in text and "from step-000002" in text, text
     shelved = list((run_copy / "checkpoints" / "abandoned").glob("*/step-000003"))
-    assert len(shelved) == 1 and _snapshot(shelved[0]) == copied
+    assert len(shelved) == 1 and snapshot(shelved[0]) == copied

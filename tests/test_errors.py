@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
 from morl.checkpoint import (
     CorruptCheckpoint,
@@ -22,10 +21,9 @@ from morl.checkpoint import (
     resume_intact,
     verify_checkpoint,
 )
-from morl.cli import app
 from morl.data import DataError, load_examples
 from morl.policy import ModelLoadError, Policy
-from tests.small_runs import checkpointed_recipe
+from tests.small_runs import checkpointed_recipe, invoke_cli, snapshot
 
 ROOT = os.geteuid() == 0  # root writes anywhere: permission cases cannot fail for it
 
@@ -37,25 +35,13 @@ def boom(prompts, completions, **kwargs):
     return [math.nan if "nan" in c else 1.0 for c in completions]
 
 
-def _invoke(*args: str):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    text = " ".join(result.output.split())
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, text
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A three-step run with a checkpoint per step (its recipe, its directory); tests damage copies of it."""
     home = tmp_path_factory.mktemp("errors")
     recipe = checkpointed_recipe(home, tiny_model_dir)
     run = home / "run"
-    code, text = _invoke("fit", recipe, "--output-dir", run)
+    code, text = invoke_cli("fit", recipe, "--output-dir", run)
     assert code == 0, text
     return recipe, run
 
@@ -81,7 +67,7 @@ def test_unusable_output_dir_stops_before_the_model_loads(tmp_path, where):
     if where == "read_only":
         (tmp_path / "locked").mkdir(mode=0o555)
     try:
-        code, text = _invoke("fit", recipe, "--output-dir", out)
+        code, text = invoke_cli("fit", recipe, "--output-dir", out)
     finally:
         (tmp_path / "locked").exists() and (tmp_path / "locked").chmod(0o755)
     assert code == 2 and "/no/such/model" not in text, text
@@ -93,21 +79,21 @@ def test_default_runs_folder_that_is_a_file_stops_before_the_model_loads(tmp_pat
     recipe = checkpointed_recipe(tmp_path, "/no/such/model")
     monkeypatch.chdir(tmp_path)
     Path("runs").write_text("not a folder\n")
-    code, text = _invoke("fit", recipe)
+    code, text = invoke_cli("fit", recipe)
     assert code == 2 and "runs is a file" in text and "/no/such/model" not in text, text
 
 
 def test_resume_into_a_read_only_run_stops_before_the_model_loads(trained_run, run_copy):
     if ROOT:
         pytest.skip("root can write into a read-only folder")
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy)
     run_copy.chmod(0o555)
     try:
-        code, text = _invoke("fit", trained_run[0], "--resume", run_copy, "--set", "policy.model=/no/such/model")
+        code, text = invoke_cli("fit", trained_run[0], "--resume", run_copy, "--set", "policy.model=/no/such/model")
     finally:
         run_copy.chmod(0o755)
     assert code == 2 and str(run_copy) in text and "permission denied" in text, text
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy) == before
 
 
 # ---- a damaged newest checkpoint ------------------------------------------------------------------------------
@@ -144,22 +130,22 @@ def test_damaged_newest_checkpoint_is_named_and_the_previous_one_used(run_copy, 
 def test_cli_resume_past_a_damaged_checkpoint_keeps_it(trained_run, run_copy):
     newest = run_copy / "checkpoints" / "step-000003"
     _truncate(newest / "model" / "model.safetensors")
-    damaged = _snapshot(newest)
-    code, text = _invoke("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
+    damaged = snapshot(newest)
+    code, text = invoke_cli("fit", trained_run[0], "--resume", run_copy, "--set", "train.steps=4")
     assert code == 0, text
     assert "step-000003/model/model.safetensors" in text and "previous intact checkpoint" in text, text
     shelved = list((run_copy / "checkpoints" / "abandoned").glob("*/step-000003"))
-    assert len(shelved) == 1 and _snapshot(shelved[0]) == damaged  # moved aside whole, not deleted
+    assert len(shelved) == 1 and snapshot(shelved[0]) == damaged  # moved aside whole, not deleted
     assert [c.name for c in list_checkpoints(run_copy)[0]][-1] == "step-000004"
 
 
 def test_every_checkpoint_damaged_is_an_error_that_names_them(trained_run, run_copy):
     for step in (1, 2, 3):
         (run_copy / "checkpoints" / f"step-00000{step}" / "rng.pt").write_bytes(b"")
-    before = _snapshot(run_copy)
-    code, text = _invoke("fit", trained_run[0], "--resume", run_copy)
+    before = snapshot(run_copy)
+    code, text = invoke_cli("fit", trained_run[0], "--resume", run_copy)
     assert code == 2 and "every complete checkpoint is damaged" in text and "step-000001/rng.pt" in text, text
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy) == before
 
 
 def test_resume_intact_falls_back_when_loading_fails(run_copy, capsys):
@@ -195,12 +181,12 @@ def test_eval_of_a_missing_empty_or_torn_checkpoint(trained_run, run_copy, tmp_p
     target = targets.get(case, step)
     if case == "empty":
         target.mkdir()
-    before = _snapshot(run_copy)
-    code, text = _invoke("eval", trained_run[0], "--checkpoint", target)
+    before = snapshot(run_copy)
+    code, text = invoke_cli("eval", trained_run[0], "--checkpoint", target)
     assert code == 2 and str(target) in text, text
     expected = {"missing": "no such file", "empty": "empty directory", "torn": "torn"}.get(case, "truncated")
     assert expected in text, text
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy) == before
 
 
 # ---- morl score -------------------------------------------------------------------------------------------------
@@ -220,7 +206,7 @@ def test_score_reports_failed_rows_with_null_and_the_reason(tmp_path):
     ]
     source = _jsonl(tmp_path / "c.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    code, text = _invoke("score", source, "--rewards", "accuracy,tests.test_errors.boom", "--out", out)
+    code, text = invoke_cli("score", source, "--rewards", "accuracy,tests.test_errors.boom", "--out", out)
     assert code == 1, text
     assert f"{source}:2" in text and "exploded" in text, text  # the first failed row, by line, and why
     scored = [json.loads(line) for line in out.read_text().splitlines()]
@@ -237,10 +223,10 @@ def test_score_reports_failed_rows_with_null_and_the_reason(tmp_path):
 def test_score_conciseness_compares_with_the_files_mean_or_a_given_length(tmp_path):
     source = _jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "completion": "x" * n} for n in (1, 3, 8)])  # mean 4
     out = tmp_path / "scored.jsonl"
-    code, text = _invoke("score", source, "--rewards", "conciseness", "--out", out)
+    code, text = invoke_cli("score", source, "--rewards", "conciseness", "--out", out)
     assert code == 0 and "4.0 characters" in text, text
     assert [json.loads(line)["rewards"]["conciseness"] for line in out.read_text().splitlines()] == [1.0, 1.0, 0.0]
-    code, text = _invoke("score", source, "--rewards", "conciseness", "--out", out, "--mean-length", "2")
+    code, text = invoke_cli("score", source, "--rewards", "conciseness", "--out", out, "--mean-length", "2")
     assert code == 0, text
     assert [json.loads(line)["rewards"]["conciseness"] for line in out.read_text().splitlines()] == [1.0, 0.0, 0.0]
 
@@ -261,7 +247,7 @@ def test_score_bad_input_is_named(tmp_path, case):
     if case == "out_is_dir":
         args += ["--out", tmp_path / "outdir"]
     before = source.read_bytes()
-    code, text = _invoke(*args)
+    code, text = invoke_cli(*args)
     expected = {
         "completion_not_text": (f"{source}:2", "completion must be text"),
         "out_is_dir": (str(tmp_path / "outdir"), "is a directory"),
@@ -314,7 +300,7 @@ def test_policy_from_pretrained_names_what_is_wrong(bert_dir, tiny_model_dir, tm
 
 def test_fit_with_a_model_that_is_not_a_causal_lm_stops_with_a_message(bert_dir, tmp_path):
     recipe = checkpointed_recipe(tmp_path, bert_dir)
-    code, text = _invoke("fit", recipe, "--output-dir", tmp_path / "run")
+    code, text = invoke_cli("fit", recipe, "--output-dir", tmp_path / "run")
     assert code == 2 and "not a causal language model" in text and str(bert_dir) in text, text
     assert not (tmp_path / "run").exists()
 
@@ -343,7 +329,7 @@ def test_data_errors_name_the_file_and_line(tiny_model_dir, tmp_path, case):
     data = yaml.safe_load(recipe.read_text())
     data["data"] = {"train": str(path), "eval": str(path)}
     recipe.write_text(yaml.safe_dump(data))
-    code, text = _invoke("fit", recipe, "--output-dir", tmp_path / "run")
+    code, text = invoke_cli("fit", recipe, "--output-dir", tmp_path / "run")
     assert code == 2 and all(e in text for e in expected), text
 
 
@@ -353,7 +339,7 @@ def test_score_counts_each_row_once_and_says_which_checks_were_cut_off(tmp_path)
     tower = r"\boxed{10^{10^{10^{10^{10}}}}}"
     rows = [{"prompt": "p", "completion": c, "answer": "1"} for c in (r"\boxed{1}", r"\boxed{2}", tower)]
     source = _jsonl(tmp_path / "c.jsonl", rows)
-    code, text = _invoke("score", source, "--rewards", "accuracy")
+    code, text = invoke_cli("score", source, "--rewards", "accuracy")
     assert code == 0, text
     cells = " ".join(text.replace("│", " ").split())
     assert "accuracy 0.3333 3 0 0 1 0" in cells, text  # 3 scored, 1 of them cut off (scored 0), none timed out

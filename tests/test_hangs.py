@@ -24,6 +24,7 @@ from morl.cli import app
 from morl.components import ComponentConfig
 from morl.rewards import RewardFn, score_rewards
 from morl.rewards.guard import _worker
+from tests.small_runs import REWARD_RECIPE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,16 +47,6 @@ def stuck(completions, trainer_state=None, **kwargs):
         while True:
             time.sleep(1)
     return [float(len(c)) for c in completions]
-"""
-
-RECIPE = """
-policy: {{model: {model}}}
-data: {{train: tinymath, eval: null, train_size: 16}}
-rewards: [conciseness, {reward}]
-controller: {{name: fixed}}
-rollout: {{name: transformers, max_new_tokens: 4}}
-train: {{steps: {steps}, prompts_per_step: 2, group_size: 2, eval_every: 0, progress: false, threads: 1,
-         save_model: false, {extra}}}
 """
 
 
@@ -88,7 +79,7 @@ def _write_run_files(tmp_path: Path, model: Path, reward: str, steps: int, extra
     module = f"hang_rewards_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{module}.py").write_text(REWARDS_MODULE)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(model=model, reward=f"{module}.{reward}", steps=steps, extra=extra))
+    recipe.write_text(REWARD_RECIPE.format(model=model, reward=f"{module}.{reward}", steps=steps, extra=extra))
     return recipe
 
 

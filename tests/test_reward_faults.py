@@ -23,6 +23,7 @@ import pytest
 from morl.rewards import RewardError, score_rewards
 from morl.rewards.guard import ESCALATE_AFTER_S
 from morl.run import RunLock
+from tests.small_runs import REWARD_RECIPE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,16 +76,6 @@ def forks(completions, **kwargs):
     return [1.0] * len(completions)
 """
 
-RECIPE = """
-policy: {{model: {model}}}
-data: {{train: tinymath, eval: null, train_size: 16}}
-rewards: [conciseness, {reward}]
-controller: {{name: fixed}}
-rollout: {{name: transformers, max_new_tokens: 4}}
-train: {{steps: {steps}, prompts_per_step: 2, group_size: 2, eval_every: 0, progress: false, threads: 1,
-         save_model: false, {extra}}}
-"""
-
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
@@ -102,7 +93,7 @@ def _module(tmp_path: Path) -> str:
 
 def _recipe(workdir: Path, model: Path, reward: str, steps: int = 1, extra: str = "") -> Path:
     recipe = workdir / "recipe.yaml"
-    text = RECIPE.format(model=model, reward=f"{_module(workdir)}.{reward}", steps=steps, extra=extra)
+    text = REWARD_RECIPE.format(model=model, reward=f"{_module(workdir)}.{reward}", steps=steps, extra=extra)
     recipe.write_text(text)
     return recipe
 
