@@ -25,9 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vs_trl import NEW_TOKENS, quickstart_job
 
 QUICKSTART_CTWA = {
     "name": "ctwa",
@@ -35,7 +40,6 @@ QUICKSTART_CTWA = {
     "lr": 0.5,
     "u_max": 1.0,
 }
-PROMPTS, K, NEW_TOKENS, LR = 8, 8, 64, 1e-4
 METHODS = ("equal", "ctwa")
 
 
@@ -67,7 +71,7 @@ def train(method: str, seed: int, steps: int, output_dir: Path):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from morl.data import load_examples
     from morl.integrations.trl import MorlGRPOTrainer, trl_reward
@@ -79,33 +83,11 @@ def train(method: str, seed: int, steps: int, output_dir: Path):
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = Dataset.from_list(load_examples("tinymath", "train", limit=2000))
-    args = GRPOConfig(
+    args = quickstart_job(
         output_dir=str(output_dir / f"{method}-seed{seed}"),
-        per_device_train_batch_size=PROMPTS * K,
-        gradient_accumulation_steps=1,
-        num_generations=K,
-        max_completion_length=NEW_TOKENS,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        beta=0.0,
-        epsilon=0.2,
-        num_iterations=1,
-        loss_type="dapo",
-        scale_rewards="group",
         reward_weights=[1 / 3, 1 / 3, 1 / 3] if method == "equal" else None,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
         max_steps=steps,
         logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
         seed=seed,
     )
     rewards = [trl_reward(Accuracy()), trl_reward(Conciseness()), trl_reward(Clarity())]

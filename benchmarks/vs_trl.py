@@ -112,13 +112,46 @@ class MorlRun:
         return self.record
 
 
+def quickstart_job(**settings):
+    """TRL's ``GRPOConfig`` for the quickstart's job (the module docstring lists it), on the CPU, no logging or
+    saving; ``settings`` add or replace fields (the output folder, steps, seed, reward weights)."""
+    from trl import GRPOConfig
+
+    job = {
+        "per_device_train_batch_size": PROMPTS * K,
+        "gradient_accumulation_steps": 1,
+        "num_generations": K,
+        "max_completion_length": NEW_TOKENS,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "learning_rate": LR,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "optim": "adamw_torch",
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "num_iterations": 1,
+        "loss_type": "dapo",
+        "scale_rewards": "group",
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
+    return GRPOConfig(**{**job, **settings})
+
+
 def trl_trainer(steps: int, after_step=None):
     """TRL's GRPOTrainer on the same job, and the record its steps fill; ``after_step()`` runs after each TRL step,
     outside its timing (to interleave morl's steps)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from morl.data import load_examples
     from morl.rewards import Accuracy, Clarity, Conciseness
@@ -138,33 +171,10 @@ def trl_trainer(steps: int, after_step=None):
     def clarity(prompts, completions, **kwargs):
         return clarity_fn(prompts, completions)
 
-    args = GRPOConfig(
+    args = quickstart_job(
         output_dir="/tmp/morl-vs-trl",
-        per_device_train_batch_size=PROMPTS * K,
-        gradient_accumulation_steps=1,
-        num_generations=K,
-        max_completion_length=NEW_TOKENS,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        beta=0.0,
-        epsilon=0.2,
-        num_iterations=1,
-        loss_type="dapo",
-        scale_rewards="group",
         reward_weights=[1 / 3, 1 / 3, 1 / 3],
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
         max_steps=steps,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
         seed=SEED,
     )
     record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
