@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from morl.checkpoint import list_checkpoints, verify_checkpoint
+from morl.checkpoint import CorruptCheckpoint, list_checkpoints, verify_checkpoint
 from morl.run import JsonlWriter, Manifest, read_jsonl
 from tests.small_runs import checkpointed_recipe, invoke_cli, snapshot
 
@@ -276,3 +276,14 @@ def test_another_runs_optimizer_state_is_refused_and_shelved(trained_run, other_
     assert "resuming from the previous intact checkpoint" in text and "from step-000002" in text, text
     shelved = list((run_copy / "checkpoints" / "abandoned").glob("*/step-000003"))
     assert len(shelved) == 1 and snapshot(shelved[0]) == copied
+
+
+def test_a_file_changed_after_a_checkpoint_passed_is_still_caught(other_run, run_copy):
+    """A resume verifies a checkpoint once per process (the CLI finds it, then the loop loads it): a file written
+    after that check must still fail the next one."""
+    newest = run_copy / "checkpoints" / "step-000003"
+    verify_checkpoint(newest)
+    verify_checkpoint(newest)  # the same files: passes again
+    shutil.copy(other_run / "checkpoints" / "step-000003" / "optimizer.pt", newest / "optimizer.pt")
+    with pytest.raises(CorruptCheckpoint, match="optimizer.pt: not the file this checkpoint wrote"):
+        verify_checkpoint(newest)

@@ -47,13 +47,10 @@ def verify_checkpoint(checkpoint: str | Path) -> None:
     (damage in a checkpoint written before digests were recorded).
     """
     checkpoint = Path(checkpoint)
-    state = checkpoint / STATE_FILE
-    try:
-        data = json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CorruptCheckpoint(f"{state}: unreadable ({short_reason(err)})") from None
-    if not isinstance(data, dict):
-        raise CorruptCheckpoint(f"{state}: expected a JSON object, got {type(data).__name__}")
+    signature = _signature(checkpoint)
+    if _VERIFIED.get(checkpoint.resolve()) == signature:
+        return  # the same files passed already in this process (a CLI resume finds the checkpoint, then loads it)
+    _json_object(checkpoint / STATE_FILE)
     _verify_model_dir(checkpoint / "model")
     _verify_zip(checkpoint / "optimizer.pt")
     if (checkpoint / STATE_TENSORS).exists():
@@ -64,19 +61,31 @@ def verify_checkpoint(checkpoint: str | Path) -> None:
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
         raise CorruptCheckpoint(f"{rng}: unreadable ({short_reason(err)})") from None
     _verify_digests(checkpoint)
+    if signature:
+        _VERIFIED[checkpoint.resolve()] = signature
+
+
+#: checkpoints that passed :func:`verify_checkpoint` in this process, with the signature of their files then
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def _signature(checkpoint: Path) -> tuple:
+    """Every file's name, size, modification time and inode: any write or replacement after a check changes it."""
+    entries = []
+    for path in sorted(checkpoint.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:
+            return ()  # a file vanished while listing: never taken for verified
+        entries.append((str(path.relative_to(checkpoint)), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(entries)
 
 
 def _verify_digests(checkpoint: Path) -> None:
     """Every file the marker lists holds the bytes that were written (checkpoints written before morl recorded
     digests list none)."""
     marker = checkpoint / MARKER
-    try:
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CorruptCheckpoint(f"{marker}: unreadable ({short_reason(err)})") from None
-    if not isinstance(recorded, dict):
-        raise CorruptCheckpoint(f"{marker}: expected a JSON object, got {type(recorded).__name__}")
-    digests = recorded.get(DIGESTS, {})
+    digests = _json_object(marker).get(DIGESTS, {})
     if not isinstance(digests, dict):
         raise CorruptCheckpoint(f"{marker}: {DIGESTS!r} is not a mapping of files to digests")
     for name, digest in sorted(digests.items()):
@@ -90,6 +99,17 @@ def _verify_digests(checkpoint: Path) -> None:
                 f"{path}: not the file this checkpoint wrote (its sha256 differs from the one {MARKER!r} records): "
                 "damaged, or copied in from another run or step"
             )
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object ``path`` holds, or ``CorruptCheckpoint`` saying why not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{path}: unreadable ({short_reason(err)})") from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpoint(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _verify_model_dir(model_dir: Path) -> None:
