@@ -10,8 +10,9 @@ of the global accumulated batch; ``bnpo`` is the same with one process and no ac
 shipped, its always-on diagnostics included.
 
 Timings: each repetition is a fresh process that runs TRL's trainer and, after each TRL step (outside its timing),
-one step of morl and one of morl without prompt sharing (``unshared``: the code before it), so a loaded machine
-slows all of them alike. Peak RSS: one more process per library, alone. It also reports each library's rollout
+one step of morl and one of morl sampling with transformers' ``generate`` (``generate``: ``rollout.decoder:
+generate``, the code before morl's compact decoding loop), so a loaded machine slows all of them alike. Peak
+RSS: one more process per library, alone. It also reports each library's rollout
 against its limit: generated tokens per second divided by the tokens per second of one teacher-forced forward pass
 of the same model over the same sequences.
 
@@ -65,18 +66,18 @@ def padded(prompts: list[list[int]], completions: list[list[int]], pad: int):
 
 
 class MorlRun:
-    """morl's quickstart pipeline with fixed equal weights, stepped on demand; ``share_prompts=False`` runs it as
-    before prompt sharing (every row through the model whole, the LM head over the prompt too)."""
+    """morl's quickstart pipeline with fixed equal weights, stepped on demand; ``decoder``: the rollout's
+    ``decoder`` setting (``generate``: transformers' ``model.generate``, as before morl's compact decoding loop)."""
 
-    def __init__(self, share_prompts: bool = True) -> None:
+    def __init__(self, decoder: str = "auto") -> None:
         from morl.pipeline import Pipeline
         from morl.policy import Policy
         from morl.recipe import build_components, load_data, load_recipe
 
         overrides = ["train.progress=false", f"train.group_size={K}", f"rollout.max_new_tokens={NEW_TOKENS}"]
+        overrides.append(f"rollout.decoder={decoder}")
         recipe = load_recipe(ROOT / "cookbook/recipes/quickstart_linear.yaml", overrides)
         self.train, _ = load_data(recipe)
-        self.share_prompts = share_prompts
         policy = Policy.from_pretrained(MODEL or "tinymath")
         self.pipe = Pipeline(policy=policy, config=recipe.train, **build_components(recipe))
         self.record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
@@ -91,19 +92,11 @@ class MorlRun:
         self.pipe.rollout.generate = timed_generate
 
     def step(self) -> None:
-        from morl import policy
-
-        arguments = policy._forward_arguments
-        if not self.share_prompts:
-            policy._forward_arguments = lambda model: frozenset()
-        try:
-            start = time.perf_counter()
-            record, _ = self.pipe.step(self.pipe.next_examples(self.train))
-            self.batch = record.rollout
-            self.record["step_s"].append(time.perf_counter() - start)
-            self.record["tokens"].append(int(self.batch.completion_mask.sum()))
-        finally:
-            policy._forward_arguments = arguments
+        start = time.perf_counter()
+        record, _ = self.pipe.step(self.pipe.next_examples(self.train))
+        self.batch = record.rollout
+        self.record["step_s"].append(time.perf_counter() - start)
+        self.record["tokens"].append(int(self.batch.completion_mask.sum()))
 
     def finish(self) -> dict:
         self.record["forward_s"] = teacher_forced_seconds(
@@ -225,14 +218,14 @@ def trl_trainer(steps: int, after_step=None):
 
 
 def worker(mode: str, steps: int) -> None:
-    """``paired``: TRL and morl (and morl without prompt sharing) in one process, one step each in turn, for
-    timings; ``trl``, ``morl``, ``morl-unshared``: one library alone, for its peak memory."""
+    """``paired``: TRL and morl (and morl sampling with ``generate``) in one process, one step each in turn, for
+    timings; ``trl``, ``morl``, ``morl-generate``: one library alone, for its peak memory."""
     import torch
 
     torch.set_num_threads(1)
     result: dict = {}
     if mode == "paired":
-        runs = {"morl": MorlRun(), "morl-unshared": MorlRun(share_prompts=False)}
+        runs = {"morl": MorlRun(), "morl-generate": MorlRun(decoder="generate")}
         turn = [0]
 
         def morl_steps() -> None:
@@ -249,7 +242,7 @@ def worker(mode: str, steps: int) -> None:
         trainer.train()
         result = {"trl": finish()}
     else:
-        run = MorlRun(share_prompts=mode == "morl")
+        run = MorlRun(decoder="auto" if mode == "morl" else "generate")
         for _ in range(steps):
             run.step()
         result = {mode: run.finish()}
@@ -310,7 +303,7 @@ def main() -> None:
         worker(args.worker, args.steps)
         return
 
-    libraries = ("morl", "trl", "morl-unshared")
+    libraries = ("morl", "trl", "morl-generate")
     runs: dict[str, list[dict]] = {name: [] for name in libraries}
     for rep in range(args.reps):
         result = run_worker("paired", args.steps + args.warmup, job_options())
@@ -320,13 +313,13 @@ def main() -> None:
         print(f"rep {rep}: median seconds per step " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
     peak = {name: run_worker(name, args.warmup + 3, job_options())[name]["peak_rss_mb"] for name in libraries}
     summary = {name: summarize(runs[name], args.warmup) | {"peak_rss_mb": peak[name]} for name in libraries}
-    morl, trl, unshared = (summary[name] for name in libraries)
+    morl, trl, before = (summary[name] for name in libraries)
     print(
         f"\n{PROMPTS} prompts x {K} completions, {NEW_TOKENS} new tokens, 1 thread; {args.reps} processes, each "
         f"alternating TRL and morl steps ({args.steps} measured after {args.warmup} warm-up); medians; peak RSS "
         "from a separate process per library"
     )
-    print(f"{'':<34}{'morl':>10}{'trl':>10}{'morl/trl':>10}{'unshared':>10}")
+    print(f"{'':<34}{'morl':>10}{'trl':>10}{'morl/trl':>10}{'generate':>10}")
     rows = [
         ("seconds per step", "step_s", "{:.3f}"),
         ("generated tokens per step", "tokens_per_step", "{:.0f}"),
@@ -340,7 +333,7 @@ def main() -> None:
     for label, key, fmt in rows:
         ratio = morl[key] / trl[key]
         print(
-            f"{label:<34}{fmt.format(morl[key]):>10}{fmt.format(trl[key]):>10}{ratio:>10.2f}{fmt.format(unshared[key]):>10}"
+            f"{label:<34}{fmt.format(morl[key]):>10}{fmt.format(trl[key]):>10}{ratio:>10.2f}{fmt.format(before[key]):>10}"
         )
     paired = statistics.median(
         m / t
@@ -351,8 +344,8 @@ def main() -> None:
     print(f"\nmorl throughput = {speedup:.2f}x TRL's (generated tokens per second over the whole step)")
     print(f"paired step by step: median of (morl step / TRL step) = {paired:.3f}, i.e. {1 / paired:.2f}x")
     print(
-        f"unshared = morl without prompt sharing (the code before it): "
-        f"{unshared['throughput_tok_s'] / trl['throughput_tok_s']:.2f}x TRL's throughput"
+        f"generate = morl sampling with transformers' generate (the code before its compact decoding loop): "
+        f"{before['throughput_tok_s'] / trl['throughput_tok_s']:.2f}x TRL's throughput"
     )
 
 

@@ -1,0 +1,212 @@
+"""A compact forward pass of Llama-family decoders, for sampling: the same function as the model's own forward,
+in about a third of the operators.
+
+At the sizes morl trains on a CPU (and for small batches on a GPU), decoding a token costs per-operator overhead,
+not arithmetic: transformers' modules run ~50 small operators per layer per token. This pass reads the model's own
+parameters (no copy but the fused q/k/v and gate/up matrices, rebuilt on every :meth:`CompactDecoder.refresh`),
+keeps its KV cache preallocated, and computes the rotary tables with the model's own rotary module, so rope
+scaling follows the model's config. It only runs models whose every module it knows (:func:`unsupported_reason`
+says why not otherwise); :class:`morl.rollout.TransformersRollout` also compares its logits with the model's own
+forward on first use and falls back to ``generate`` if they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # rotary tables that depend on the position only
+
+
+@dataclass
+class _Layer:
+    norm_attention: torch.Tensor
+    eps_attention: float
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    out: nn.Linear
+    norm_mlp: torch.Tensor
+    eps_mlp: float
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: nn.Linear
+
+
+def unsupported_reason(model: nn.Module, length: int) -> str | None:
+    """Why the compact pass cannot run ``model`` for sequences of ``length`` tokens, or None if it can."""
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        return f"{name} is not one of {sorted(SUPPORTED)}"
+    config = model.config
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in STATIC_ROPE:
+        return f"rope_type {rope!r} is not one of {sorted(STATIC_ROPE)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r} is not 'silu'"
+    if getattr(config, "attention_dropout", 0.0) and model.training:
+        return "attention dropout is on (the model is in training mode)"
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return "pretraining_tp is not 1"
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+        return "some layers use sliding-window attention"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < length:
+        return f"sliding_window {window} is shorter than the sequences ({length} tokens)"
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
+            return f"{type(module).__name__} has forward hooks (offloading, a user's hook), which this pass would skip"
+    for layer in model.model.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        linears = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
+        linears += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not nn.Linear for m in linears):  # LoRA adapters, quantised layers
+            return "a projection is not a plain torch.nn.Linear (an adapter or a quantised layer)"
+    if type(model.lm_head) is not nn.Linear or type(model.model.embed_tokens) is not nn.Embedding:
+        return "the embedding or the LM head is not a plain torch module"
+    return None
+
+
+def _fused(weights: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """Matrices (or biases) of parallel projections stacked into one; None when none has one."""
+    if all(w is None for w in weights):
+        return None
+    if any(w is None for w in weights):
+        raise ValueError("some of the fused projections have a bias and some do not")
+    return torch.cat(weights)
+
+
+class CompactDecoder:
+    """Prefill and one-token decoding steps of one model, over a preallocated KV cache for ``rows`` sequences.
+
+    Check the model with :func:`unsupported_reason` first; call :meth:`refresh` after the weights change, then
+    per batch :meth:`prefill` and :meth:`step`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.dtype = model.model.embed_tokens.weight.dtype
+        self.layers: list[_Layer] = []
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-read the weights (fused copies of q/k/v and gate/up; the rest by reference)."""
+        self.layers = []
+        for layer in self.model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append(
+                _Layer(
+                    norm_attention=layer.input_layernorm.weight,
+                    eps_attention=layer.input_layernorm.variance_epsilon,
+                    qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                    qkv_bias=_fused([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+                    out=a.o_proj,
+                    norm_mlp=layer.post_attention_layernorm.weight,
+                    eps_mlp=layer.post_attention_layernorm.variance_epsilon,
+                    gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                    gate_up_bias=_fused([m.gate_proj.bias, m.up_proj.bias]),
+                    down=m.down_proj,
+                )
+            )
+
+    @torch.no_grad()
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeat: int, new_tokens: int
+    ) -> torch.Tensor:
+        """Run the left-padded prompts ``[P, W]`` and return their last position's logits ``[P, V]`` (float32).
+        The cache then holds each prompt's keys and values ``repeat`` times (rows ``p·repeat … p·repeat+repeat−1``),
+        with room for ``new_tokens`` more positions."""
+        p, width = input_ids.shape
+        device, dtype = input_ids.device, self.model.model.embed_tokens.weight.dtype
+        self.width, self.rows = width, p * repeat
+        total = width + new_tokens
+        positions = torch.arange(total, device=device)
+        hidden = torch.empty(1, 1, dtype=dtype, device=device)
+        cos, sin = self.model.model.rotary_emb(hidden, positions[None])  # [1, total, D], the model's own rope
+        self.cos, self.sin = cos[0], sin[0]
+        prompt_positions = (attention_mask.cumsum(1) - 1).clamp_min(0)
+        self.next_position = (attention_mask.sum(1, keepdim=True)).repeat_interleave(repeat, 0)  # [N, 1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # a padding position attends to itself, so no query row is fully masked (which would give NaN keys/values)
+        mask = (causal & attention_mask.bool()[:, None, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+        shape = (self.rows, self.kv_heads, total, self.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.key_mask = torch.ones(self.rows, 1, 1, total, dtype=torch.bool, device=device)
+        self.key_mask[..., :width] = attention_mask.bool().repeat_interleave(repeat, 0)[:, None, None, :]
+        x = self.model.model.embed_tokens(input_ids)
+        rope = self.cos[prompt_positions][:, None], self.sin[prompt_positions][:, None]  # [P, 1, W, D]
+        for i, layer in enumerate(self.layers):
+            x = self._layer(x, layer, rope, mask, i, slice(0, width), repeat)
+        return self._logits(x[:, -1:])[:, 0]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Feed the ``t``-th new token of every row (``[N]``) and return the next position's logits ``[N, V]``."""
+        slot = self.width + t
+        positions = self.next_position + t  # [N, 1]
+        rope = self.cos[positions][:, None], self.sin[positions][:, None]  # [N, 1, 1, D]
+        mask = self.key_mask[..., : slot + 1]
+        x = self.model.model.embed_tokens(tokens[:, None])
+        for i, layer in enumerate(self.layers):
+            x = self._layer(x, layer, rope, mask, i, slice(slot, slot + 1), 0)
+        return self._logits(x)[:, 0]
+
+    def _layer(self, x, layer: _Layer, rope, mask, index: int, slots: slice, repeat: int) -> torch.Tensor:
+        """One decoder layer. In the prefill (``repeat`` > 0) the prompts attend to their own keys, which go into
+        the cache ``repeat`` times; in a decoding step (``repeat`` = 0) the new token attends to the cache."""
+        n, length, _ = x.shape
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        normed = F.rms_norm(x, (x.shape[-1],), layer.norm_attention, layer.eps_attention)
+        qkv = F.linear(normed, layer.qkv, layer.qkv_bias).view(n, length, h + 2 * kv, d).transpose(1, 2)
+        cos, sin = rope
+        half = d // 2
+        qk = qkv[:, : h + kv]
+        qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+        q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+        keys, values = self.keys[index], self.values[index]
+        if repeat:
+            keys[:, :, slots] = k.repeat_interleave(repeat, 0)
+            values[:, :, slots] = v.repeat_interleave(repeat, 0)
+        else:
+            keys[:, :, slots] = k
+            values[:, :, slots] = v
+            k, v = keys[:, :, : slots.stop], values[:, :, : slots.stop]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
+        x = x + layer.out(attended.transpose(1, 2).reshape(n, length, h * d))
+        normed = F.rms_norm(x, (x.shape[-1],), layer.norm_mlp, layer.eps_mlp)
+        gate, up = F.linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+        return x + layer.down(F.silu(gate) * up)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.model.model.norm
+        return self.model.lm_head(F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)).float()
+
+
+def disagreement(
+    decoder: CompactDecoder, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> str | None:
+    """None when the compact decoder's last-position logits for these prompts match the model's own forward pass
+    (to float32 rounding, or to half-precision rounding for bfloat16/float16 weights); else the difference."""
+    with torch.no_grad():
+        positions = (prompt_mask.cumsum(1) - 1).clamp_min(0)
+        reference = (
+            model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, logits_to_keep=1)
+            .logits[:, -1]
+            .float()
+        )
+        compact = decoder.prefill(prompt_ids, prompt_mask, 1, 1)
+    scale = 1.0 + float(reference.abs().max())
+    tolerance = (1e-4 if decoder.dtype == torch.float32 else 5e-2) * scale
+    difference = float((compact - reference).abs().max())
+    if difference <= tolerance:
+        return None
+    return f"logits differ from the model's own forward by {difference:.3g} (tolerance {tolerance:.3g})"
