@@ -148,9 +148,19 @@ class CompactDecoder:
             x = self._layer(x, layer, rope, mask, i, slice(0, width), repeat)
         return self._logits(x[:, -1:])[:, 0]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Go on with only these rows of the cache (indices into the current rows, in the order given): rows that
+        have finished cost nothing more; a copy of the kept rows' cache."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.key_mask = self.key_mask.index_select(0, rows)
+        self.next_position = self.next_position.index_select(0, rows)
+        self.rows = rows.numel()
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
-        """Feed the ``t``-th new token of every row (``[N]``) and return the next position's logits ``[N, V]``."""
+        """Feed the ``t``-th new token of every current row (``[rows]``) and return the next position's logits
+        ``[rows, V]``."""
         slot = self.width + t
         positions = self.next_position + t  # [N, 1]
         rope = self.cos[positions][:, None], self.sin[positions][:, None]  # [N, 1, 1, D]

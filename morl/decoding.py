@@ -6,6 +6,12 @@ temperature, then top-k, then top-p), ``softmax`` then one ``torch.multinomial``
 a stop when every row has ended or at ``max_new_tokens`` — so with the same seed it draws the same tokens and leaves
 torch's generator where ``generate`` would. It keeps only the sampled tokens' log-probabilities, never a step's
 whole logits.
+
+Unlike ``generate``, rows that have ended leave the batch: once a quarter of the rows still decoded have
+finished, the cache keeps only the others, so the steps after cost what the unfinished rows cost. The random draw
+still covers every row (finished rows draw from a placeholder distribution and are padded, as in ``generate``):
+``torch.multinomial`` consumes the generator by the shape of its input, not its values, so the draws of the
+unfinished rows are unchanged.
 """
 
 from __future__ import annotations
@@ -56,11 +62,22 @@ def sample(
     chain = LogitsProcessorList() if greedy else warpers(temperature, top_k, top_p)
     eos = torch.tensor(eos_token_ids, device=logits.device)
     unfinished = torch.ones(rows, dtype=torch.long, device=logits.device)
+    decoded = torch.arange(rows, device=logits.device)  # the rows in the decoder's cache, in its order
     tokens, chosen_logprobs = [], []
     empty = torch.empty(rows, 0, dtype=torch.long, device=logits.device)
     for t in range(max_new_tokens):
         if t:
-            logits = decoder.step(tokens[-1], t - 1)
+            ended = unfinished[decoded] == 0
+            if int(ended.sum()) * 4 >= decoded.numel():  # a quarter of the decoded rows have ended: drop them
+                kept = (~ended).nonzero().squeeze(1)
+                decoder.keep(kept)
+                decoded = decoded[kept]
+            step_logits = decoder.step(tokens[-1][decoded], t - 1)
+            if decoded.numel() == rows:
+                logits = step_logits
+            else:  # finished rows: a placeholder distribution (uniform), drawn from and then padded
+                logits = torch.zeros(rows, step_logits.shape[1], dtype=step_logits.dtype, device=logits.device)
+                logits[decoded] = step_logits
         if greedy:
             next_tokens = logits.argmax(-1)
         else:
