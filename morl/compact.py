@@ -1,13 +1,14 @@
 """A compact forward pass of Llama-family decoders, for sampling: the same function as the model's own forward,
-in about a third of the operators.
+without transformers' per-call machinery (mask building, cache objects, output records, module dispatch).
 
-At the sizes morl trains on a CPU (and for small batches on a GPU), decoding a token costs per-operator overhead,
-not arithmetic: transformers' modules run ~50 small operators per layer per token. This pass reads the model's own
-parameters (no copy but the fused q/k/v and gate/up matrices, rebuilt on every :meth:`CompactDecoder.refresh`),
-keeps its KV cache preallocated, and computes the rotary tables with the model's own rotary module, so rope
-scaling follows the model's config. It only runs models whose every module it knows (:func:`unsupported_reason`
-says why not otherwise); :class:`morl.rollout.TransformersRollout` also compares its logits with the model's own
-forward on first use and falls back to ``generate`` if they differ.
+At the sizes morl trains on a CPU (and for small batches on a GPU), decoding a token costs per-call overhead more
+than arithmetic. This pass reads the model's own parameters (no copy but the fused q/k/v and gate/up matrices,
+rebuilt on every :meth:`CompactDecoder.refresh`), keeps its KV cache preallocated, and computes the rotary tables
+with the model's own rotary module, so rope scaling follows the model's config. It only runs models whose every
+module it knows (:func:`unsupported_reason` says why not otherwise); :class:`morl.rollout.TransformersRollout`
+also compares its logits with the model's own forward on first use and falls back to ``generate`` if they differ.
+One decoding step of the TinyMath model over 64 rows: 2.1 ms against 2.7 ms for the model's own forward
+(``benchmarks/decoding.py``).
 """
 
 from __future__ import annotations
