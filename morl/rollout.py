@@ -140,11 +140,12 @@ class TransformersRollout(RolloutBackend):
     penalty, say) are ignored, since training assumes the sampling distribution is ``softmax(logits / T)``
     truncated only by ``top_k`` / ``top_p``.
 
-    With ``decoder: auto`` (the default), Llama-family models (Llama, Qwen2, Mistral; plain linear layers, no
-    adapter) are sampled by morl's own loop over a compact forward pass (:mod:`morl.decoding`), with the same
-    random draws as ``generate``: the quickstart's rollouts take 0.57× the time (``benchmarks/decoding.py``). Its
-    logits are compared with the model's own forward on first use; a model it cannot run, or whose logits differ,
-    is sampled with ``generate`` (``decoder_used`` and ``decoder_reason`` say which and why).
+    With ``decoder: auto`` (the default), Llama-family models (Llama, Qwen2, Mistral; plain linear layers, with or
+    without LoRA adapters) are sampled by morl's own loop over a compact forward pass (:mod:`morl.decoding`), with
+    the same random draws as ``generate``: the quickstart's rollouts take 0.57× the time
+    (``benchmarks/decoding.py``). Its logits are compared with the model's own forward on first use; a model it
+    cannot run, or whose logits differ, is sampled with ``generate`` (``decoder_used`` and ``decoder_reason`` say
+    which and why).
     """
 
     name = "transformers"

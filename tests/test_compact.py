@@ -123,7 +123,31 @@ def test_unsupported_models_say_why():
     assert "forward hooks" in unsupported_reason(hooked, 16)
 
 
-def test_adapters_are_not_plain_linear_layers():
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj", "down_proj"], "all-linear"])
+def test_lora_adapters_are_part_of_the_pass(targets):
+    """peft's LoRA layers (some projections adapted, some not): the compact pass matches the wrapped model's forward,
+    and follows the adapters when they change."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    assert "not a plain torch.nn.Linear" in unsupported_reason(model.base_model.model, 16)
+    model = peft.get_peft_model(build("qwen2"), peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0, where an adapter changes nothing
+                p.normal_(0, 0.2)
+    assert unsupported_reason(model, 32) is None
+    ids, mask = left_padded([6, 4])
+    decoder = CompactDecoder(model)
+    torch.testing.assert_close(decoder.prefill(ids, mask, 1, 1), reference_logits(model, ids, mask), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.mul_(2.0)
+    decoder.refresh()
+    torch.testing.assert_close(decoder.prefill(ids, mask, 1, 1), reference_logits(model, ids, mask), atol=1e-5, rtol=0)
+    with model.disable_adapter():
+        assert "disabled" in unsupported_reason(model, 32)
+
+
+def test_lora_variants_are_not_run():
+    peft = pytest.importorskip("peft")
+    dora = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    assert "variant" in unsupported_reason(dora, 16)

@@ -88,3 +88,19 @@ def test_decoder_generate_is_always_generate(tiny_policy):
     rollout = TransformersRollout(max_new_tokens=3, decoder="generate")
     rollout.generate(tiny_policy, prompts, columns, 2)
     assert rollout.decoder_used == "generate" and rollout.decoder_reason == "rollout.decoder is 'generate'"
+
+
+def test_a_lora_policy_samples_with_the_compact_loop_and_the_same_draws():
+    pytest.importorskip("peft")
+    policy = Policy.from_pretrained("tinymath", lora={"r": 4, "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:  # trained adapters: B away from its zero start
+                p.normal_(0, 0.05)
+    policy.model.eval()
+    results = rollouts(policy, {"max_new_tokens": 30})
+    (reference, _, _), (compact, _, used) = results.values()
+    assert used == "compact"
+    for a, b in zip(reference, compact):
+        assert a.completions == b.completions
+        torch.testing.assert_close(a.old_logprobs, b.old_logprobs, atol=1e-5, rtol=0)
