@@ -4,11 +4,11 @@ against completions per prompt K, the completion length limit and model size (CP
 Each point is ``benchmarks/vs_trl.py``'s job (8 prompts, the quickstart's loss, optimiser and rewards, equal fixed
 weights) with one thing changed: K (the shipped TinyMath model, 64 new tokens), the completion length limit (a
 randomly initialised model of TinyMath's architecture with a 1152-token context), or the model's width and depth
-(random initialisation, K 8, 64 new tokens). A random model ends a completion at its end-of-text token with
-probability about 1/vocabulary (99) per token, so long limits are seldom reached: the tokens per step printed say
-how long the completions were. Timings: one process alternating TRL's and morl's steps (``--steps`` measured after
-one warm-up); peak RSS: one more process per library. The slope is the exponent b of time ∝ x^b between the first
-and the last point of a sweep.
+(random initialisation, K 8, 64 new tokens). In the length sweep the tokenizer's end-of-text token is one the model
+cannot produce (an id past its vocabulary), so every completion runs to the limit; elsewhere a random model ends a
+completion with probability about 1/vocabulary (99) per token: the tokens per step printed say how long they were.
+Timings: one process alternating TRL's and morl's steps (``--steps`` measured after one warm-up); peak RSS: one more
+process per library. The slope is the exponent b of time ∝ x^b between the first and the last point of a sweep.
 
 Usage: ``python benchmarks/scaling.py [--steps 3]`` (TRL installed beside morl, as for ``vs_trl.py``).
 """
@@ -28,8 +28,9 @@ import vs_trl
 SIZES = {"tinymath-shape": (64, 2, 4), "width 256, 4 layers": (256, 4, 4), "width 512, 8 layers": (512, 8, 8)}
 
 
-def random_model(folder: Path, hidden: int, layers: int, heads: int, context: int) -> str:
-    """A randomly initialised model of TinyMath's architecture (its tokenizer) with another width, depth, context."""
+def random_model(folder: Path, hidden: int, layers: int, heads: int, context: int, endless: bool = False) -> str:
+    """A randomly initialised model of TinyMath's architecture (its tokenizer) with another width, depth, context;
+    ``endless``: the tokenizer's end-of-text token is a new one past the model's vocabulary, never sampled."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -42,9 +43,13 @@ def random_model(folder: Path, hidden: int, layers: int, heads: int, context: in
     config.head_dim, config.intermediate_size, config.max_position_embeddings = hidden // heads, 4 * hidden, context
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    path = folder / f"h{hidden}-l{layers}-c{context}"
+    path = folder / f"h{hidden}-l{layers}-c{context}{'-endless' if endless else ''}"
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if endless:
+        tokenizer.add_special_tokens({"eos_token": "<|never|>"})
+        config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)
 
 
@@ -73,7 +78,8 @@ def main() -> None:
         sweeps = {
             "K": [(str(k), {"k": k}) for k in (4, 8, 16, 32)],
             "completion length": [
-                (str(n), {"new_tokens": n, "model": random_model(folder, 64, 2, 4, 1152)}) for n in (64, 256, 1024)
+                (str(n), {"new_tokens": n, "model": random_model(folder, 64, 2, 4, 1152, endless=True)})
+                for n in (64, 256, 1024)
             ],
             "model": [(name, {"model": random_model(folder, *shape, 256)}) for name, shape in SIZES.items()],
         }

@@ -35,7 +35,80 @@ from pathlib import Path
 
 PROMPTS, K, NEW_TOKENS, LR, SEED = 8, 8, 64, 1e-4, 0
 MODEL: str | None = None  # a model directory (with its tokenizer) instead of the shipped TinyMath model
+DEVICE, DTYPE, LORA = "cpu", "float32", 0  # LORA: the adapters' rank on both sides (0: full fine-tuning)
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # LoRA, both sides
+
+
+# random-init models built here (nothing to download): Qwen2.5-0.5B's architecture, and a narrow one with its vocabulary
+ARCHITECTURES = {
+    "qwen2.5-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "heads": (14, 2)},
+    "qwen2.5-vocab-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "heads": (4, 2)},
+}
+
+
+def byte_level_characters() -> list[str]:
+    """The 256 characters a byte-level BPE tokenizer writes bytes as (GPT-2's table), in byte order of the table."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def build_architecture(name: str, folder: Path) -> str:
+    """A randomly initialised Qwen2 model of this architecture (vocabulary 151,936, rope theta 1e6, tied
+    embeddings) and a Qwen2 tokenizer whose vocabulary is the 256 bytes (no merges: prompts are one token per
+    byte) then filler words up to the model's size, so any sampled id decodes; saved in ``folder``, its path. A
+    random model ends a completion with probability ~1/151,936 per token, so completions run to the length limit."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+    shape = dict(ARCHITECTURES[name])
+    heads, kv_heads = shape.pop("heads")
+    vocab_size = 151936
+    vocab = {c: i for i, c in enumerate(byte_level_characters())}
+    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size - 3)})
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], pad_token="<|pad|>", eos_token="<|endoftext|>", unk_token=None)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **shape,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, DTYPE))
+    path = folder / name
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so a timer around it times the work (a no-op on the CPU)."""
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by torch on a GPU, else the process's peak RSS, in MB."""
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def teacher_forced_seconds(model, input_ids, attention_mask, repeats: int = 5) -> float:
@@ -43,12 +116,15 @@ def teacher_forced_seconds(model, input_ids, attention_mask, repeats: int = 5) -
     per-step overhead vanished)."""
     import torch
 
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         with torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -78,7 +154,8 @@ class MorlRun:
         overrides.append(f"rollout.decoder={decoder}")
         recipe = load_recipe(ROOT / "cookbook/recipes/quickstart_linear.yaml", overrides)
         self.train, _ = load_data(recipe)
-        policy = Policy.from_pretrained(MODEL or "tinymath")
+        lora = {"r": LORA, "alpha": 2 * LORA, "target_modules": TARGETS} if LORA else None
+        policy = Policy.from_pretrained(MODEL or "tinymath", dtype=DTYPE, device=DEVICE, lora=lora)
         self.pipe = Pipeline(policy=policy, config=recipe.train, **build_components(recipe))
         self.record: dict = {"step_s": [], "rollout_s": [], "tokens": []}
         generate = self.pipe.rollout.generate
@@ -86,6 +163,7 @@ class MorlRun:
         def timed_generate(*args, **kwargs):
             start = time.perf_counter()
             batch = generate(*args, **kwargs)
+            synchronize()
             self.record["rollout_s"].append(time.perf_counter() - start)
             return batch
 
@@ -95,6 +173,7 @@ class MorlRun:
         start = time.perf_counter()
         record, _ = self.pipe.step(self.pipe.next_examples(self.train))
         self.batch = record.rollout
+        synchronize()
         self.record["step_s"].append(time.perf_counter() - start)
         self.record["tokens"].append(int(self.batch.completion_mask.sum()))
 
@@ -129,8 +208,8 @@ def quickstart_job(**settings):
         "loss_type": "dapo",
         "scale_rewards": "group",
         "gradient_checkpointing": False,
-        "bf16": False,
-        "use_cpu": True,
+        "bf16": DTYPE == "bfloat16",
+        "use_cpu": DEVICE == "cpu",
         "report_to": [],
         "save_strategy": "no",
         "disable_tqdm": True,
@@ -152,7 +231,12 @@ def trl_trainer(steps: int, after_step=None):
 
     path = MODEL or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, DTYPE)).to(DEVICE)
+    peft_config = None
+    if LORA:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA, lora_alpha=2 * LORA, lora_dropout=0.0, target_modules=TARGETS)
     accuracy_fn, conciseness_fn, clarity_fn = Accuracy(), Conciseness(), Clarity()
 
     def accuracy(prompts, completions, **kwargs):
@@ -182,6 +266,7 @@ def trl_trainer(steps: int, after_step=None):
                 mark.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
             record["step_s"].append(time.perf_counter() - mark[-1])
             if after_step is not None:
                 after_step()
@@ -195,6 +280,7 @@ def trl_trainer(steps: int, after_step=None):
         train_dataset=data,
         processing_class=tokenizer,
         callbacks=[Clock()],
+        peft_config=peft_config,
     )
     last: dict = {}
     generate = trainer._generate_single_turn
@@ -202,6 +288,7 @@ def trl_trainer(steps: int, after_step=None):
     def timed_generate(prompt_ids, *rest, **kwargs):
         start = time.perf_counter()
         completion_ids, logprobs = generate(prompt_ids, *rest, **kwargs)
+        synchronize()
         record["rollout_s"].append(time.perf_counter() - start)
         record["tokens"].append(sum(map(len, completion_ids)))
         last.update(prompts=[list(p) for p in prompt_ids], completions=completion_ids)
@@ -211,7 +298,7 @@ def trl_trainer(steps: int, after_step=None):
 
     def finish() -> dict:
         input_ids, attention_mask = padded(last["prompts"], last["completions"], tokenizer.pad_token_id)
-        record["forward_s"] = teacher_forced_seconds(model, input_ids, attention_mask)
+        record["forward_s"] = teacher_forced_seconds(trainer.model, input_ids, attention_mask)
         return record
 
     return trainer, finish
@@ -247,7 +334,7 @@ def worker(mode: str, steps: int) -> None:
             run.step()
         result = {mode: run.finish()}
     for record in result.values():
-        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record["peak_rss_mb"] = peak_memory_mb()
     print("RESULT " + json.dumps(result))
 
 
@@ -273,6 +360,7 @@ def summarize(runs: list[dict], warmup: int) -> dict[str, float]:
 def job_options(k: int | None = None, new_tokens: int | None = None, model: str | None = None) -> list[str]:
     """The worker options of a job (default: this process's)."""
     options = ["--k", str(k or K), "--new-tokens", str(new_tokens or NEW_TOKENS)]
+    options += ["--device", DEVICE, "--dtype", DTYPE, "--lora", str(LORA)]
     model = model or MODEL
     return options + (["--model", model] if model else [])
 
@@ -288,7 +376,7 @@ def run_worker(mode: str, steps: int, job: list[str] | None = None) -> dict:
 
 
 def main() -> None:
-    global K, NEW_TOKENS, MODEL
+    global K, NEW_TOKENS, MODEL, DEVICE, DTYPE, LORA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="fresh processes, each running both libraries in turn")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per library and process")
@@ -297,11 +385,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=K, help="completions per prompt")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="completion length limit")
     parser.add_argument("--model", help="a model directory with its tokenizer (default: the shipped TinyMath model)")
+    parser.add_argument("--device", default=DEVICE, help="cpu or cuda (both libraries)")
+    parser.add_argument("--dtype", default=DTYPE, choices=["float32", "bfloat16"], help="weights' dtype, both sides")
+    parser.add_argument("--lora", type=int, default=LORA, help="LoRA rank on both sides (0: full fine-tuning)")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), help="build a random-init model of this architecture")
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of each one-library peak-memory process")
     args = parser.parse_args()
     K, NEW_TOKENS, MODEL = args.k, args.new_tokens, args.model
+    DEVICE, DTYPE, LORA = args.device, args.dtype, args.lora
     if args.worker:
         worker(args.worker, args.steps)
         return
+    if args.arch:
+        import tempfile
+
+        built = tempfile.TemporaryDirectory()
+        MODEL = build_architecture(args.arch, Path(built.name))
 
     libraries = ("morl", "trl", "morl-generate")
     runs: dict[str, list[dict]] = {name: [] for name in libraries}
@@ -311,13 +410,18 @@ def main() -> None:
             runs[name].append(result[name])
         steps = {name: statistics.median(result[name]["step_s"][args.warmup :]) for name in libraries}
         print(f"rep {rep}: median seconds per step " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
-    peak = {name: run_worker(name, args.warmup + 3, job_options())[name]["peak_rss_mb"] for name in libraries}
+    peak = {
+        name: run_worker(name, args.warmup + args.memory_steps, job_options())[name]["peak_rss_mb"]
+        for name in libraries
+    }
     summary = {name: summarize(runs[name], args.warmup) | {"peak_rss_mb": peak[name]} for name in libraries}
     morl, trl, before = (summary[name] for name in libraries)
+    memory = "GPU memory" if DEVICE.startswith("cuda") else "RSS"
     print(
-        f"\n{PROMPTS} prompts x {K} completions, {NEW_TOKENS} new tokens, 1 thread; {args.reps} processes, each "
-        f"alternating TRL and morl steps ({args.steps} measured after {args.warmup} warm-up); medians; peak RSS "
-        "from a separate process per library"
+        f"\n{PROMPTS} prompts x {K} completions, {NEW_TOKENS} new tokens, 1 thread, {DEVICE}, {DTYPE}"
+        f"{f', LoRA r {LORA}' if LORA else ''}{f', {args.arch}' if args.arch else ''}; {args.reps} processes, each "
+        f"alternating TRL and morl steps ({args.steps} measured after {args.warmup} warm-up); medians; peak "
+        f"{memory} from a separate process per library"
     )
     print(f"{'':<34}{'morl':>10}{'trl':>10}{'morl/trl':>10}{'generate':>10}")
     rows = [
@@ -328,7 +432,7 @@ def main() -> None:
         ("rollout tokens per second", "rollout_tok_s", "{:.0f}"),
         ("teacher-forced forward tok/s", "forward_tok_s", "{:.0f}"),
         ("rollout / forward tok/s", "rollout_vs_forward", "{:.3f}"),
-        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        (f"peak {memory} (MB)", "peak_rss_mb", "{:.0f}"),
     ]
     for label, key, fmt in rows:
         ratio = morl[key] / trl[key]
