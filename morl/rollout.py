@@ -9,6 +9,7 @@ chat template applied to them.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -163,7 +164,7 @@ class TransformersRollout(RolloutBackend):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._compact: CompactDecoder | None = None
-        self._refused: set[int] = set()  # models whose compact logits did not match their own forward
+        self._refused: weakref.WeakSet = weakref.WeakSet()  # models whose compact logits differed from their forward
         self.decoder_used: str | None = None  # "compact" or "generate", for the last batch
         self.decoder_reason: str | None = None  # why the last batch was not sampled by the compact loop
 
@@ -237,7 +238,7 @@ class TransformersRollout(RolloutBackend):
             reason = "rollout.decoder is 'generate'"
         elif policy.sharded:
             reason = "the weights are sharded across processes"
-        elif id(model) in self._refused:
+        elif model in self._refused:
             reason = "its logits differed from the model's own forward on first use"
         else:
             reason = unsupported_reason(model, length)
@@ -245,7 +246,7 @@ class TransformersRollout(RolloutBackend):
                 decoder = CompactDecoder(model)
                 reason = disagreement(decoder, model, prompt_ids, prompt_mask)
                 if reason:
-                    self._refused.add(id(model))
+                    self._refused.add(model)
                     warnings.warn(f"rollout: sampling with generate: the compact decoder's {reason}", stacklevel=3)
                 else:
                     self._compact = decoder
