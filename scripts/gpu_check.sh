@@ -24,11 +24,6 @@ while [[ $# -gt 0 ]]; do
     *) args+=("$1"); shift ;;
   esac
 done
-python=${PYTHON:-python3}
-if [[ -n "$wheels" ]]; then
-  target="${TMPDIR:-/tmp}/morl-gpu-check-site"
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$wheels"/*.whl
-  export PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+site=morl-gpu-check-site
+source scripts/offline_site.sh
 exec "$python" scripts/gpu_check.py "${args[@]}"

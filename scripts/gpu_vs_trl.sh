@@ -28,13 +28,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-python=${PYTHON:-python3}
-if [[ -n "$wheels" ]]; then
-  target="${TMPDIR:-/tmp}/morl-gpu-vs-trl-site"
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$wheels"/*.whl
-  export PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+site=morl-gpu-vs-trl-site
+source scripts/offline_site.sh
 mkdir -p "$out"
 if [[ $dry == 1 ]]; then
   job=(--device cpu --dtype float32 --arch qwen2.5-vocab-tiny --k 2 --new-tokens 8 --reps 1 --steps 1 --warmup 1 --memory-steps 1)
