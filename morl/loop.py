@@ -85,6 +85,7 @@ class FitLoop:
         self.checkpointing = Checkpointing(trainer, recipe)
         self.manifest_method = manifest_method
         self._warned: set[str] = set()  # objectives already said to apply to no sample
+        self._decoder_noted = False
 
     def fit(
         self,
@@ -253,6 +254,7 @@ class FitLoop:
         trainer, cfg = self.trainer, self.trainer.config
         step, streak = trainer.state.step, trainer.state.nonfinite_streak
         self._warn_inapplicable(metrics)
+        self._note_slow_decoder()
         if streak:
             console.print(
                 f"[yellow]step {step}: non-finite loss or gradient, update skipped[/] "
@@ -272,6 +274,20 @@ class FitLoop:
             )
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self._write_checkpoint(run)
+
+    def _note_slow_decoder(self) -> None:
+        """Say once why the rollout samples with transformers' ``generate`` when morl's faster loop was asked for
+        (``rollout.decoder: auto``) but cannot run this model: a run that is slower than it could be says why."""
+        rollout = self.trainer.parts.rollout
+        reason = getattr(rollout, "decoder_reason", None)
+        if self._decoder_noted or getattr(rollout.config, "decoder", None) != "auto" or reason is None:
+            return
+        self._decoder_noted = True
+        if distributed.is_main():
+            console.print(
+                f"[dim]rollout: sampling with transformers' generate: {reason}; morl's faster decoding loop runs "
+                "Llama, Qwen2 and Mistral models (docs/components/rollouts.md)[/]"
+            )
 
     def _warn_inapplicable(self, metrics: dict[str, float]) -> None:
         """Say once per objective when its reward applied to no sample of a step (it returned None for all): that

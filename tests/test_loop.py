@@ -61,3 +61,16 @@ def test_a_runs_files_follow_the_users_umask(tiny_pipeline):
     files = {name: mode for name, mode in modes.items() if (pipe.run_dir_ / name).is_file() and name != ".lock"}
     assert files["manifest.json"] == files["model/model.safetensors"] == 0o644
     assert {mode for mode in files.values()} == {0o644}, files
+
+
+def test_a_model_the_fast_decoder_cannot_run_is_said_once(tiny_pipeline, capsys):
+    pipe = tiny_pipeline(["clarity"], train={"steps": 2})
+    pipe.policy.model.model.layers[0].register_forward_hook(lambda module, args, out: out)  # e.g. a steering hook
+    pipe.fit(make_split("train", 4, 0))
+    said = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert said.count("sampling with transformers' generate") == 1 and "forward hooks" in said
+
+
+def test_the_fast_decoder_says_nothing(tiny_pipeline, capsys):
+    tiny_pipeline(["clarity"], train={"steps": 1}).fit(make_split("train", 4, 0))
+    assert "sampling with transformers' generate" not in capsys.readouterr().out
