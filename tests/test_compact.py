@@ -151,3 +151,18 @@ def test_lora_variants_are_not_run():
     peft = pytest.importorskip("peft")
     dora = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     assert "variant" in unsupported_reason(dora, 16)
+
+
+def test_other_linear_layers_and_merged_adapters_are_not_run():
+    peft = pytest.importorskip("peft")
+
+    class Quantised(torch.nn.Linear):  # stands in for a bitsandbytes or other replacement layer
+        pass
+
+    model = build("llama")
+    old = model.model.layers[1].mlp.up_proj
+    model.model.layers[1].mlp.up_proj = Quantised(old.in_features, old.out_features, bias=False)
+    assert "Quantised is neither a torch.nn.Linear nor a LoRA layer" in unsupported_reason(model, 16)
+    merged = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    merged.merge_adapter()
+    assert "disabled or merged" in unsupported_reason(merged, 16)
