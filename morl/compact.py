@@ -90,7 +90,10 @@ def _projection(modules: list[nn.Module]) -> _Projection:
     """These parallel layers (q, k, v; gate, up; or one) fused into one projection, adapters included."""
     parts = [_linear_parts(m) for m in modules]
     weight = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    bias = _fused([p[1] for p in parts])
+    biases = [p[1] for p in parts]
+    bias = None
+    if any(b is not None for b in biases):  # a layer without a bias adds zeros to the fused one
+        bias = torch.cat([b if b is not None else p[0].new_zeros(p[0].shape[0]) for b, p in zip(biases, parts)])
     adapted = [(i, p) for i, p in enumerate(parts) if p[2] is not None]
     if not adapted:
         return _Projection(weight, bias)
@@ -142,15 +145,6 @@ def unsupported_reason(model: nn.Module, length: int) -> str | None:
     if type(model.lm_head) is not nn.Linear or type(model.model.embed_tokens) is not nn.Embedding:
         return "the embedding or the LM head is not a plain torch module (an adapter on it?)"
     return None
-
-
-def _fused(weights: list[torch.Tensor | None]) -> torch.Tensor | None:
-    """Matrices (or biases) of parallel projections stacked into one; None when none has one."""
-    if all(w is None for w in weights):
-        return None
-    if any(w is None for w in weights):
-        raise ValueError("some of the fused projections have a bias and some do not")
-    return torch.cat(weights)
 
 
 class CompactDecoder:

@@ -189,13 +189,14 @@ class TransformersRollout(RolloutBackend):
         input_ids = ids.repeat_interleave(k, dim=0).to(policy.device)
         attention = attn.repeat_interleave(k, dim=0).to(policy.device)
         keep_logprobs = not greedy and cfg.logprobs == "generate"
-        compact = self._compact_decoder(policy, ids.to(policy.device), attn.to(policy.device))
+        prompt_ids, prompt_mask = ids.to(policy.device), attn.to(policy.device)
+        compact = self._compact_decoder(policy, prompt_ids, prompt_mask)
         if compact is not None:
             eos = tok.eos_token_id
             completion, old = sample(
                 compact,
-                ids.to(policy.device),
-                attn.to(policy.device),
+                prompt_ids,
+                prompt_mask,
                 k,
                 cfg.max_new_tokens,
                 eos_token_ids=[] if eos is None else eos if isinstance(eos, list) else [eos],
@@ -207,7 +208,9 @@ class TransformersRollout(RolloutBackend):
                 logprobs=keep_logprobs,
             )
         else:
-            completion, old = self._generate(policy, ids, attn, input_ids, attention, k, greedy, keep_logprobs)
+            completion, old = self._generate(
+                policy, prompt_ids, prompt_mask, input_ids, attention, k, greedy, keep_logprobs
+            )
         width = input_ids.shape[1]
         mask = completion_mask(completion, tok.eos_token_id)
         completion = completion.masked_fill(~mask.bool(), tok.pad_token_id)
@@ -267,8 +270,9 @@ class TransformersRollout(RolloutBackend):
         greedy: bool,
         keep_logprobs: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """transformers' ``model.generate``: completion ids ``[N, L]`` and, with ``keep_logprobs``, their old
-        log-probs (from the generation logits)."""
+        """transformers' ``model.generate`` on the P prompts ``ids`` (on the policy's device) repeated K times
+        (``input_ids``): completion ids ``[N, L]`` and, with ``keep_logprobs``, their old log-probs (from the
+        generation logits)."""
         cfg = self.config
         tok = policy.tokenizer
         sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
@@ -285,7 +289,7 @@ class TransformersRollout(RolloutBackend):
             **NEUTRAL_PROCESSORS,
         )
         # prefill once per prompt, not per completion, into a cache with room for the completions
-        shared = policy.prompt_cache(ids.to(policy.device), attn.to(policy.device), k, cfg.max_new_tokens)
+        shared = policy.prompt_cache(ids, attn, k, cfg.max_new_tokens)
         out = policy.model.generate(
             input_ids=input_ids,
             attention_mask=attention,

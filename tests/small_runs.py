@@ -36,6 +36,18 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# 3 steps of 2 prompts × 2 completions, a checkpoint per step, all kept: the training settings of small resumable runs
+CHECKPOINTED_TRAIN = {
+    "steps": 3,
+    "prompts_per_step": 2,
+    "group_size": 2,
+    "eval_every": 0,
+    "checkpoint_every": 1,
+    "keep_checkpoints": 10,
+    "progress": False,
+}
+
+
 def checkpointed_recipe(folder: Path, model: Path | str, **train) -> Path:
     """Write ``folder/recipe.yaml``: 3 steps of 2 prompts × 2 completions, CTWA, a checkpoint per step, all kept."""
     recipe = {
@@ -44,17 +56,7 @@ def checkpointed_recipe(folder: Path, model: Path | str, **train) -> Path:
         "rewards": ["conciseness", "clarity"],
         "controller": {"name": "ctwa", "targets": [0.1, 0.1]},
         "rollout": {"name": "transformers", "max_new_tokens": 4},
-        "train": {
-            "steps": 3,
-            "prompts_per_step": 2,
-            "group_size": 2,
-            "eval_every": 0,
-            "checkpoint_every": 1,
-            "keep_checkpoints": 10,
-            "threads": 1,
-            "progress": False,
-            **train,
-        },
+        "train": {**CHECKPOINTED_TRAIN, "threads": 1, **train},
     }
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

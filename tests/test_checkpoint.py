@@ -29,6 +29,7 @@ from morl.cli import app
 from morl.rewards import RewardError
 from morl.run import Manifest, ResumeMismatch, read_jsonl, read_metrics
 from morl.tinymath.task import make_split
+from tests.small_runs import CHECKPOINTED_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 KILL_ENV = "MORL_TEST_KILL_WHEN"
@@ -138,13 +139,7 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model_dir, one_threa
 def _pipeline(policy, out: Path, algo="grpo", **train) -> Pipeline:
     config = TrainConfig(
         **{
-            "steps": 3,
-            "prompts_per_step": 2,
-            "group_size": 2,
-            "eval_every": 0,
-            "checkpoint_every": 1,
-            "keep_checkpoints": 10,
-            "progress": False,
+            **CHECKPOINTED_TRAIN,
             "output_dir": str(out),
             **train,
         }

@@ -77,6 +77,15 @@ def test_prefill_and_every_step_match_the_models_forward(kind):
         torch.testing.assert_close(step, reference_logits(model, rows_ids, rows_mask), atol=1e-5, rtol=1e-5)
 
 
+def test_a_bias_on_some_of_the_fused_projections():
+    model = build("llama")
+    q = model.model.layers[0].self_attn.q_proj
+    q.bias = torch.nn.Parameter(torch.randn(q.out_features))  # k and v keep none
+    ids, mask = left_padded([5, 3])
+    decoder = CompactDecoder(model)
+    torch.testing.assert_close(decoder.prefill(ids, mask, 1, 1), reference_logits(model, ids, mask), atol=1e-5, rtol=0)
+
+
 def test_refresh_follows_changed_weights():
     model = build("llama")
     ids, mask = left_padded([4, 6])
