@@ -7,7 +7,7 @@ so a loaded machine slows them alike. Ratios are to ``fixed`` (fixed equal weigh
 
 - ``fixed-nodiag``: the same without diagnostics, so ``fixed / fixed-nodiag`` is what the always-on diagnostics cost;
 - ``ctwa``: CTWA (one no-grad forward pass of the updated policy + the covariance update);
-- ``ctwa_auto``: CTWA on the interference forecast (``cookbook/recipes/ctwa_auto.yaml``: two forward passes every
+- ``ctwa_auto``: CTWA on the interference forecast (``cookbook/recipes/ctwa_auto.yaml``: one forward pass every
   3 steps instead of one after every update);
 - ``mgda`` / ``gradnorm`` with ``params: last_layers:1`` (cheap) and ``params: all`` (exact Gram matrix), with the
   M = 3 per-objective gradients from M backward passes or one batched (``is_grads_batched``) pass.

@@ -86,8 +86,9 @@ class DiagnosticsConfig(BaseModel):
         5,
         ge=0,
         description="interference forecast every N steps (0: off): each objective's first-order change along the "
-        "last N updates, on the next batch before it is trained on (two forward passes per measurement); with a "
-        "controller that learns from the forecast, the controller's measurements are logged instead",
+        "last N updates, on the next batch before it is trained on (one forward pass per measurement, two in half "
+        "precision); with a controller that learns from the forecast, the controller's measurements are logged "
+        "instead",
     )
     forecast_params: str = Field(
         "all", description="parameters the forecast moves: all, last_layers:N or a regex (a copy is kept in memory)"

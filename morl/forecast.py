@@ -13,19 +13,20 @@ same quantity where it is unbiased: every ``every`` steps, ``Δθ`` is the chang
 ``every`` updates, and the batch is the *next* step's rollout, sampled by the current policy and scored, before
 the policy trains on it (no extra generation):
 
-    d_i = [log π_{θ+εΔθ}(y_i|x_i) - log π_{θ-εΔθ}(y_i|x_i)] / 2ε      central difference: two forward passes, no
-                                                                      backward, shared by every objective
+    d_i = log π_θ(y_i|x_i) - log π_{θ-Δθ}(y_i|x_i)     each completion's log-probability change over the window,
+                                                       shared by every objective
     f_m = mean_i A_{i,m} d_i,   A_{i,m} = (r_{i,m} - mean_group r_m) / σ_m
 
-``σ_m`` is the objective's within-prompt spread over the batch, so ``f_m`` is the predicted change of J_m per
-window in units of its own spread: forecasts of rewards on different scales compare, and a threshold of 0 means
-the same for each (the first-order degradation point). Not-applicable rewards get ``A = 0`` and leave the group
-mean and ``σ_m``. ``z_m = f_m / se(f_m)`` (the standard error from the per-prompt means) says how far the sign is
-from noise.
+``d_i`` is ``⟨∇ log π(y_i|x_i), Δθ⟩`` at the window's midpoint, to second order in ``Δθ``. ``σ_m`` is the objective's
+within-prompt spread over the batch, so ``f_m`` is the predicted change of J_m per window in units of its own
+spread: forecasts of rewards on different scales compare, and a threshold of 0 means the same for each (the
+first-order degradation point). Not-applicable rewards get ``A = 0`` and leave the group mean and ``σ_m``.
+``z_m = f_m / se(f_m)`` (the standard error from the per-prompt means) says how far the sign is from noise.
 
-Cost per measurement: two forward passes of the batch (≈ one step's reference log-probs) plus a copy of the
-selected parameters held between measurements, which a checkpoint saves so a resumed run forecasts as an
-uninterrupted one.
+Cost per measurement: one forward pass of the batch at the window's start ``θ - Δθ``, no backward (``log π_θ`` is
+the rollout's own log-probs, which the step already has; a second pass where it has none, or where they are
+computed in half precision, whose rounding is as large as the change measured), plus a copy of the selected
+parameters held between measurements, which a checkpoint saves so a resumed run forecasts as an uninterrupted one.
 
 Example:
     >>> adv = group_centred_advantages(torch.tensor([[1.0], [0.0], [1.0], [1.0]]), group_size=2)
@@ -105,31 +106,41 @@ def logprob_changes(
     policy: Policy,
     batch: Batch,
     params: Sequence[torch.Tensor],
-    delta: Sequence[torch.Tensor],
+    start: Sequence[torch.Tensor],
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
-    eps: float = 0.5,
+    current: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[N]`` directional derivative of each completion's log-probability along ``delta``, by central difference.
+    """``[N]`` change of each completion's log-probability since ``params`` had the values ``start``:
+    ``log π_θ - log π_{θ-Δθ}``.
 
-    The parameters are moved to ``θ ± εΔθ`` in place and copied back bit for bit, so the training trajectory is the
-    same with the forecast on or off.
+    ``current`` is ``log π_θ`` of each completion (``[N]``) when the caller has it in full precision
+    (:func:`current_logprobs`): the change then costs one forward pass, else two. The parameters are set to
+    ``start`` in place and copied back bit for bit, so the training trajectory is the same with the forecast on or
+    off.
     """
-    current = [p.detach().clone() for p in params]
+    now = sequence_logprobs(policy, batch, temperature, micro_batch_size) if current is None else current
+    saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
-            for p, now, d in zip(params, current, delta, strict=True):
-                p.copy_(now + eps * d)
-        ahead = sequence_logprobs(policy, batch, temperature, micro_batch_size)
-        with torch.no_grad():
-            for p, now, d in zip(params, current, delta, strict=True):
-                p.copy_(now - eps * d)
-        behind = sequence_logprobs(policy, batch, temperature, micro_batch_size)
+            for p, old in zip(params, start, strict=True):
+                p.copy_(old)
+        before = sequence_logprobs(policy, batch, temperature, micro_batch_size)
     finally:
         with torch.no_grad():
-            for p, now in zip(params, current, strict=True):
-                p.copy_(now)
-    return (ahead.double() - behind.double()) / (2 * eps)
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    return now.to(before.device).double() - before.double()
+
+
+def current_logprobs(policy: Policy, batch: Batch) -> torch.Tensor | None:
+    """``[N]`` log π_θ of each completion as the batch already holds it (``old_logprobs``, taken by the parameters
+    that sampled it), or None where it holds none or the policy computes in half precision: a bfloat16 log-prob is
+    rounded by about as much as a window changes it, so the forecast then takes its own pass."""
+    full = all(p.dtype in (torch.float32, torch.float64) for p in policy.model.parameters() if p.is_floating_point())
+    if batch.old_logprobs is None or not full:
+        return None
+    return (batch.old_logprobs * batch.completion_mask).sum(dim=1)
 
 
 @runtime_checkable
@@ -157,11 +168,10 @@ class ForecastWindow:
     State: ``snapshot_step_`` (JSON) and ``snapshot_`` (tensors), both saved in checkpoints.
     """
 
-    def __init__(self, every: int, eps: float = 0.5) -> None:
+    def __init__(self, every: int) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1. Found {every}")
         self.every = every
-        self.eps = eps
         self.snapshot_: list[torch.Tensor] | None = None
         self.snapshot_step_: int | None = None
 
@@ -180,15 +190,30 @@ class ForecastWindow:
             self.snapshot_ = [tensors[str(i)] for i in range(len(tensors))]
 
     def measure(
-        self, step: int, policy: Policy, params: str, scored: Scored, algo: PolicyAlgo
+        self,
+        step: int,
+        policy: Policy,
+        params: str,
+        scored: Scored,
+        algo: PolicyAlgo,
+        current: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`observe` on a fresh scored batch, the parameters named by ``params`` (``all``, ``last_layers:N`` or
-        a regex), log-probs taken as ``algo`` takes them: what every trainer that hosts the forecast calls."""
+        a regex), log-probs taken as ``algo`` takes them: what every trainer that hosts the forecast calls.
+        ``current``: :func:`current_logprobs` where the host vouches that the batch's log-probs are the current
+        parameters' (one pass instead of two)."""
         if not self.due(step):
             return None
         selected = select_parameters(policy.model, params)
         return self.observe(
-            step, policy, selected, scored.rollout, scored.rewards, algo.temperature, algo.config.micro_batch_size
+            step,
+            policy,
+            selected,
+            scored.rollout,
+            scored.rewards,
+            algo.temperature,
+            algo.config.micro_batch_size,
+            current,
         )
 
     def due(self, step: int) -> bool:
@@ -204,14 +229,15 @@ class ForecastWindow:
         rewards: torch.Tensor,
         temperature: float = 1.0,
         micro_batch_size: int | None = None,
+        current: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(f, z)`` per objective when a window closes at this step, else None; opens the next window."""
+        """``(f, z)`` per objective when a window closes at this step, else None; opens the next window.
+        ``current``: ``log π`` of the batch's completions under ``params`` as they are now, if known."""
         if not self.due(step):
             return None
         result = None
         if self.snapshot_ is not None and self.snapshot_step_ == step - self.every:
-            delta = [p.detach() - old for p, old in zip(params, self.snapshot_, strict=True)]
-            changes = logprob_changes(policy, batch, params, delta, temperature, micro_batch_size, self.eps)
+            changes = logprob_changes(policy, batch, params, self.snapshot_, temperature, micro_batch_size, current)
             advantages = group_centred_advantages(rewards.to(changes.device), batch.group_size)
             f, z = forecast_from_changes(advantages, changes, batch.group_size)
             result = (f.cpu().numpy(), z.cpu().numpy())

@@ -31,7 +31,7 @@ from morl.callbacks import Callback, FitContext, ScoredContext, StepContext
 from morl.config import TrainConfig
 from morl.controllers.base import WeightController
 from morl.evaluation import Evaluator, split_examples
-from morl.forecast import ForecastWindow
+from morl.forecast import ForecastWindow, current_logprobs
 from morl.policy import Policy
 from morl.prompt_order import PromptOrder
 from morl.rewards import RewardError, StepInfo, completion_token_ids, score_rewards
@@ -313,7 +313,9 @@ class Trainer:
         window, p = self.forecast_window, self.parts
         if window is None:
             return None
-        result = window.measure(self.state.step + 1, p.policy, self.forecast_owner.forecast_params, scored, p.algo)
+        current = current_logprobs(p.policy, scored.rollout)  # sampled by the parameters the step starts from
+        step, params = self.state.step + 1, self.forecast_owner.forecast_params
+        result = window.measure(step, p.policy, params, scored, p.algo, current)
         if result is not None and Need.FORECAST in p.controller.needs:
             p.controller.observe_forecast(*result)
         return result

@@ -3,6 +3,7 @@ a hand-worked group; and in a fit: measured on schedule, trajectory untouched, r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from morl import Pipeline, TrainConfig
 from morl.batch import Batch
 from morl.forecast import (
     ForecastWindow,
+    current_logprobs,
     forecast_from_changes,
     group_centred_advantages,
     logprob_changes,
@@ -60,27 +62,84 @@ def test_forecast_and_its_z_match_numpy():
     assert z.numpy() == pytest.approx(expected / (per_prompt.std(axis=0, ddof=1) / math.sqrt(3)))
 
 
-def test_logprob_changes_equal_the_autograd_directional_derivative(tiny_policy):
+def _sequence_logprobs_at(policy, batch, values) -> list[float]:
+    """Each completion's log-probability under a copy of the policy holding ``values``: independent of the forecast."""
+    import copy
+
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p, v in zip([q for q in other.model.parameters() if q.requires_grad], values, strict=True):
+            p.copy_(v)
+    out = []
+    for i in range(batch.size):
+        logp, _ = other.token_logprobs(batch.input_ids[i : i + 1], batch.attention_mask[i : i + 1], 3)
+        out.append(float((logp * batch.completion_mask[i : i + 1]).sum().detach()))
+    return out
+
+
+def test_logprob_changes_are_the_change_since_the_window_start(tiny_policy):
     policy = tiny_policy
     policy.model.double()
     batch = _token_batch(policy.model.config.vocab_size)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(1)
     delta = [1e-3 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-    before = [p.detach().clone() for p in params]
+    now = [p.detach().clone() for p in params]
+    start = [p - d for p, d in zip(now, delta, strict=True)]
 
-    changes = logprob_changes(policy, batch, params, delta)
+    changes = logprob_changes(policy, batch, params, start)
 
-    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))  # restored bit for bit
+    assert all(torch.equal(p, b) for p, b in zip(params, now, strict=True))  # restored bit for bit
+    later, earlier = _sequence_logprobs_at(policy, batch, now), _sequence_logprobs_at(policy, batch, start)
+    assert changes.tolist() == pytest.approx([a - b for a, b in zip(later, earlier)], abs=1e-12)
+    # it is the directional derivative along Δθ at the window's midpoint, to second order (autograd there)
+    import copy
+
+    middle = copy.deepcopy(policy)
+    middle_params = [p for p in middle.model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p, v, d in zip(middle_params, now, delta, strict=True):
+            p.copy_(v - d / 2)
     expected = []
     for i in range(batch.size):
-        logp, _ = policy.token_logprobs(batch.input_ids[i : i + 1], batch.attention_mask[i : i + 1], 3)
+        logp, _ = middle.token_logprobs(batch.input_ids[i : i + 1], batch.attention_mask[i : i + 1], 3)
         total = (logp * batch.completion_mask[i : i + 1]).sum()
-        grads = torch.autograd.grad(total, params)
+        grads = torch.autograd.grad(total, middle_params)
         expected.append(sum(float((g * d).sum()) for g, d in zip(grads, delta, strict=True)))
     # the log-probs are float32 (the policy computes them so): the difference is exact to ~1e-5 per sequence
     assert changes.tolist() == pytest.approx(expected, rel=5e-3, abs=3e-5)
     assert max(abs(e) for e in expected) > 1e-3  # the directions are not trivially zero
+
+
+def test_logprob_changes_take_the_current_log_probs_given_and_one_pass_fewer(tiny_policy):
+    policy = tiny_policy
+    batch = _token_batch(policy.model.config.vocab_size)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach() - 1e-3 for p in params]
+    calls = []
+    hook = policy.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        own = logprob_changes(policy, batch, params, start)
+        two_passes = len(calls)
+        calls.clear()
+        now = sequence_logprobs(policy, batch, 1.0, None)
+        calls.clear()
+        given = logprob_changes(policy, batch, params, start, current=now + 0.25)
+    finally:
+        hook.remove()
+    assert len(calls) == two_passes // 2 > 0  # the log-probs at θ were not computed again
+    assert given.tolist() == pytest.approx((own + 0.25).tolist(), abs=1e-9)
+
+
+def test_current_logprobs_are_the_batch_s_own_in_full_precision_only(tiny_policy):
+    batch = _token_batch(tiny_policy.model.config.vocab_size)
+    assert current_logprobs(tiny_policy, batch) is None  # no log-probs of the sampling policy
+    old = torch.rand(batch.size, batch.completion_mask.shape[1])
+    batch = dataclasses.replace(batch, old_logprobs=old)
+    expected = (old * batch.completion_mask).sum(dim=1)
+    assert torch.equal(current_logprobs(tiny_policy, batch), expected)
+    tiny_policy.model.to(torch.bfloat16)  # rounded by about as much as a window changes them
+    assert current_logprobs(tiny_policy, batch) is None
 
 
 def test_sequence_logprobs_do_not_depend_on_micro_batches(tiny_policy):
@@ -102,8 +161,7 @@ def test_window_measures_every_n_steps_over_the_last_n_updates(tiny_policy):
             p.add_(1e-3)
     assert window.observe(2, policy, params, batch, rewards) is None  # not due
     f, _ = window.observe(3, policy, params, batch, rewards)
-    delta = [p.detach() - s for p, s in zip(params, start, strict=True)]
-    changes = logprob_changes(policy, batch, params, delta)
+    changes = logprob_changes(policy, batch, params, start)
     expected, _ = forecast_from_changes(group_centred_advantages(rewards, 3), changes, 3)
     assert f == pytest.approx(expected.numpy())
     assert window.snapshot_step_ == 3 and all(torch.equal(s, p) for s, p in zip(window.snapshot_, params))

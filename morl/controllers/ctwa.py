@@ -83,7 +83,10 @@ class CTWA(RewardLevel):
             "interference forecast's z (unit-free; measured every forecast_every steps on a fresh batch)",
         )
         forecast_every: int = Field(
-            3, ge=1, description="signal forecast: steps per forecast window (two forward passes per measurement)"
+            3,
+            ge=1,
+            description="signal forecast: steps per forecast window (one forward pass per measurement, two in half "
+            "precision)",
         )
         u_max: float | None = Field(
             None,
