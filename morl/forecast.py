@@ -13,20 +13,21 @@ same quantity where it is unbiased: every ``every`` steps, ``Δθ`` is the chang
 ``every`` updates, and the batch is the *next* step's rollout, sampled by the current policy and scored, before
 the policy trains on it (no extra generation):
 
-    d_i = log π_θ(y_i|x_i) - log π_{θ-Δθ}(y_i|x_i)     each completion's log-probability change over the window,
-                                                       shared by every objective
+    d_i = log π_{θ+Δθ}(y_i|x_i) - log π_θ(y_i|x_i)     each completion's log-probability change if the next window
+                                                       repeats the last one's update, shared by every objective
     f_m = mean_i A_{i,m} d_i,   A_{i,m} = (r_{i,m} - mean_group r_m) / σ_m
 
-``d_i`` is ``⟨∇ log π(y_i|x_i), Δθ⟩`` at the window's midpoint, to second order in ``Δθ``. ``σ_m`` is the objective's
-within-prompt spread over the batch, so ``f_m`` is the predicted change of J_m per window in units of its own
-spread: forecasts of rewards on different scales compare, and a threshold of 0 means the same for each (the
-first-order degradation point). Not-applicable rewards get ``A = 0`` and leave the group mean and ``σ_m``.
-``z_m = f_m / se(f_m)`` (the standard error from the per-prompt means) says how far the sign is from noise.
+``d_i`` is ``⟨∇ log π(y_i|x_i), Δθ⟩`` at ``θ + Δθ/2``, the middle of the next window, to second order in ``Δθ``.
+``σ_m`` is the objective's within-prompt spread over the batch, so ``f_m`` is the predicted change of J_m per
+window in units of its own spread: forecasts of rewards on different scales compare, and a threshold of 0 means
+the same for each (the first-order degradation point). Not-applicable rewards get ``A = 0`` and leave the group
+mean and ``σ_m``. ``z_m = f_m / se(f_m)`` (the standard error from the per-prompt means) says how far the sign is
+from noise.
 
-Cost per measurement: one forward pass of the batch at the window's start ``θ - Δθ``, no backward (``log π_θ`` is
-the rollout's own log-probs, which the step already has; a second pass where it has none, or where they are
-computed in half precision, whose rounding is as large as the change measured), plus a copy of the selected
-parameters held between measurements, which a checkpoint saves so a resumed run forecasts as an uninterrupted one.
+Cost per measurement: one forward pass of the batch at ``θ + Δθ``, no backward (``log π_θ`` is the rollout's own
+log-probs, which the step already has; a second pass where it has none, or where they are computed in half
+precision, whose rounding is as large as the change measured), plus a copy of the selected parameters held between
+measurements, which a checkpoint saves so a resumed run forecasts as an uninterrupted one.
 
 Example:
     >>> adv = group_centred_advantages(torch.tensor([[1.0], [0.0], [1.0], [1.0]]), group_size=2)
@@ -111,12 +112,12 @@ def logprob_changes(
     micro_batch_size: int | None = None,
     current: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[N]`` change of each completion's log-probability since ``params`` had the values ``start``:
-    ``log π_θ - log π_{θ-Δθ}``.
+    """``[N]`` ``log π_{θ+Δθ} - log π_θ`` of each completion, ``Δθ = θ - start``: how its log-probability would
+    change if the parameters moved once more as they did since they held ``start``.
 
     ``current`` is ``log π_θ`` of each completion (``[N]``) when the caller has it in full precision
-    (:func:`current_logprobs`): the change then costs one forward pass, else two. The parameters are set to
-    ``start`` in place and copied back bit for bit, so the training trajectory is the same with the forecast on or
+    (:func:`current_logprobs`): the change then costs one forward pass, else two. The parameters are moved to
+    ``θ + Δθ`` in place and copied back bit for bit, so the training trajectory is the same with the forecast on or
     off.
     """
     now = sequence_logprobs(policy, batch, temperature, micro_batch_size) if current is None else current
@@ -124,13 +125,13 @@ def logprob_changes(
     try:
         with torch.no_grad():
             for p, old in zip(params, start, strict=True):
-                p.copy_(old)
-        before = sequence_logprobs(policy, batch, temperature, micro_batch_size)
+                p.add_(p - old)
+        ahead = sequence_logprobs(policy, batch, temperature, micro_batch_size)
     finally:
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)
-    return now.to(before.device).double() - before.double()
+    return ahead.double() - now.to(ahead.device).double()
 
 
 def current_logprobs(policy: Policy, batch: Batch) -> torch.Tensor | None:

@@ -77,7 +77,9 @@ def _sequence_logprobs_at(policy, batch, values) -> list[float]:
     return out
 
 
-def test_logprob_changes_are_the_change_since_the_window_start(tiny_policy):
+def test_logprob_changes_are_the_change_of_one_more_window_like_the_last(tiny_policy):
+    import copy
+
     policy = tiny_policy
     policy.model.double()
     batch = _token_batch(policy.model.config.vocab_size)
@@ -90,16 +92,15 @@ def test_logprob_changes_are_the_change_since_the_window_start(tiny_policy):
     changes = logprob_changes(policy, batch, params, start)
 
     assert all(torch.equal(p, b) for p, b in zip(params, now, strict=True))  # restored bit for bit
-    later, earlier = _sequence_logprobs_at(policy, batch, now), _sequence_logprobs_at(policy, batch, start)
-    assert changes.tolist() == pytest.approx([a - b for a, b in zip(later, earlier)], abs=1e-12)
-    # it is the directional derivative along Δθ at the window's midpoint, to second order (autograd there)
-    import copy
-
+    ahead = [p + d for p, d in zip(now, delta, strict=True)]
+    later, current = _sequence_logprobs_at(policy, batch, ahead), _sequence_logprobs_at(policy, batch, now)
+    assert changes.tolist() == pytest.approx([a - b for a, b in zip(later, current)], abs=1e-12)
+    # it is the directional derivative along Δθ half a window ahead, to second order (autograd there)
     middle = copy.deepcopy(policy)
     middle_params = [p for p in middle.model.parameters() if p.requires_grad]
     with torch.no_grad():
         for p, v, d in zip(middle_params, now, delta, strict=True):
-            p.copy_(v - d / 2)
+            p.copy_(v + d / 2)
     expected = []
     for i in range(batch.size):
         logp, _ = middle.token_logprobs(batch.input_ids[i : i + 1], batch.attention_mask[i : i + 1], 3)
@@ -128,7 +129,7 @@ def test_logprob_changes_take_the_current_log_probs_given_and_one_pass_fewer(tin
     finally:
         hook.remove()
     assert len(calls) == two_passes // 2 > 0  # the log-probs at θ were not computed again
-    assert given.tolist() == pytest.approx((own + 0.25).tolist(), abs=1e-9)
+    assert given.tolist() == pytest.approx((own - 0.25).tolist(), abs=1e-9)
 
 
 def test_current_logprobs_are_the_batch_s_own_in_full_precision_only(tiny_policy):
