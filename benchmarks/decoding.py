@@ -4,7 +4,8 @@ decoding step, paired in one process, and whether the completions are the same.
 Each round samples the same 8 TinyMath prompts × K completions from the same seed with ``rollout.decoder:
 generate`` and ``decoder: auto`` (the compact loop), in alternating order; then it times one decoding step of the
 model's own forward (one token for every row over a filled KV cache, as ``generate`` runs it) against
-:meth:`morl.compact.CompactDecoder.step` on the same cache length.
+:meth:`morl.compact.CompactDecoder.step` on the same cache length, and the compact step's cost against the number
+of rows it decodes (what teacher-forced rows riding on the decoding steps would pay per step).
 
     python benchmarks/decoding.py [--rounds 10] [--k 8] [--new-tokens 64] [--model DIR]
 """
@@ -12,6 +13,7 @@ model's own forward (one token for every row over a filled KV cache, as ``genera
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import time
 
@@ -45,7 +47,8 @@ def step_seconds(policy: Policy, rows: int, width: int, repeats: int = 50) -> tu
         decoder = CompactDecoder(model)
         decoder.prefill(ids, mask, 1, repeats + 1)
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{name: cache})
         for t in range(repeats):
             length = width + t + 1
             start = time.perf_counter()
@@ -53,7 +56,7 @@ def step_seconds(policy: Policy, rows: int, width: int, repeats: int = 50) -> tu
                 input_ids=token[:, None],
                 attention_mask=torch.ones(rows, length, dtype=torch.long),
                 position_ids=torch.full((rows, 1), length - 1),
-                past_key_values=cache,
+                **{name: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -97,6 +100,8 @@ def main() -> None:
         f"one decoding step ({8 * args.k} rows, cache of ~48-98 positions): model's own forward {own * 1e3:.2f} ms, "
         f"compact step {step * 1e3:.2f} ms ({own / step:.2f}x)"
     )
+    by_rows = {rows: step_seconds(policy, rows, 48)[1] for rows in (16, 32, 64, 128)}
+    print("compact step by rows: " + ", ".join(f"{rows} rows {t * 1e3:.2f} ms" for rows, t in by_rows.items()))
 
 
 if __name__ == "__main__":

@@ -284,3 +284,15 @@ def test_the_forecast_has_one_owner_at_the_controllers_cadence(tiny_policy, tmp_
     assert [r["step"] for r in rows if "forecast/z/_code_mod_5" in r] == [3, 5]  # the controller's cadence
     step3 = rows[2]
     assert step3["ctwa/cov/_code_mod_5"] == pytest.approx(max(-3.0, min(3.0, step3["forecast/z/_code_mod_5"])))
+
+
+def test_the_trainer_forecasts_with_one_forward_pass(tiny_policy, tmp_path, monkeypatch):
+    import morl.forecast as forecast
+
+    calls = []
+    real = forecast.sequence_logprobs
+    monkeypatch.setattr(forecast, "sequence_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _pipeline(tiny_policy, tmp_path, forecast_every=2, steps=3).fit(make_split("train", 16, 0))
+    rows = [r for r in read_metrics(tmp_path) if r.get("kind") != "eval"]
+    assert [r["step"] for r in rows if "forecast/change/accuracy" in r] == [3]
+    assert len(calls) == 1  # at θ + Δθ only: log π_θ is the rollout's own
