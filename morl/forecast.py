@@ -136,10 +136,12 @@ def logprob_changes(
 
 def current_logprobs(policy: Policy, batch: Batch) -> torch.Tensor | None:
     """``[N]`` log π_θ of each completion as the batch already holds it (``old_logprobs``, taken by the parameters
-    that sampled it), or None where it holds none or the policy computes in half precision: a bfloat16 log-prob is
-    rounded by about as much as a window changes it, so the forecast then takes its own pass."""
+    that sampled it), or None where it holds none or the policy computes in reduced precision (bfloat16 weights, or
+    float32 matrix products allowed to round like TF32): such a log-prob is rounded by about as much as a window
+    changes it, and the sampler's and the forward pass's roundings differ, so the forecast then takes its own pass."""
     full = all(p.dtype in (torch.float32, torch.float64) for p in policy.model.parameters() if p.is_floating_point())
-    if batch.old_logprobs is None or not full:
+    exact_matmul = torch.get_float32_matmul_precision() == "highest"
+    if batch.old_logprobs is None or not full or not exact_matmul:
         return None
     return (batch.old_logprobs * batch.completion_mask).sum(dim=1)
 

@@ -139,6 +139,12 @@ def test_current_logprobs_are_the_batch_s_own_in_full_precision_only(tiny_policy
     batch = dataclasses.replace(batch, old_logprobs=old)
     expected = (old * batch.completion_mask).sum(dim=1)
     assert torch.equal(current_logprobs(tiny_policy, batch), expected)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # float32 products that may round like TF32
+    try:
+        assert current_logprobs(tiny_policy, batch) is None
+    finally:
+        torch.set_float32_matmul_precision(previous)
     tiny_policy.model.to(torch.bfloat16)  # rounded by about as much as a window changes them
     assert current_logprobs(tiny_policy, batch) is None
 
