@@ -25,9 +25,9 @@ mean and ``σ_m``. ``z_m = f_m / se(f_m)`` (the standard error from the per-prom
 from noise.
 
 Cost per measurement: one forward pass of the batch at ``θ + Δθ``, no backward (``log π_θ`` is the rollout's own
-log-probs, which the step already has; a second pass where it has none, or where they are computed in half
-precision, whose rounding is as large as the change measured), plus a copy of the selected parameters held between
-measurements, which a checkpoint saves so a resumed run forecasts as an uninterrupted one.
+log-probs, which the step already has; a second pass where it has none, or where they are computed in reduced
+precision, bfloat16 or TF32, whose rounding is as large as the change measured), plus a copy of the selected
+parameters held between measurements, which a checkpoint saves so a resumed run forecasts as an uninterrupted one.
 
 Example:
     >>> adv = group_centred_advantages(torch.tensor([[1.0], [0.0], [1.0], [1.0]]), group_size=2)

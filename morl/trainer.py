@@ -313,8 +313,9 @@ class Trainer:
         window, p = self.forecast_window, self.parts
         if window is None:
             return None
-        current = current_logprobs(p.policy, scored.rollout)  # sampled by the parameters the step starts from
         step, params = self.state.step + 1, self.forecast_owner.forecast_params
+        # the batch was sampled by the parameters the step starts from: its log-probs are log π_θ
+        current = current_logprobs(p.policy, scored.rollout) if window.due(step) else None
         result = window.measure(step, p.policy, params, scored, p.algo, current)
         if result is not None and Need.FORECAST in p.controller.needs:
             p.controller.observe_forecast(*result)
