@@ -18,6 +18,7 @@ from morl.checkpoint import Interrupted
 from morl.policy import Policy
 from morl.run import Manifest, effective_rows, read_jsonl, read_metrics
 from morl.tinymath.task import make_split
+from tests.small_runs import CHECKPOINTED_TRAIN
 
 
 def short(prompts, completions, **kwargs):
@@ -44,18 +45,7 @@ def fresh_policy(_tiny_policy_master):
 
 
 def _pipeline(policy: Policy, out: Path | None, controller=None, rewards=("conciseness", "clarity"), **train):
-    config = {
-        "steps": 4,
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "eval_every": 0,
-        "checkpoint_every": 1,
-        "keep_checkpoints": 10,
-        "progress": False,
-        "threads": 1,
-        "output_dir": str(out) if out else None,
-        **train,
-    }
+    config = {**CHECKPOINTED_TRAIN, "steps": 4, "threads": 1, "output_dir": str(out) if out else None, **train}
     return Pipeline(
         policy=policy,
         rewards=list(rewards),
