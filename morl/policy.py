@@ -42,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from morl.integrity import follow_umask, pickled_weights, safetensors_problem, unpickling_reason, zip_problem
+from morl.shared_forward import completion_logprobs, shared_prompt_logprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
@@ -291,27 +292,31 @@ class Policy:
         """Log-probs ``[N, L]`` of the completion tokens (and their entropies) under this policy.
 
         ``group_size`` K > 1 says that rows come in groups of K completions of one prompt, as rollouts do: each
-        prompt then goes through the model once and its KV cache serves its K completions (see
-        :meth:`_shared_prompt_logits`); the same log-probs, with the prompt's share of the compute divided by K.
+        prompt then goes through the model once and its KV cache serves its K completions, and the completions skip
+        the padding after their ends (:mod:`morl.shared_forward`): the same log-probs, with the prompt's share of the
+        compute divided by K; 0 after a row's end, where the completion mask is 0.
         """
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-        completion = input_ids.shape[1] - prompt_width
         if self._can_share_prompts(input_ids, attention_mask, prompt_width, group_size):
-            logits = self._shared_prompt_logits(input_ids, attention_mask, position_ids, prompt_width, group_size)
-        else:
-            # logits of the completion's positions only: the LM head over the prompt is wasted work (and memory)
-            keep = {"logits_to_keep": completion + 1} if "logits_to_keep" in _forward_arguments(self.model) else {}
-            model = self._forward_module()
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **keep).logits
-            logits = logits[:, logits.shape[1] - completion - 1 : -1]
-        logits = logits.float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        targets = input_ids[:, prompt_width:]
-        logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
-        return logp, entropy
+            cache_name = "cache" if "cache" in _forward_arguments(self.model) else "past_key_values"
+            return shared_prompt_logprobs(
+                self.model,
+                cache_name,
+                input_ids,
+                attention_mask,
+                position_ids,
+                prompt_width,
+                group_size,
+                temperature,
+                with_entropy,
+            )
+        # logits of the completion's positions only: the LM head over the prompt is wasted work (and memory)
+        completion = input_ids.shape[1] - prompt_width
+        keep = {"logits_to_keep": completion + 1} if "logits_to_keep" in _forward_arguments(self.model) else {}
+        model = self._forward_module()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **keep).logits
+        logits = logits[:, logits.shape[1] - completion - 1 : -1]
+        return completion_logprobs(logits, input_ids[:, prompt_width:], temperature, with_entropy)
 
     def prompt_cache(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int = 1, new_tokens: int = 0
@@ -363,38 +368,6 @@ class Policy:
             if not torch.equal(prompts, prompts[:, :1].expand_as(prompts)):
                 return False
         return True
-
-    def _shared_prompt_logits(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        prompt_width: int,
-        k: int,
-    ) -> torch.Tensor:
-        """Logits ``[N, L, V]`` of the completion positions: one forward pass over the N/K distinct prompts, whose
-        KV cache, repeated K times, is the past of a second pass over the N completions. Exactly the function that
-        a pass over the whole rows computes (the same attention over the same keys), to float rounding."""
-        cache_name = "cache" if "cache" in _forward_arguments(self.model) else "past_key_values"
-        head = slice(None, prompt_width)
-        prompt = self.model(
-            input_ids=input_ids[::k, head],
-            attention_mask=attention_mask[::k, head],
-            position_ids=position_ids[::k, head],
-            use_cache=True,
-            logits_to_keep=1,  # the prompt's last position predicts the first completion token
-        )
-        cache = getattr(prompt, cache_name)
-        cache.batch_repeat_interleave(k)
-        tail = slice(prompt_width, -1)  # the last token predicts nothing
-        rest = self.model(
-            input_ids=input_ids[:, tail],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=position_ids[:, tail],
-            use_cache=True,
-            **{cache_name: cache},
-        )
-        return torch.cat([prompt.logits.repeat_interleave(k, dim=0), rest.logits], dim=1)
 
     def save(self, path: str | Path, merged: bool | None = None) -> Path:
         """Hugging Face format. Sharded (FSDP, ZeRO-3): a collective that every process calls; process 0 writes.
