@@ -16,6 +16,7 @@ forward and backward take 0.85 of the single pass's time (``benchmarks/RESULTS.m
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ def completion_passes(lengths: list[int], width: int, pass_cost: float = PASS_CO
     if not need or need[0] == 0:
         return []
     last = need[0]
+    if math.isinf(pass_cost):
+        return [(0, last)]
     ranks = range(0, len(need), max(1, len(need) // MAX_BOUNDARIES))
     candidates = sorted({need[r] for r in ranks if 0 < need[r] < last} | {last})
     fixed = pass_cost * len(need) * width
@@ -87,11 +90,13 @@ def shared_prompt_logprobs(
     k: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    pass_cost: float = PASS_COST,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, L]`` of the completion tokens of N rows in groups of K identical prompts (and their
     entropies), each prompt computed once and the completions in :func:`completion_passes`; 0 after a row's end.
 
-    ``cache_name`` is the model's KV-cache keyword (``cache`` or ``past_key_values``)."""
+    ``cache_name`` is the model's KV-cache keyword (``cache`` or ``past_key_values``); ``pass_cost=math.inf``
+    makes one pass over every completion column (the baseline of ``benchmarks/training_forward.py``)."""
     n, total = input_ids.shape
     width = total - prompt_width
     head = slice(None, prompt_width)
@@ -112,7 +117,7 @@ def shared_prompt_logprobs(
     # tail column j (input column prompt_width + j) predicts completion token j + 1: a row of length ℓ needs ℓ − 1
     columns = torch.arange(1, width + 1, device=attention_mask.device)
     tail_need = ((attention_mask[:, prompt_width:] != 0) * columns).amax(dim=1) - 1
-    passes = completion_passes(tail_need.tolist(), width - 1)
+    passes = completion_passes(tail_need.tolist(), width - 1, pass_cost)
     order = torch.arange(n, device=input_ids.device)
     if len(passes) > 1 and hasattr(cache, "batch_select_indices"):
         order = torch.argsort(tail_need, descending=True, stable=True)

@@ -93,3 +93,7 @@ def test_passes_give_whole_rows_logprobs_and_gradients(tiny_policy):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     # after each row's end nothing is computed: log-prob and entropy 0
     assert torch.all(logp[completion == 0] == 0) and torch.all(entropy[completion == 0] == 0)
+
+
+def test_an_infinite_pass_cost_makes_one_pass():
+    assert completion_passes([1, 2, 30, 30], 30, pass_cost=float("inf")) == [(0, 30)]
