@@ -327,6 +327,8 @@ def test_ctrl_c_still_stops_a_reward_call(isolation):
         time.sleep(30)
         return [1.0] * len(completions)
 
+    # Python's own Ctrl-C handler, as in a terminal: a runner started in the background inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     started = time.monotonic()
@@ -335,6 +337,7 @@ def test_ctrl_c_still_stops_a_reward_call(isolation):
             score_rewards([sleeps], ["p"], ["a"], {}, training=False, timeout_s=20, isolation=isolation)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
 
 
