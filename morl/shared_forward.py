@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import torch
 
@@ -159,7 +158,7 @@ def _pad_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(n - x.shape[0], x.shape[1])]) if x.shape[0] < n else x
 
 
-def _unsort(pieces: list[Any], inverse: torch.Tensor, missing: int) -> torch.Tensor:
+def _unsort(pieces: list[torch.Tensor], inverse: torch.Tensor, missing: int) -> torch.Tensor:
     """``[N, L]``: the first column (rows in batch order), then the passes' columns (rows sorted) put back in batch
     order, then zeros for columns past every row's end."""
     first, rest = pieces[0], pieces[1:]
