@@ -357,14 +357,15 @@ class Diagnostics(Callback):
             return
         start = time.perf_counter()
         record, metrics, step = ctx.record, ctx.metrics, ctx.step
-        covariance = self._covariances(record)
-        metrics.update(covariance(record.scores, "score"))
-        have_clipped = record.clipped_weights is not None and cfg.clipped_weights is not False
+        metrics.update(self._covariances(record)(record.scores, "score"))
+        # the clipped weights of this update, or of the last one where they were computed beside this step's rollout
+        clipped = record if record.clipped_weights is not None else record.settled
+        have_clipped = clipped is not None and clipped.clipped_weights is not None and cfg.clipped_weights is not False
         if have_clipped:
-            metrics.update(covariance(record.clipped_weights, "clipped_weight"))
-            train = record.weighted.train
+            metrics.update(self._covariances(clipped)(clipped.clipped_weights, "clipped_weight"))
+            train = clipped.weighted.train
             metrics.update(
-                clipped_mass(record.new_ratio, record.new_unclipped, train.advantages, train.completion_mask)
+                clipped_mass(clipped.new_ratio, clipped.new_unclipped, train.advantages, train.completion_mask)
             )
         if cfg.grad_cosine_every:
             if step % cfg.grad_cosine_every == 0 and record.objective_advantages is not None:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from morl.batch import Batch
-from morl.policy import Policy
+from morl.policy import Policy, batch_logprobs
 from morl.statistics import select_parameters
 
 if TYPE_CHECKING:
@@ -86,21 +86,7 @@ def forecast_from_changes(
 
 def sequence_logprobs(policy: Policy, batch: Batch, temperature: float, micro_batch_size: int | None) -> torch.Tensor:
     """``[N]`` log-probability of each completion under the policy's current parameters (no gradient)."""
-    size = micro_batch_size or batch.size
-    parts = []
-    with torch.no_grad():
-        for start in range(0, batch.size, size):
-            rows = slice(start, start + size)
-            shared = start % batch.group_size == 0 and size % batch.group_size == 0
-            logp, _ = policy.token_logprobs(
-                batch.input_ids[rows],
-                batch.attention_mask[rows],
-                batch.prompt_width,
-                temperature,
-                group_size=batch.group_size if shared else 1,
-            )
-            parts.append((logp * batch.completion_mask[rows]).sum(dim=1))
-    return torch.cat(parts)
+    return batch_logprobs(policy, batch, temperature, micro_batch_size).sum(dim=1)
 
 
 def logprob_changes(

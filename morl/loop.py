@@ -26,6 +26,7 @@ from morl.checkpoint.load import read_checkpoint
 from morl.components import RecipeError, unimportable
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
+from morl.overlap import overlapping
 from morl.resume import Checkpointing
 from morl.rewards import check_columns, is_moving_target
 from morl.run import JsonlWriter, Manifest, RunLock, check_new_run, fresh_run_dir, read_metrics
@@ -201,7 +202,13 @@ class FitLoop:
         return run
 
     def _train(self, run: _Run, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:
-        """The steps, the evaluation schedule and the checkpoints; every way out keeps the last complete step."""
+        """The steps, the evaluation schedule and the checkpoints; every way out keeps the last complete step. CTWA's
+        after-update pass may run in a helper process meanwhile (``train.overlap_after_update``)."""
+        with overlapping(self.trainer):
+            self._train_steps(run, train_data, eval_data)
+
+    def _train_steps(self, run: _Run, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:
+        """The steps, each way out keeping the last complete step."""
         trainer, cfg = self.trainer, self.trainer.config
         try:
             if eval_data and trainer.state.step == 0 and not run.evals():
@@ -307,6 +314,7 @@ class FitLoop:
         trainer = self.trainer
         if run.saved_step != trainer.state.step and not trainer.parts.policy.sharded:
             run.stop.hold()
+            trainer.settle()  # the last update's after-update pass is part of the step's state
             if distributed.is_main():  # every process holds the same state under DDP
                 run.saved = self.checkpointing.save_checkpoint(run.run_dir)
             run.saved_step = trainer.state.step

@@ -36,13 +36,16 @@ import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from morl.integrity import follow_umask, pickled_weights, safetensors_problem, unpickling_reason, zip_problem
 from morl.shared_forward import completion_logprobs, shared_prompt_logprobs
+
+if TYPE_CHECKING:
+    from morl.batch import Batch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft writes beside the adapter weights: marks an adapter directory
@@ -465,6 +468,27 @@ class AdapterReference(Policy):
         raise NotImplementedError(
             "the adapter-disabled reference is the policy's frozen base: reload it from policy.model"
         )
+
+
+def batch_logprobs(policy: Any, batch: Batch, temperature: float, micro_batch_size: int | None = None) -> torch.Tensor:
+    """Completion log-probs ``[N, L]`` of a batch (0 off the completion mask) under ``policy`` (a :class:`Policy`,
+    or any object with its ``token_logprobs``), in chunks of ``micro_batch_size`` rows (memory); no gradient. A
+    chunk that holds whole prompt groups runs each prompt once for its K completions."""
+    size = micro_batch_size or batch.size
+    parts = []
+    with torch.no_grad():
+        for start in range(0, batch.size, size):
+            rows = slice(start, start + size)
+            whole_groups = start % batch.group_size == 0 and size % batch.group_size == 0
+            logp, _ = policy.token_logprobs(
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                batch.prompt_width,
+                temperature,
+                group_size=batch.group_size if whole_groups else 1,
+            )
+            parts.append(logp * batch.completion_mask[rows])
+    return torch.cat(parts)
 
 
 # ---- adapters (peft) ----------------------------------------------------------------------------------------------

@@ -83,6 +83,15 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
+def multiprocessing_services() -> set[int]:
+    """The pids of the stdlib multiprocessing's own service processes (its resource tracker, which a ``spawn`` start
+    launches once and which ends by itself with this process): not leftovers of anyone's work."""
+    from multiprocessing import resource_tracker
+
+    pid = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+    return {pid} if isinstance(pid, int) else set()
+
+
 def stop(pids: Iterable[int], grace_s: float = 0.5, wait_s: float = 2.0) -> list[int]:
     """Give the processes ``grace_s`` to end on their own (a helper whose input just closed), then ``SIGKILL`` the
     rest and wait up to ``wait_s`` for them; returns those that had to be killed. Reaps the ones that are this
@@ -154,6 +163,15 @@ def reset_on_delivery(signum: int) -> bool:
         return False
     flags.value |= _SA_RESETHAND
     return libc.sigaction(signum, action, None) == 0
+
+
+def command(pid: int) -> str:
+    """A process's command line as ``ps`` shows it (``?`` when it is gone or hidden)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -103,6 +103,9 @@ class Updated:
     clipped_weights: torch.Tensor | None = None
     new_ratio: torch.Tensor | None = None
     new_unclipped: torch.Tensor | None = None
+    # with the after-update pass beside the next rollout (morl.overlap): the previous step's record, completed in this
+    # step with its clipped weights, for whoever logs them (one row late)
+    settled: Updated | None = None
 
     @property
     def scored(self) -> Scored:

@@ -32,7 +32,8 @@ from morl.config import TrainConfig
 from morl.controllers.base import WeightController
 from morl.evaluation import Evaluator, split_examples
 from morl.forecast import ForecastWindow, current_logprobs
-from morl.policy import Policy
+from morl.overlap import AfterUpdateOverlap
+from morl.policy import Policy, batch_logprobs
 from morl.prompt_order import PromptOrder
 from morl.rewards import RewardError, StepInfo, completion_token_ids, score_rewards
 from morl.rollout import RolloutBackend
@@ -102,6 +103,7 @@ class Trainer:
         self._reward_failed: dict[str, bool] = {}  # this step: did the reward fail on every sample it was given
         self._reward_timeouts: dict[str, int] = {}  # this step: samples whose reward call ran past its time limit
         self.forecast_owner, self.forecast_window = self._forecast_owner()
+        self.overlap: AfterUpdateOverlap | None = None  # set by morl.overlap.overlapping() for a fit
 
     # ---- what is computed -------------------------------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class Trainer:
             scored = self._score(rollout)
         scored, filtered = self._filter_groups(scored, timings) if self.config.dynamic_sampling else (scored, {})
         self._check_reward_failures()
+        with phase(timings, "controller", when=self.overlap is not None and self.overlap.pending):
+            settled = self.settle()  # the last update's pass ran beside this rollout: the controller learns from it
         self._commit_step()  # from here a stop at once waits for the end of the step
         with phase(timings, "forecast", when=self.forecast_window is not None):
             forecast = self._forecast(scored)
@@ -157,8 +161,9 @@ class Trainer:
             p.rollout.weights_changed(p.policy)
         self._count_nonfinite(stats)
         with phase(timings, "controller"):
-            updated = self._updated(weighted, stats)
-            p.controller.after_update(updated)
+            updated = dataclasses.replace(self._updated(weighted, stats), settled=settled)
+            if self.overlap is None:  # else after the next rollout (settle)
+                p.controller.after_update(updated)
         with phase(timings, "validation", when=validation):
             self._observe_validation(when=validation)
         self.state.step += 1
@@ -352,14 +357,26 @@ class Trainer:
 
     def _updated(self, weighted: Weighted, stats: dict[str, float]) -> Updated:
         """The update's record; the clipped advantage weights under the updated policy when someone needs them
-        (computed on this process's rows, then gathered)."""
+        (computed on this process's rows, then gathered), or, with the after-update overlap, the record without them
+        while they are computed beside the next rollout (:meth:`settle`)."""
         if Need.CLIPPED_WEIGHTS not in self.needs:
             return Updated(weighted=weighted, stats=stats)
-        p = self.parts
-        train = weighted.train
+        train, algo = weighted.train, self.parts.algo
         mine = train.select(train.local_rows) if train.local_rows is not None else train
-        with torch.no_grad():
-            new_logp = self.logprobs(p.policy, mine)
+        if self.overlap is not None:
+            self.overlap.start(weighted, stats, mine, algo.temperature, algo.config.micro_batch_size)
+            return Updated(weighted=weighted, stats=stats)
+        return self.record_after_update(weighted, stats, mine)
+
+    def record_after_update(
+        self, weighted: Weighted, stats: dict[str, float], mine: Batch, new_logp: torch.Tensor | None = None
+    ) -> Updated:
+        """The update's record with the clipped weights under the updated policy, from ``new_logp`` (this process's
+        rows) or from a pass now."""
+        p = self.parts
+        if new_logp is None:
+            with torch.no_grad():
+                new_logp = self.logprobs(p.policy, mine)
         clip = p.algo.loss(new_logp, mine)  # the loss's own ratio and clip mask under the updated policy
         return Updated(
             weighted=weighted,
@@ -368,6 +385,11 @@ class Trainer:
             new_ratio=distributed.gather_rows(clip.ratio),
             new_unclipped=distributed.gather_rows(clip.unclipped.to(clip.ratio.dtype)).bool(),
         )
+
+    def settle(self) -> Updated | None:
+        """With the after-update overlap: the controller learns from the last update's pass, which ran beside this
+        step's rollout (:mod:`morl.overlap`); returns that update's completed record."""
+        return self.overlap.settle(self.parts.controller) if self.overlap is not None else None
 
     def _observe_validation(self, when: bool) -> None:
         """``Need.VALIDATION``'s producer: per-objective means on validation prompts, handed to the controller."""
@@ -387,19 +409,7 @@ class Trainer:
         """Completion log-probs ``[N, L]`` (0 on padding) under ``policy``, in chunks of the algorithm's
         ``micro_batch_size`` rows (memory); no gradient."""
         algo = self.parts.algo
-        size = algo.config.micro_batch_size or batch.size
-        parts = []
-        for start in range(0, batch.size, size):
-            rows = slice(start, start + size)
-            logp, _ = policy.token_logprobs(
-                batch.input_ids[rows],
-                batch.attention_mask[rows],
-                batch.prompt_width,
-                algo.temperature,
-                group_size=batch.group_size if start % batch.group_size == 0 and size % batch.group_size == 0 else 1,
-            )
-            parts.append(logp * batch.completion_mask[rows])
-        return torch.cat(parts)
+        return batch_logprobs(policy, batch, algo.temperature, algo.config.micro_batch_size)
 
     # ---- around the step ----------------------------------------------------------------------------------------
 
@@ -440,6 +450,7 @@ class Trainer:
         self._before_step = None
         self.state.data_position = position
         restore_parts(self.stateful_parts(), parts)
+        self.settle()  # the last update's pass, if still pending, belongs to the step before
 
 
 def lr_scheduler(

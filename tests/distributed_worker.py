@@ -79,6 +79,7 @@ def main(out: Path) -> None:
                 eval_every=0,
                 checkpoint_every=0,
                 threads=1,
+                overlap_after_update=False,  # data-parallel runs keep CTWA's pass inline: rows to compare alike
                 progress=False,
                 output_dir=str(out / f"run-{world}proc-{method}"),
             ),

@@ -486,12 +486,15 @@ def _stop_leftovers() -> None:
     if _WORKER is not None:
         _WORKER.close()
     _ESCALATION.close()
-    left = processes.descendants()
+    services = processes.multiprocessing_services()
+    left = [pid for pid in processes.descendants() if pid not in services]
+    commands = {pid: processes.command(pid)[:80] for pid in left}
     killed = processes.stop(left) if left else []  # the worker's own helpers end when their input closes
     if killed:
+        named = ", ".join(f"{pid} ({commands.get(pid, '?')})" for pid in killed)
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(
-                f"morl: killed {len(killed)} process(es) still running at exit (pids {', '.join(map(str, killed))}): "
+                f"morl: killed {len(killed)} process(es) still running at exit (pids {named}): "
                 "a reward started them and did not end them\n"
             )
             sys.stderr.flush()

@@ -1,0 +1,155 @@
+"""What CTWA costs on top of fixed weights on the same training run, with its after-update pass inline or beside the
+next rollout in a helper process (``train.overlap_after_update``).
+
+Each repetition runs four fits of the quickstart's CTWA recipe one after the other (order rotating per repetition),
+every one the same training run step for step (after one untimed inline run that records CTWA's weights):
+
+- ``ctwa inline``: CTWA, its after-update pass at the end of each step (``overlap_after_update: false``);
+- ``ctwa overlap``: CTWA, the pass in the helper process beside the next rollout (``true``);
+- ``fixed``: fixed weights that replay, step by step, the weights ``ctwa inline`` trained with (no controller work),
+  with the default diagnostics and forecast;
+- ``fixed-nodiag``: the same without diagnostics (and so without the forecast): the reference of the goal "CTWA, the
+  forecast and the diagnostics together within 5% of a fixed-weights step".
+
+The fits train the same batches (checked: every variant's per-step rewards equal the first one's), so their step
+times compare on identical work. Reported: the mean step time over the steps after ``--skip`` (warm-up) and over
+the whole fit, ratios to ``fixed-nodiag``, and each phase's median.
+
+    python benchmarks/overlap.py [--steps 100] [--reps 3] [--skip 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from morl.components import ComponentConfig
+from morl.controllers.base import RewardLevel
+from morl.pipeline import Pipeline
+from morl.policy import Policy
+from morl.recipe import build_components, load_data, load_recipe
+from morl.run import read_metrics
+from morl.stages import Updated
+
+PHASES = ("rollout", "reward", "forecast", "controller", "update", "diagnostics")
+
+
+class ReplayWeights(RewardLevel):
+    """Fixed weights that follow a recorded run's, step by step: the same training without any controller work."""
+
+    name = "replay_weights_benchmark"
+
+    class Config(ComponentConfig):
+        weights: list[list[float]] = Field(description="the weights of each step, in objective order")
+
+    def initial_state(self, objectives: list[str]) -> None:
+        self.step_ = 0
+
+    def weights(self) -> torch.Tensor:
+        return torch.tensor(self.config.weights[min(self.step_, len(self.config.weights) - 1)], dtype=torch.float32)
+
+    def after_update(self, updated: Updated) -> None:
+        self.step_ += 1
+
+
+def fit(recipe, base: Policy, train_data, controller, diagnostics: bool, overlap: bool, out: str) -> list[dict]:
+    components = build_components(recipe)
+    if controller is not None:
+        components["controller"] = controller
+    config = recipe.train.model_copy(
+        update={
+            "progress": False,
+            "eval_every": 0,
+            "save_model": False,
+            "overlap_after_update": overlap,
+            "output_dir": out,
+        }
+    )
+    policy = Policy(copy.deepcopy(base.model), base.tokenizer, base.config)
+    pipe = Pipeline(policy=policy, config=config, diagnostics=diagnostics, **components)
+    pipe.fit(train_data)
+    return [row for row in read_metrics(pipe.run_dir_) if row.get("kind") == "train"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="cookbook/recipes/quickstart.yaml")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=10, help="steps left out of the steady-state mean")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    recipe = load_recipe(args.recipe, [f"train.steps={args.steps}"])
+    objectives = [r if isinstance(r, str) else r["name"] for r in recipe.rewards]
+    train_data, _ = load_data(recipe)
+    base = Policy.from_pretrained(**recipe.policy.model_dump())
+    variants = ["ctwa inline", "ctwa overlap", "fixed", "fixed-nodiag"]
+    steady: dict[str, list[float]] = {v: [] for v in variants}
+    phases: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in variants}
+    whole: dict[str, list[float]] = {v: [] for v in variants}
+    helper_start: list[int] = []
+    same = True
+    with tempfile.TemporaryDirectory() as tmp:
+        # a first inline run, not timed: the weights to replay, the rewards every run must reproduce, and the warm-up
+        recorded = fit(recipe, base, train_data, None, diagnostics=True, overlap=False, out=f"{tmp}/record")
+        replay = [[row[f"weights/{o}"] for o in objectives] for row in recorded]
+        reference = [row[f"rewards/{objectives[0]}/mean"] for row in recorded]
+        inline_control = statistics.median(row["timing/controller"] for row in recorded)
+        for rep in range(args.reps):
+            order = variants[rep % 4 :] + variants[: rep % 4]
+            for name in order:
+                start = time.perf_counter()
+                controller = None
+                if name.startswith("fixed"):
+                    controller = ReplayWeights(weights=replay)
+                rows = fit(
+                    recipe,
+                    base,
+                    train_data,
+                    controller,
+                    diagnostics=name != "fixed-nodiag",
+                    overlap=name == "ctwa overlap",
+                    out=f"{tmp}/{rep}-{name.replace(' ', '-')}",
+                )
+                wall = time.perf_counter() - start
+                times = [row["step_time"] for row in rows]
+                for phase in PHASES:
+                    phases[name][phase] += [row.get(f"timing/{phase}", 0.0) for row in rows[args.skip :]]
+                steady[name].append(statistics.mean(times[args.skip :]))
+                whole[name].append(sum(times))
+                same &= [row[f"rewards/{objectives[0]}/mean"] for row in rows] == reference
+                if name == "ctwa overlap":  # the first step whose controller phase no longer holds the pass
+                    control = np.array([row["timing/controller"] for row in rows])
+                    helper_start.append(int(np.argmax(control < 0.5 * inline_control)))
+                print(f"rep {rep} {name:<13} {wall:6.1f} s, mean step {steady[name][-1]:.4f} s", flush=True)
+
+    med = statistics.median
+    ref = med(steady["fixed-nodiag"])
+    print(
+        f"\n{args.recipe}: {args.steps} steps, {args.reps} repetitions, 1 thread; same training in every variant: "
+        f"{same}; the helper took over the pass at step {helper_start}"
+    )
+    print(f"{'variant':<14}{'step (steady)':>14}{'/ fixed-nodiag':>16}{'steps (whole fit)':>19}{'/ fixed-nodiag':>16}")
+    for name in variants:
+        ratio_whole = med(whole[name]) / med(whole["fixed-nodiag"])
+        print(
+            f"{name:<14}{med(steady[name]):>14.4f}{med(steady[name]) / ref:>16.3f}"
+            f"{med(whole[name]):>19.2f}{ratio_whole:>16.3f}"
+        )
+    print("median seconds per phase over the same steps: " + ", ".join(PHASES))
+    for name in variants:
+        print(f"  {name:<14}" + "".join(f"{med(phases[name][phase]):>9.4f}" for phase in PHASES))
+    paired = [o / i for o, i in zip(steady["ctwa overlap"], steady["ctwa inline"])]
+    print(f"ctwa overlap / ctwa inline, per repetition: {[round(p, 3) for p in paired]}")
+
+
+if __name__ == "__main__":
+    main()

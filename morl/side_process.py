@@ -1,0 +1,194 @@
+"""A second process that computes completion log-probs under a copy of the policy's parameters, so that a
+teacher-forced pass runs on a spare CPU core while this process samples.
+
+Why a process: CTWA's after-update pass (one no-grad forward of the batch under the updated policy) is about a sixth
+of a TinyMath step on one thread, and the next rollout does not need its result, only the next weighting does. A
+thread cannot run beside the decoding loop (both hold Python's interpreter lock most of the time: a thread hid 40–50%
+of the pass); a process hides nearly all of it (``benchmarks/step_time.py``, ``ctwa overlap``).
+
+The helper holds its own copy of the model in shared memory; :meth:`LogprobProcess.submit` copies the policy's
+current parameters into it (a memory copy of the model's size) and returns at once, :meth:`LogprobProcess.result`
+waits for the log-probs. The policy's own tensors are never shared or touched, so what the rest of training holds
+(the optimizer's parameters, the decoder's views of them) is unaffected, and the helper reads a snapshot that no
+update can change under it. The log-probs are the same function on the same numbers as in this process
+(:func:`morl.policy.batch_logprobs`) on as many threads as this process used when the helper started, so they
+are equal bit for bit.
+
+The helper is a fork of this process (spawned where there is no fork, which imports torch and transformers first:
+seconds); until it is ready :meth:`submit` returns False and the caller computes in-process. A helper that fails or
+dies is closed and reported once; the caller again computes in-process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import traceback
+import warnings
+from typing import Any
+
+import torch
+
+from morl import processes
+from morl.batch import Batch
+from morl.policy import Policy, batch_logprobs
+
+__all__ = ["LogprobProcess"]
+
+_READY = "ready"
+
+
+def _serve(
+    model: torch.nn.Module, tokenizer: Any, config: Any, threads: int, parent_pid: int, inbox: Any, outbox: Any
+) -> None:
+    """The helper's loop: one job in, its log-probs (or the error's text) out; ``None`` ends it."""
+    # the parent decides when a run stops (a Ctrl-C to the process group must not end a pass half-way), the helper
+    # dies with it, and keeps none of its locks (the run directory's)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    processes.die_with_parent(parent_pid)
+    processes.drop_inherited_locks()
+    try:
+        torch.set_num_threads(threads)
+        policy = Policy(model, tokenizer, config)
+        outbox.put((_READY, None))
+        while (job := inbox.get()) is not None:
+            batch, temperature, micro_batch_size = job
+            with torch.no_grad():
+                outbox.put(("ok", batch_logprobs(policy, batch, temperature, micro_batch_size)))
+    except Exception:  # reported to the parent, which computes in-process from then on
+        outbox.put(("error", traceback.format_exc()))
+
+
+def _bare(batch: Batch) -> Batch:
+    """What the forward pass reads of a batch: its token tensors and group structure, nothing else to send."""
+    return dataclasses.replace(
+        batch,
+        columns={},
+        old_logprobs=None,
+        ref_logprobs=None,
+        rewards=None,
+        objective_advantages=None,
+        advantages=None,
+        sampling_logprobs=None,
+    )
+
+
+class LogprobProcess:
+    """Completion log-probs of a batch in a helper process, on a snapshot of the policy's current parameters."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._source = [t for t in policy.model.state_dict().values()]
+        mirror = copy.deepcopy(policy.model)
+        mirror.share_memory()
+        self._mirror = list(mirror.state_dict().values())
+        # fork: the helper is up at once (a spawned one imports torch and transformers first, ~10 s here); the
+        # parameters it reads live in shared memory, which a fork keeps shared
+        methods = multiprocessing.get_all_start_methods()
+        context = torch.multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._inbox, self._outbox = context.Queue(), context.Queue()
+        self._process = context.Process(
+            target=_serve,
+            args=(
+                mirror,
+                policy.tokenizer,
+                policy.config,
+                torch.get_num_threads(),
+                os.getpid(),
+                self._inbox,
+                self._outbox,
+            ),
+            daemon=True,
+            name="morl-logprobs",
+        )
+        self._process.start()
+        self._ready = False
+        self._busy = False
+        self.failure: str | None = None
+        self.served = 0  # passes the helper computed
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None and self._process.is_alive()
+
+    def ready(self, wait_s: float = 0.0) -> bool:
+        """Whether the helper has started, waiting up to ``wait_s`` for it; False for good once it failed."""
+        if self.failure is None and not self._process.is_alive():
+            self._fail(f"the helper process exited (code {self._process.exitcode})")
+        if not self._ready and self.alive:
+            try:
+                kind, detail = self._outbox.get(timeout=wait_s) if wait_s > 0 else self._outbox.get_nowait()
+            except queue.Empty:
+                return False
+            if kind != _READY:
+                self._fail(detail)
+                return False
+            self._ready = True
+        return self._ready and self.alive
+
+    def submit(self, batch: Batch, temperature: float, micro_batch_size: int | None) -> bool:
+        """Start the pass on the policy's current parameters; False (nothing started) when the helper is not ready
+        or is already busy, so the caller computes in-process."""
+        if self._busy or not self.ready():
+            return False
+        if [t.shape for t in self._source] != [t.shape for t in self._mirror]:
+            self._fail("the policy's parameters changed shape since the helper started")
+            return False
+        torch._foreach_copy_(self._mirror, self._source)
+        self._inbox.put((_bare(batch), temperature, micro_batch_size))
+        self._busy = True
+        return True
+
+    def result(self) -> torch.Tensor | None:
+        """The submitted pass's log-probs ``[N, L]``, waiting for them; None if the helper failed (the caller
+        computes in-process)."""
+        if not self._busy:
+            raise RuntimeError("result() without a submitted pass")
+        while True:  # an interrupt while waiting leaves the pass submitted: a second call waits for it again
+            try:
+                kind, detail = self._outbox.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._process.is_alive():
+                    self._busy = False
+                    self._fail(f"the helper process exited (code {self._process.exitcode})")
+                    return None
+        self._busy = False
+        if kind != "ok":
+            self._fail(detail)
+            return None
+        self.served += 1
+        return detail.clone()  # off the shared segment the queue delivered it in
+
+    def close(self) -> None:
+        """End the helper (waits a moment for it, then stops it)."""
+        if self._process.is_alive():
+            try:
+                self._inbox.put(None)
+            except (OSError, ValueError):
+                pass
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        for q in (self._inbox, self._outbox):
+            q.close()
+            q.cancel_join_thread()
+
+    def _fail(self, detail: str) -> None:
+        if self.failure is None:
+            self.failure = detail
+            warnings.warn(
+                f"morl's log-prob helper process stopped; the pass runs in this process from now on: {detail}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self._process.is_alive():
+            self._process.kill()
