@@ -6,7 +6,9 @@ the shared rollout; a step is then ``median(rollout) + median(rest)``. Variants 
 so a loaded machine slows them alike. Ratios are to ``fixed`` (fixed equal weights, default diagnostics):
 
 - ``fixed-nodiag``: the same without diagnostics, so ``fixed / fixed-nodiag`` is what the always-on diagnostics cost;
-- ``ctwa``: CTWA (one no-grad forward pass of the updated policy + the covariance update);
+- ``ctwa``: CTWA (one no-grad forward pass of the updated policy + the covariance update), the pass inline: with the
+  rollout replayed, nothing here can run beside it; ``benchmarks/overlap.py`` measures the pass in the helper process
+  beside the next rollout (``train.overlap_after_update``);
 - ``ctwa_auto``: CTWA on the interference forecast (``cookbook/recipes/ctwa_auto.yaml``: one forward pass every
   3 steps instead of one after every update);
 - ``mgda`` / ``gradnorm`` with ``params: last_layers:1`` (cheap) and ``params: all`` (exact Gram matrix), with the

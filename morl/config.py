@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     overlap_after_update: bool | Literal["auto"] = Field(
         "auto",
         description="run CTWA's after-update pass (one no-grad forward of the batch under the updated policy) in a "
-        "helper process beside the next rollout, on a spare CPU core: the same weights, a CTWA step 6-16% faster on "
+        "helper process beside the next rollout, on a spare CPU core: the same weights, a CTWA step 6-21% shorter on "
         "TinyMath (benchmarks/overlap.py). The controller learns from the pass in the next step, before its "
         "weighting, so its metrics (ctwa/*, cov|corr/clipped_weight/*, clip/*) appear one row later. auto: on for a "
         "policy on the CPU in one process when torch uses fewer threads than there are cores; true: on wherever it "

@@ -4,7 +4,7 @@ teacher-forced pass runs on a spare CPU core while this process samples.
 Why a process: CTWA's after-update pass (one no-grad forward of the batch under the updated policy) is about a sixth
 of a TinyMath step on one thread, and the next rollout does not need its result, only the next weighting does. A
 thread cannot run beside the decoding loop (both hold Python's interpreter lock most of the time: a thread hid 40–50%
-of the pass); a process hides nearly all of it (``benchmarks/step_time.py``, ``ctwa overlap``).
+of the pass); a process hid 65–89% of it (``benchmarks/overlap.py``: the two cores contend for the rest).
 
 The helper holds its own copy of the model in shared memory; :meth:`LogprobProcess.submit` copies the policy's
 current parameters into it (a memory copy of the model's size) and returns at once, :meth:`LogprobProcess.result`

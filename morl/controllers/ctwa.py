@@ -11,7 +11,9 @@ after each policy update, on the same batch:
     δ_m = max(0, c*_m - c̄_m);   u_m ← u_m + η_λ δ_m
 
 An objective whose covariance falls below its target gets more weight. No extra backward pass: only
-one forward pass of the updated policy. Weights are ``exp(u)``, free (not renormalised).
+one forward pass of the updated policy, which on a CPU with a spare core runs in a helper process beside the next
+rollout (``train.overlap_after_update``, :mod:`morl.overlap`: the same weights, the ``ctwa/*`` metrics one row
+later). Weights are ``exp(u)``, free (not renormalised).
 
 Details from the reference code: non-finite weights and ``|w| > outlier_factor × median|w|`` are dropped
 (the filter is skipped when the median is 0, which would otherwise drop every non-zero weight); groups with
