@@ -35,7 +35,8 @@ class _Absent:
 
 ABSENT: Any = _Absent()
 
-#: Recipe paths that do not change what is trained: length, naming, output, logging, checkpointing, threads.
+#: Recipe paths that do not change what is trained: length, naming, output, logging, checkpointing, threads,
+#: where CTWA's after-update pass runs.
 TRAJECTORY_NEUTRAL: frozenset[str] = frozenset(
     {
         "name",
@@ -48,6 +49,7 @@ TRAJECTORY_NEUTRAL: frozenset[str] = frozenset(
         "train.save_model",
         "train.max_nonfinite_steps",
         "train.threads",
+        "train.overlap_after_update",
         "train.log_completions",
         "train.num_completions_to_print",
         "train.log_completions_every",

@@ -142,6 +142,7 @@ def test_neutral_paths_are_the_documented_ones():
         "train.save_model",
         "train.max_nonfinite_steps",
         "train.threads",
+        "train.overlap_after_update",
         "train.log_completions",
         "train.num_completions_to_print",
         "train.log_completions_every",
