@@ -116,3 +116,23 @@ def test_true_where_it_cannot_run_names_the_field(tiny_pipeline):
     with pytest.raises(ValueError, match="train.overlap_after_update=true cannot run here: a callback"):
         with overlapping(pipe.trainer_):
             pass
+
+
+def test_a_resumed_fit_with_the_overlap_logs_and_learns_as_an_uninterrupted_one(tiny_pipeline, one_thread, tmp_path):
+    data = make_split("train", 40, 0)
+    whole = tiny_pipeline(
+        controller=CTWA, train={"overlap_after_update": True, "steps": 4, "output_dir": str(tmp_path / "whole")}
+    )
+    whole.fit(data)
+    first = tiny_pipeline(
+        controller=CTWA, train={"overlap_after_update": True, "steps": 2, "output_dir": str(tmp_path / "split")}
+    )
+    first.fit(data)
+    second = tiny_pipeline(
+        controller=CTWA, train={"overlap_after_update": True, "steps": 4, "output_dir": str(tmp_path / "split")}
+    )
+    second.fit(data, resume_from=str(tmp_path / "split"))
+    assert _controller_state(second) == _controller_state(whole)
+    rows = {name: [r for r in read_metrics(tmp_path / name) if r.get("kind") == "train"] for name in ("whole", "split")}
+    keys = ["weights/accuracy", "ctwa/cov/accuracy", "ctwa/u/clarity"]
+    assert [[r[k] for k in keys] for r in rows["split"]] == [[r[k] for k in keys] for r in rows["whole"]]
