@@ -118,7 +118,9 @@ class WeightController(Component):
         """Update from the step's raw rewards before they are used (e.g. dual ascent)."""
 
     def after_update(self, updated: Updated) -> None:
-        """Update from the step after the policy update (e.g. clipped-weight covariances)."""
+        """Update from the step after the policy update (e.g. clipped-weight covariances). A controller that needs
+        the clipped weights may get it in the next step instead, after that step's rollout and before its weighting
+        (``train.overlap_after_update``): the same weights follow."""
 
     def metrics(self) -> dict[str, float]:
         """Method state to log, under the method's own namespace, and ``weights/{name}``: the current weights.
