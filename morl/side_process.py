@@ -22,7 +22,6 @@ dies is closed and reported once; the caller again computes in-process.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import multiprocessing
 import os
 import queue
@@ -63,17 +62,19 @@ def _serve(
         outbox.put(("error", traceback.format_exc()))
 
 
-def _bare(batch: Batch) -> Batch:
-    """What the forward pass reads of a batch: its token tensors and group structure, nothing else to send."""
-    return dataclasses.replace(
-        batch,
+def _private_copy(batch: Batch) -> Batch:
+    """What the forward pass reads of a batch, copied: sending a tensor through a queue moves its storage into shared
+    memory on the queue's own thread, which must never happen to a tensor the rest of training is reading."""
+    n = batch.size
+    return Batch(
+        prompts=[""] * n,
+        completions=[""] * n,
         columns={},
-        old_logprobs=None,
-        ref_logprobs=None,
-        rewards=None,
-        objective_advantages=None,
-        advantages=None,
-        sampling_logprobs=None,
+        group_size=batch.group_size,
+        input_ids=batch.input_ids.clone(),
+        attention_mask=batch.attention_mask.clone(),
+        completion_mask=batch.completion_mask.clone(),
+        prompt_width=batch.prompt_width,
     )
 
 
@@ -81,7 +82,7 @@ class LogprobProcess:
     """Completion log-probs of a batch in a helper process, on a snapshot of the policy's current parameters."""
 
     def __init__(self, policy: Policy) -> None:
-        self._source = [t for t in policy.model.state_dict().values()]
+        self._model = policy.model  # its tensors are read at each submit: one replaced since is seen
         mirror = copy.deepcopy(policy.model)
         mirror.share_memory()
         self._mirror = list(mirror.state_dict().values())
@@ -138,11 +139,12 @@ class LogprobProcess:
         or is already busy, so the caller computes in-process."""
         if self._busy or not self.ready():
             return False
-        if [t.shape for t in self._source] != [t.shape for t in self._mirror]:
+        source = list(self._model.state_dict().values())
+        if [t.shape for t in source] != [t.shape for t in self._mirror]:
             self._fail("the policy's parameters changed shape since the helper started")
             return False
-        torch._foreach_copy_(self._mirror, self._source)
-        self._inbox.put((_bare(batch), temperature, micro_batch_size))
+        torch._foreach_copy_(self._mirror, source)
+        self._inbox.put((_private_copy(batch), temperature, micro_batch_size))
         self._busy = True
         return True
 

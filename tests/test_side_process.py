@@ -48,6 +48,9 @@ def test_the_helper_reads_the_parameters_as_they_are_when_a_pass_is_submitted(ti
     assert torch.equal(moved, batch_logprobs(tiny_policy, batch, 0.7, 2))
     assert not torch.allclose(moved, before)
     assert helper.served == 2
+    # the batch went to the helper as a copy: a queue moves what it sends into shared memory, on its own thread, and a
+    # tensor moved while training reads it can read freed memory
+    assert not any(t.is_shared() for t in (batch.input_ids, batch.attention_mask, batch.completion_mask))
 
 
 def test_one_pass_at_a_time_and_none_before_the_helper_is_up(tiny_policy, batch, helper):
