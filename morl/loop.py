@@ -26,7 +26,6 @@ from morl.checkpoint.load import read_checkpoint
 from morl.components import RecipeError, unimportable
 from morl.hub import push_run
 from morl.logging import TrainingProgress, console, open_loggers, print_eval_table
-from morl.overlap import overlapping
 from morl.resume import Checkpointing
 from morl.rewards import check_columns, is_moving_target
 from morl.run import JsonlWriter, Manifest, RunLock, check_new_run, fresh_run_dir, read_metrics
@@ -204,7 +203,7 @@ class FitLoop:
     def _train(self, run: _Run, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:
         """The steps, the evaluation schedule and the checkpoints; every way out keeps the last complete step. CTWA's
         after-update pass may run in a helper process meanwhile (``train.overlap_after_update``)."""
-        with overlapping(self.trainer):
+        with self.trainer.overlapped_after_update():
             self._train_steps(run, train_data, eval_data)
 
     def _train_steps(self, run: _Run, train_data: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None) -> None:

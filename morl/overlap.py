@@ -17,9 +17,8 @@ the pending pass first: it belongs to the step the checkpoint holds.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +33,8 @@ if TYPE_CHECKING:
     from morl.controllers.base import WeightController
     from morl.policy import Policy
     from morl.stages import Updated, Weighted
-    from morl.trainer import Trainer
 
-__all__ = ["AfterUpdateOverlap", "overlap_reason", "overlapping"]
+__all__ = ["AfterUpdateOverlap", "overlap_reason"]
 
 #: ``(weighted, stats, batch, log-probs or None) -> Updated``: the update's complete record from the helper's log-probs,
 #: or from the same pass in this process where there are none.
@@ -91,39 +89,20 @@ class AfterUpdateOverlap:
         self.process.close()
 
 
-def overlap_reason(setting: bool | str, trainer: Trainer) -> str | None:
+def overlap_reason(
+    setting: bool | str, controller: WeightController, callbacks: Sequence[Any], policy: Policy
+) -> str | None:
     """Why the after-update pass will not run in a helper process, or None."""
-    p = trainer.parts
     if setting is False:
         return "train.overlap_after_update is false"
-    if Need.CLIPPED_WEIGHTS not in p.controller.needs:
+    if Need.CLIPPED_WEIGHTS not in controller.needs:
         return "the controller takes no after-update pass"
-    if any(Need.CLIPPED_WEIGHTS in cb.needs for cb in trainer.callbacks):
+    if any(Need.CLIPPED_WEIGHTS in cb.needs for cb in callbacks):
         return "a callback (diagnostics clipped_weights: true) reads the clipped weights at the end of each step"
-    if p.policy.device.type != "cpu" or p.policy.sharded or distributed.is_distributed():
+    if policy.device.type != "cpu" or policy.sharded or distributed.is_distributed():
         return "it runs a policy on the CPU in one process only"
     if setting == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if torch.get_num_threads() >= cores:
             return f"no spare core (torch uses {torch.get_num_threads()} threads on {cores} cores)"
     return None
-
-
-@contextlib.contextmanager
-def overlapping(trainer: Trainer) -> Iterator[Any]:
-    """While inside, ``trainer.overlap`` runs the after-update passes where ``train.overlap_after_update`` asks for
-    it; on a clean way out the last pass is settled; the helper ends on every way out."""
-    setting = trainer.config.overlap_after_update
-    reason = overlap_reason(setting, trainer)
-    if reason is not None and setting is True:
-        raise ValueError(f"train.overlap_after_update=true cannot run here: {reason}; use auto or false")
-    if reason is not None:
-        yield None
-        return
-    trainer.overlap = AfterUpdateOverlap(trainer.parts.policy, trainer.record_after_update)
-    try:
-        yield trainer.overlap
-        trainer.settle()
-    finally:
-        overlap, trainer.overlap = trainer.overlap, None
-        overlap.close()

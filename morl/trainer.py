@@ -12,9 +12,11 @@ producer here. The loop around the steps (run directory, signals, evaluation sch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,7 @@ from morl.config import TrainConfig
 from morl.controllers.base import WeightController
 from morl.evaluation import Evaluator, split_examples
 from morl.forecast import ForecastWindow, current_logprobs
-from morl.overlap import AfterUpdateOverlap
+from morl.overlap import AfterUpdateOverlap, overlap_reason
 from morl.policy import Policy, batch_logprobs
 from morl.prompt_order import PromptOrder
 from morl.rewards import RewardError, StepInfo, completion_token_ids, score_rewards
@@ -103,7 +105,7 @@ class Trainer:
         self._reward_failed: dict[str, bool] = {}  # this step: did the reward fail on every sample it was given
         self._reward_timeouts: dict[str, int] = {}  # this step: samples whose reward call ran past its time limit
         self.forecast_owner, self.forecast_window = self._forecast_owner()
-        self.overlap: AfterUpdateOverlap | None = None  # set by morl.overlap.overlapping() for a fit
+        self.overlap: AfterUpdateOverlap | None = None  # set by overlapped_after_update() for a fit
 
     # ---- what is computed -------------------------------------------------------------------------------------
 
@@ -385,6 +387,23 @@ class Trainer:
             new_ratio=distributed.gather_rows(clip.ratio),
             new_unclipped=distributed.gather_rows(clip.unclipped.to(clip.ratio.dtype)).bool(),
         )
+
+    @contextlib.contextmanager
+    def overlapped_after_update(self) -> Iterator[AfterUpdateOverlap | None]:
+        """While inside, the after-update pass runs beside the next rollout where ``train.overlap_after_update`` asks
+        for it (:mod:`morl.overlap`); a clean way out settles the last pass; the helper ends on every way out."""
+        setting, p = self.config.overlap_after_update, self.parts
+        reason = overlap_reason(setting, p.controller, self.callbacks, p.policy)
+        if reason is not None and setting is True:
+            raise ValueError(f"train.overlap_after_update=true cannot run here: {reason}; use auto or false")
+        self.overlap = AfterUpdateOverlap(p.policy, self.record_after_update) if reason is None else None
+        try:
+            yield self.overlap
+            self.settle()
+        finally:
+            overlap, self.overlap = self.overlap, None
+            if overlap is not None:
+                overlap.close()
 
     def settle(self) -> Updated | None:
         """With the after-update overlap: the controller learns from the last update's pass, which ran beside this

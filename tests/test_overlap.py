@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from morl.overlap import overlap_reason, overlapping
+from morl.overlap import overlap_reason
 from morl.run import read_metrics
 from morl.tinymath.task import make_split
 
@@ -38,7 +38,7 @@ def test_the_helper_moves_the_weights_as_the_inline_pass_does_one_row_later(tiny
     data = make_split("train", 40, 0)
     inline = _steps(tiny_pipeline(controller=CTWA, train={"overlap_after_update": False}), data, 4)
     pipe = tiny_pipeline(controller=CTWA, train={"overlap_after_update": True})
-    with overlapping(pipe.trainer_) as overlap:
+    with pipe.trainer_.overlapped_after_update() as overlap:
         assert overlap.process.ready(wait_s=START_S), overlap.process.failure
         rows = _steps(pipe, data, 4)
         assert overlap.process.served == 3  # steps 1-3's passes, each settled in the next step
@@ -77,7 +77,7 @@ def test_a_stop_inside_a_step_puts_its_parts_back_with_the_last_pass_applied(tin
     inline = tiny_pipeline(controller=CTWA, train={"overlap_after_update": False})
     _steps(inline, data, 1)
     pipe = tiny_pipeline(controller=CTWA, train={"overlap_after_update": True})
-    with overlapping(pipe.trainer_):
+    with pipe.trainer_.overlapped_after_update():
         _steps(pipe, data, 1)
         rollout = pipe.parts_.rollout
         generate = rollout.generate
@@ -93,28 +93,33 @@ def test_a_stop_inside_a_step_puts_its_parts_back_with_the_last_pass_applied(tin
         assert _controller_state(pipe) == _controller_state(inline)
 
 
+def _reason(setting, pipe):
+    trainer = pipe.trainer_
+    return overlap_reason(setting, trainer.parts.controller, trainer.callbacks, trainer.parts.policy)
+
+
 def test_why_the_pass_stays_inline(tiny_pipeline):
     fixed = tiny_pipeline(train={"overlap_after_update": "auto"})
-    assert "no after-update pass" in overlap_reason("auto", fixed.trainer_)
+    assert "no after-update pass" in _reason("auto", fixed)
     ctwa = tiny_pipeline(controller=CTWA)
-    assert overlap_reason(False, ctwa.trainer_) == "train.overlap_after_update is false"
+    assert _reason(False, ctwa) == "train.overlap_after_update is false"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert overlap_reason("auto", ctwa.trainer_) is None  # this machine has a second core
+        assert _reason("auto", ctwa) is None  # this machine has a second core
         torch.set_num_threads(64)
-        assert "no spare core" in overlap_reason("auto", ctwa.trainer_)
-        assert overlap_reason(True, ctwa.trainer_) is None  # true: wherever it can run
+        assert "no spare core" in _reason("auto", ctwa)
+        assert _reason(True, ctwa) is None  # true: wherever it can run
     finally:
         torch.set_num_threads(threads)
     diagnosed = tiny_pipeline(controller=CTWA, diagnostics={"clipped_weights": True})
-    assert "callback" in overlap_reason("auto", diagnosed.trainer_)
+    assert "callback" in _reason("auto", diagnosed)
 
 
 def test_true_where_it_cannot_run_names_the_field(tiny_pipeline):
     pipe = tiny_pipeline(controller=CTWA, diagnostics={"clipped_weights": True}, train={"overlap_after_update": True})
     with pytest.raises(ValueError, match="train.overlap_after_update=true cannot run here: a callback"):
-        with overlapping(pipe.trainer_):
+        with pipe.trainer_.overlapped_after_update():
             pass
 
 
