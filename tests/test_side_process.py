@@ -48,8 +48,8 @@ def test_the_helper_reads_the_parameters_as_they_are_when_a_pass_is_submitted(ti
     assert torch.equal(moved, batch_logprobs(tiny_policy, batch, 0.7, 2))
     assert not torch.allclose(moved, before)
     assert helper.served == 2
-    # the batch went to the helper as a copy: a queue moves what it sends into shared memory, on its own thread, and a
-    # tensor moved while training reads it can read freed memory
+    # the batch went to the helper as bytes: a tensor moved into shared memory while training reads it can read freed
+    # memory (what torch's queues do, on their own thread)
     assert not any(t.is_shared() for t in (batch.input_ids, batch.attention_mask, batch.completion_mask))
 
 
