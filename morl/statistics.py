@@ -59,32 +59,42 @@ def group_covariances(
         median = np.median(np.abs(weights[usable]))
         if median > 0:
             usable &= np.abs(np.where(usable, weights, 0.0)) <= outlier_factor * median
+    groups = n // group_size
+    r_all = rewards[: groups * group_size].reshape(groups, group_size, m)
+    w_all = weights[: groups * group_size].reshape(groups, group_size)
+    keep_all = usable[: groups * group_size].reshape(groups, group_size, 1) & np.isfinite(r_all)
     out = np.full(m, np.nan)
     for j in range(m):
-        values, seen = [], False
-        for g in range(n // group_size):
-            rows = slice(g * group_size, (g + 1) * group_size)
-            keep = usable[rows] & np.isfinite(rewards[rows, j])
-            if keep.sum() < 2:
-                continue
-            seen = True
-            r, w = rewards[rows, j][keep], weights[rows][keep]
-            cov = np.mean((r - r.mean()) * (w - w.mean()))
-            if signal == "correlation":
-                if _flat(r) or _flat(w):
-                    continue
-                cov = cov / (r.std() * w.std())
-            values.append(cov)
-        if values:
-            out[j] = float(np.mean(values))
-        elif seen:  # correlation mode, every usable group flat: no correlation signal
+        keep = keep_all[:, :, j]
+        # groups whose every completion counts, all at once (the same sums in the same order as one at a time);
+        # groups with some left out, one at a time
+        whole = keep.all(axis=1) & (group_size >= 2)
+        values, counted = np.zeros(groups), np.zeros(groups, dtype=bool)
+        values[whole], counted[whole] = _covariances(r_all[whole, :, j], w_all[whole], signal)
+        partial = np.flatnonzero(~whole & (keep.sum(axis=1) >= 2))
+        for g in partial:
+            (values[g],), (counted[g],) = _covariances(r_all[g, keep[g], j][None], w_all[g, keep[g]][None], signal)
+        if counted.any():
+            out[j] = float(np.mean(values[counted]))
+        elif whole.any() or partial.size:  # correlation mode, every usable group flat: no correlation signal
             out[j] = 0.0
     return out
 
 
-def _flat(values: np.ndarray) -> bool:
-    """Constant up to rounding: a std at the level of float64 rounding error of the values' magnitude."""
-    return bool(values.std() <= 1e-12 * np.abs(values).max())
+def _covariances(r: np.ndarray, w: np.ndarray, signal: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``r`` and ``w`` [G, K]: the covariance (or correlation) of the row's values, and whether it counts
+    (a correlation with a flat side does not)."""
+    cov = np.mean((r - r.mean(axis=1, keepdims=True)) * (w - w.mean(axis=1, keepdims=True)), axis=1)
+    if signal != "correlation":
+        return cov, np.ones(len(cov), dtype=bool)
+    r_std, w_std = r.std(axis=1), w.std(axis=1)
+    counts = ~(_flat(r, r_std) | _flat(w, w_std))
+    return np.where(counts, cov / np.where(counts, r_std * w_std, 1.0), 0.0), counts
+
+
+def _flat(values: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per row: constant up to rounding, a std at the level of float64 rounding error of the values' magnitude."""
+    return std <= 1e-12 * np.abs(values).max(axis=1, initial=0.0)
 
 
 def objective_terms(
