@@ -74,3 +74,20 @@ def test_a_helper_that_dies_is_reported_and_leaves_the_pass_to_this_process(batc
         assert not helper.submit(batch, 1.0, None)
     assert "exited" in helper.failure
     assert not helper.ready() and not helper.submit(batch, 1.0, None)
+
+
+def test_a_bfloat16_policy_gets_its_log_probs_back_bit_for_bit(tiny_policy, batch):
+    from morl.policy import Policy
+
+    policy = Policy(tiny_policy.model.to(torch.bfloat16), tiny_policy.tokenizer, tiny_policy.config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    helper = LogprobProcess(policy)
+    try:
+        assert helper.ready(wait_s=START_S), helper.failure
+        assert helper.submit(batch, 1.0, None)
+        got, expected = helper.result(), batch_logprobs(policy, batch, 1.0)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    finally:
+        helper.close()
+        torch.set_num_threads(threads)
