@@ -81,6 +81,7 @@ format: $(VENV)/.installed-test
 # figures for benchmarks/RESULTS.md: what morl's machinery costs per step, and where a step's time goes
 bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/method_cost.py --steps 200 --variants ctwa,fixed-nodiag,fixed
 	$(BIN)/python benchmarks/profile_step.py
 
 # morl against TRL's GRPOTrainer on the same job; TRL goes into its own environment, not morl's

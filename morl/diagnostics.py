@@ -23,11 +23,11 @@ deletes terms). :class:`Diagnostics` is a pipeline callback that measures these 
   covariances stay positive while accuracy falls; benchmarks/forecast.py measures both).
 
 Cost on the quickstart step (TinyMath, 8 prompts × 8 completions, 64 new tokens, 1 thread; measured by
-``benchmarks/step_time.py``, figures in ``benchmarks/RESULTS.md``): the free diagnostics take ≈ 1.5 ms of a
-≈ 0.25 s step (< 1%); the forward pass of the updated policy adds ≈ 0.03 s (+11-14%), over the 5% budget of
-always-on diagnostics, so it is paid only when a component computes the clipped weights anyway (CTWA) or with
-``clipped_weights: true``; the gradient diagnostics cost one forward and M backward passes per measured step,
-hence opt-in.
+``benchmarks/step_time.py`` and ``benchmarks/method_cost.py``, figures in ``benchmarks/RESULTS.md``): the free
+diagnostics take ≈ 1 ms of a ≈ 0.19 s step (< 1%), the forecast ≈ 7 ms per step on average (+3.5%); the forward
+pass of the updated policy adds ≈ 0.03 s (+11-14%), over the 5% budget of always-on diagnostics, so it is paid only
+when a component computes the clipped weights anyway (CTWA) or with ``clipped_weights: true``; the gradient
+diagnostics cost one forward and M backward passes per measured step, hence opt-in.
 An alarm warns once in the console, writes an event to ``events.jsonl`` in the run directory and
 sets ``alarm/{m}`` to 1 until the smoothed covariance is back above the threshold.
 
