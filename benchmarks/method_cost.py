@@ -34,35 +34,18 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
+from replay import ReplayWeights, load_job
 
-from morl.controllers.base import RewardLevel
 from morl.pipeline import Pipeline
 from morl.policy import Policy
-from morl.recipe import build_components, load_data, load_recipe
-from morl.stages import Updated
+from morl.recipe import build_components
 from morl.trainer import seed_everything
 
 PHASES = ("rollout", "reward", "forecast", "controller", "update", "diagnostics", "step_time")
-
-
-class FollowWeights(RewardLevel):
-    """Fixed weights that follow the leading variant's, step by step, as it records them."""
-
-    name = "follow_weights_benchmark"
-    recorded: ClassVar[list[list[float]]] = []  # grows as the leading variant steps
-
-    def initial_state(self, objectives: list[str]) -> None:
-        self.step_ = 0
-
-    def weights(self) -> torch.Tensor:
-        return torch.tensor(self.recorded[min(self.step_, len(self.recorded) - 1)], dtype=torch.float32)
-
-    def after_update(self, updated: Updated) -> None:
-        self.step_ += 1
 
 
 @dataclass
@@ -98,7 +81,7 @@ class Variant:
 def build(recipe, base: Policy, name: str) -> Pipeline:
     components = build_components(recipe)
     if name.startswith("fixed"):
-        components["controller"] = FollowWeights()
+        components["controller"] = ReplayWeights()
     overlap = {"ctwa": True, "ctwa-inline": False, "record": False}.get(name, "auto")
     config = recipe.train.model_copy(update={"progress": False, "overlap_after_update": overlap})
     policy = Policy(copy.deepcopy(base.model), base.tokenizer, base.config)
@@ -118,12 +101,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    recipe = load_recipe(args.recipe, [f"train.steps={args.steps}"])
-    objectives = [r if isinstance(r, str) else r["name"] for r in recipe.rewards]
-    train_data, _ = load_data(recipe)
-    base = Policy.from_pretrained(**recipe.policy.model_dump())
+    recipe, objectives, train_data, base = load_job(args.recipe, args.steps)
     names = ["fixed-nodiag", *[n for n in args.variants.split(",") if n != "fixed-nodiag"]]
-    recorded = FollowWeights.recorded
+    recorded = ReplayWeights.recorded
     seed_everything(recipe.train.seed)
     rng = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
     lead = Variant("record", build(recipe, base, "record"), rng)

@@ -31,35 +31,14 @@ import time
 
 import numpy as np
 import torch
-from pydantic import Field
+from replay import ReplayWeights, load_job
 
-from morl.components import ComponentConfig
-from morl.controllers.base import RewardLevel
 from morl.pipeline import Pipeline
 from morl.policy import Policy
-from morl.recipe import build_components, load_data, load_recipe
+from morl.recipe import build_components
 from morl.run import read_metrics
-from morl.stages import Updated
 
 PHASES = ("rollout", "reward", "forecast", "controller", "update", "diagnostics")
-
-
-class ReplayWeights(RewardLevel):
-    """Fixed weights that follow a recorded run's, step by step: the same training without any controller work."""
-
-    name = "replay_weights_benchmark"
-
-    class Config(ComponentConfig):
-        weights: list[list[float]] = Field(description="the weights of each step, in objective order")
-
-    def initial_state(self, objectives: list[str]) -> None:
-        self.step_ = 0
-
-    def weights(self) -> torch.Tensor:
-        return torch.tensor(self.config.weights[min(self.step_, len(self.config.weights) - 1)], dtype=torch.float32)
-
-    def after_update(self, updated: Updated) -> None:
-        self.step_ += 1
 
 
 def fit(recipe, base: Policy, train_data, controller, diagnostics: bool, overlap: bool, out: str) -> list[dict]:
@@ -155,10 +134,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    recipe = load_recipe(args.recipe, [f"train.steps={args.steps}"])
-    objectives = [r if isinstance(r, str) else r["name"] for r in recipe.rewards]
-    train_data, _ = load_data(recipe)
-    base = Policy.from_pretrained(**recipe.policy.model_dump())
+    recipe, objectives, train_data, base = load_job(args.recipe, args.steps)
     variants = ["ctwa inline", "ctwa overlap", "fixed", "fixed-nodiag"]
     steady: dict[str, list[float]] = {v: [] for v in variants}
     phases: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in variants}
@@ -168,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # a first inline run, not timed: the weights to replay, the rewards every run must reproduce, and the warm-up
         recorded = fit(recipe, base, train_data, None, True, False, f"{tmp}/record") if args.reps else []
-        replay = [[row[f"weights/{o}"] for o in objectives] for row in recorded]
+        ReplayWeights.recorded[:] = [[row[f"weights/{o}"] for o in objectives] for row in recorded]
         reference = [row[f"rewards/{objectives[0]}/mean"] for row in recorded]
         inline_control = statistics.median([row["timing/controller"] for row in recorded] or [0.0])
         for rep in range(args.reps):
@@ -177,7 +153,7 @@ def main() -> None:
                 start = time.perf_counter()
                 controller = None
                 if name.startswith("fixed"):
-                    controller = ReplayWeights(weights=replay)
+                    controller = ReplayWeights()
                 rows = fit(
                     recipe,
                     base,

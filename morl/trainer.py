@@ -377,8 +377,7 @@ class Trainer:
         rows) or from a pass now."""
         p = self.parts
         if new_logp is None:
-            with torch.no_grad():
-                new_logp = self.logprobs(p.policy, mine)
+            new_logp = self.logprobs(p.policy, mine)
         clip = p.algo.loss(new_logp, mine)  # the loss's own ratio and clip mask under the updated policy
         return Updated(
             weighted=weighted,
